@@ -1,0 +1,511 @@
+//! The configuration model of SPEC and its loaders. TOML and JSON are read with serde; every
+//! check that needs a location (source names, type keys, shorthands, plugin validation,
+//! targets) runs *inside* deserialisation, so the parser attaches file, line and column to it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::target::{Target, TargetSpec};
+
+/// The files `krops` looks for, in order, when `-f` is not given.
+pub const DEFAULT_FILES: [&str; 3] = ["krops.toml", "krops.nix", "krops.json"];
+
+/// Shorthand type keys and the attribute their string value stands for.
+pub const SHORTHANDS: [(&str, &str); 5] = [
+    ("file", "path"),
+    ("derivation", "text"),
+    ("pipe", "command"),
+    ("symlink", "target"),
+    ("passage", "dir"),
+];
+
+/// A whole configuration file, normalised.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub file: PathBuf,
+    pub deployments: BTreeMap<String, Deployment>,
+}
+
+/// One deployment: where its sources go and how it is activated.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub target: Target,
+    pub build_target: Option<Target>,
+    pub operation: String,
+    pub backup: bool,
+    pub force: bool,
+    pub cross_deploy: bool,
+    pub use_nix_output_monitor: NomMode,
+    pub trace: bool,
+    pub command: Option<String>,
+    #[serde(rename = "allocateTTY")]
+    pub allocate_tty: bool,
+    pub source: BTreeMap<String, Source>,
+}
+
+/// One source: its type key and the attributes the type's plugin normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub source_type: String,
+    pub attrs: Value,
+}
+
+impl Serialize for Source {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = serde_json::Map::new();
+        map.insert(self.source_type.clone(), self.attrs.clone());
+        map.serialize(s)
+    }
+}
+
+/// krops's `useNixOutputMonitor` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NomMode {
+    /// Use `nom` if the build host has it.
+    #[default]
+    Opportunistic,
+    /// Use `nom`, assuming it is there.
+    Optimistic,
+    /// Use `nom` through `nix-shell -p nix-output-monitor`.
+    Pessimistic,
+    /// `true`: `nom` if present, else through nix-shell.
+    Always,
+    /// `false`: plain output.
+    Never,
+}
+
+impl Serialize for NomMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NomMode::Opportunistic => s.serialize_str("opportunistic"),
+            NomMode::Optimistic => s.serialize_str("optimistic"),
+            NomMode::Pessimistic => s.serialize_str("pessimistic"),
+            NomMode::Always => s.serialize_bool(true),
+            NomMode::Never => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NomMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "\"opportunistic\", \"optimistic\", \"pessimistic\", true or false";
+        match Value::deserialize(d)? {
+            Value::Bool(true) => Ok(NomMode::Always),
+            Value::Bool(false) => Ok(NomMode::Never),
+            Value::String(s) => match s.as_str() {
+                "opportunistic" => Ok(NomMode::Opportunistic),
+                "optimistic" => Ok(NomMode::Optimistic),
+                "pessimistic" => Ok(NomMode::Pessimistic),
+                other => Err(de::Error::custom(format!(
+                    "useNixOutputMonitor: unknown mode {other:?}, expected {EXPECTED}"
+                ))),
+            },
+            other => Err(de::Error::custom(format!("useNixOutputMonitor: expected {EXPECTED}, got {other}"))),
+        }
+    }
+}
+
+/// Checks and normalises a source's attributes: the plugin registry, seen from the config.
+pub trait SourceValidator: Send + Sync {
+    /// `Err` is shown to the user after the file and line.
+    fn validate(
+        &self,
+        name: &str,
+        source_type: &str,
+        attrs: Value,
+        config_dir: &Path,
+    ) -> Result<Value, String>;
+}
+
+/// A configuration error: where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the syntax can tell.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => {
+                write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// The syntaxes SPEC allows, chosen by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    Toml,
+    Json,
+    Nix,
+}
+
+impl Syntax {
+    pub fn of(path: &Path) -> Option<Syntax> {
+        match path.extension()?.to_str()? {
+            "toml" => Some(Syntax::Toml),
+            "json" => Some(Syntax::Json),
+            "nix" => Some(Syntax::Nix),
+            _ => None,
+        }
+    }
+}
+
+/// Finds the default configuration file in `dir`.
+pub fn discover(dir: &Path) -> Option<PathBuf> {
+    DEFAULT_FILES.iter().map(|name| dir.join(name)).find(|p| p.is_file())
+}
+
+/// Reads and validates a configuration file.
+pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, ConfigError> {
+    let error = |position, message: String| ConfigError { file: file.to_owned(), position, message };
+    let file = std::path::absolute(file).map_err(|e| error(None, e.to_string()))?;
+    let syntax = Syntax::of(&file).ok_or_else(|| {
+        error(None, "unknown configuration syntax; use a .toml, .json or .nix file".to_owned())
+    })?;
+    let text = std::fs::read_to_string(&file).map_err(|e| error(None, format!("cannot read: {e}")))?;
+    let config_dir = file.parent().unwrap_or(Path::new("/")).to_owned();
+    let raw = with_context(validator, config_dir, || match syntax {
+        Syntax::Toml => toml::from_str::<RawConfig>(&text).map_err(|e| {
+            let position = e.span().map(|span| line_column(&text, span.start));
+            error(position, e.message().trim_end().to_owned())
+        }),
+        Syntax::Json => serde_json::from_str::<RawConfig>(&text).map_err(|e| {
+            let message = e.to_string();
+            // serde_json appends " at line L column C"; we show the position up front instead.
+            let message = match message.rfind(" at line ") {
+                Some(i) if e.line() > 0 => message[..i].to_owned(),
+                _ => message,
+            };
+            error((e.line() > 0).then(|| (e.line(), e.column())), message)
+        }),
+        Syntax::Nix => Err(error(
+            None,
+            "Nix configuration files are not supported yet; write krops.toml or krops.json".to_owned(),
+        )),
+    })?;
+    Ok(Config { file: file.clone(), deployments: raw.deployments.0 })
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+struct ParseContext {
+    validator: Arc<dyn SourceValidator>,
+    config_dir: PathBuf,
+}
+
+thread_local! {
+    // serde offers no way to hand state to nested Deserialize impls short of writing a
+    // DeserializeSeed for every level; the context lives only for one `load` call.
+    static CONTEXT: RefCell<Option<ParseContext>> = const { RefCell::new(None) };
+}
+
+fn with_context<T>(validator: Arc<dyn SourceValidator>, config_dir: PathBuf, f: impl FnOnce() -> T) -> T {
+    CONTEXT.with(|c| *c.borrow_mut() = Some(ParseContext { validator, config_dir }));
+    let result = f();
+    CONTEXT.with(|c| *c.borrow_mut() = None);
+    result
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    deployments: Deployments,
+}
+
+struct Deployments(BTreeMap<String, Deployment>);
+
+impl<'de> Deserialize<'de> for Deployments {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DeploymentsVisitor;
+        impl<'de> Visitor<'de> for DeploymentsVisitor {
+            type Value = Deployments;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of deployments")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Deployments, M::Error> {
+                let mut deployments = BTreeMap::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                        return Err(de::Error::custom(format!(
+                            "deployment name {name:?} must be non-empty, without spaces or control characters"
+                        )));
+                    }
+                    let raw: RawDeployment = map.next_value()?;
+                    if deployments.insert(name.clone(), raw.into()).is_some() {
+                        return Err(de::Error::custom(format!("deployment {name:?} is defined twice")));
+                    }
+                }
+                Ok(Deployments(deployments))
+            }
+        }
+        d.deserialize_map(DeploymentsVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDeployment {
+    target: TargetSpec,
+    build_target: Option<TargetSpec>,
+    #[serde(default, deserialize_with = "operation")]
+    operation: Option<String>,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    cross_deploy: bool,
+    #[serde(default)]
+    use_nix_output_monitor: NomMode,
+    #[serde(default)]
+    trace: bool,
+    command: Option<String>,
+    #[serde(default, rename = "allocateTTY")]
+    allocate_tty: bool,
+    #[serde(default)]
+    source: Sources,
+}
+
+impl From<RawDeployment> for Deployment {
+    fn from(raw: RawDeployment) -> Deployment {
+        let target = raw.target.0;
+        // krops compares the build target with the target; the same host is no build host.
+        let build_target = raw.build_target.map(|b| b.0).filter(|b| *b != target);
+        Deployment {
+            target,
+            build_target,
+            operation: raw.operation.unwrap_or_else(|| "switch".to_owned()),
+            backup: raw.backup,
+            force: raw.force,
+            cross_deploy: raw.cross_deploy,
+            use_nix_output_monitor: raw.use_nix_output_monitor,
+            trace: raw.trace,
+            command: raw.command,
+            allocate_tty: raw.allocate_tty,
+            source: raw.source.0,
+        }
+    }
+}
+
+/// nixos-rebuild actions are lowercase words joined by '-'; anything else (notably a leading
+/// '-') would change nixos-rebuild's meaning.
+pub fn check_operation(op: &str) -> Result<(), String> {
+    let valid = op.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("operation {op:?} is not a nixos-rebuild action (such as switch, boot, test)"))
+    }
+}
+
+fn operation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let op = String::deserialize(d)?;
+    check_operation(&op).map_err(de::Error::custom)?;
+    Ok(Some(op))
+}
+
+#[derive(Default)]
+struct Sources(BTreeMap<String, Source>);
+
+/// Source names are one path component: they become `<path>/<name>` on the target.
+pub fn check_source_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        Err(format!("source name {name:?} must be one path component (not empty, no '/', not '.' or '..')"))
+    } else if name.chars().any(char::is_control) {
+        Err(format!("source name {name:?} contains a control character"))
+    } else {
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sources {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SourcesVisitor;
+        impl<'de> Visitor<'de> for SourcesVisitor {
+            type Value = Sources;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of sources")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Sources, M::Error> {
+                let mut sources = BTreeMap::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    check_source_name(&name).map_err(de::Error::custom)?;
+                    let source = map.next_value_seed(SourceSeed { name: &name })?;
+                    if sources.insert(name.clone(), source).is_some() {
+                        return Err(de::Error::custom(format!("source {name:?} is defined twice")));
+                    }
+                }
+                Ok(Sources(sources))
+            }
+        }
+        d.deserialize_map(SourcesVisitor)
+    }
+}
+
+struct SourceSeed<'a> {
+    name: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for SourceSeed<'_> {
+    type Value = Source;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Source, D::Error> {
+        let value = Value::deserialize(d)?;
+        let (source_type, attrs) = split_type(self.name, value).map_err(de::Error::custom)?;
+        let attrs = CONTEXT
+            .with(|c| {
+                let c = c.borrow();
+                let c = c.as_ref().ok_or("configuration parsed outside config::load")?;
+                c.validator.validate(self.name, &source_type, attrs, &c.config_dir).map_err(|e| e.into())
+            })
+            .map_err(|e: Box<str>| de::Error::custom(format!("source {:?}: {e}", self.name)))?;
+        Ok(Source { source_type, attrs })
+    }
+}
+
+/// Picks the one type key of a source and expands shorthands.
+fn split_type(name: &str, value: Value) -> Result<(String, Value), String> {
+    let Value::Object(map) = value else {
+        return Err(format!("source {name:?} must be a table with one type key, such as file = \"./path\""));
+    };
+    let mut entries = map.into_iter();
+    let (source_type, attrs) = match (entries.next(), entries.next()) {
+        (Some(only), None) => only,
+        (None, _) => return Err(format!("source {name:?} has no type key (file, git, pass, …)")),
+        (Some((first, _)), Some((second, _))) => {
+            let mut keys = vec![first, second];
+            keys.extend(entries.map(|(k, _)| k));
+            return Err(format!(
+                "source {name:?} has {} type keys ({}); a source has exactly one",
+                keys.len(),
+                keys.join(", ")
+            ));
+        }
+    };
+    let shorthand = SHORTHANDS.iter().find(|(t, _)| *t == source_type).map(|(_, attr)| *attr);
+    let attrs = match (attrs, shorthand) {
+        (Value::Object(attrs), _) => Value::Object(attrs),
+        (Value::String(s), Some(attr)) => serde_json::json!({ attr: s }),
+        (other, Some(attr)) => {
+            return Err(format!(
+                "source {name:?}: {source_type} must be a string (shorthand for {source_type}.{attr}) or a table, not {}",
+                kind_of(&other)
+            ))
+        }
+        (other, None) => {
+            return Err(format!(
+                "source {name:?}: {source_type} must be a table of attributes, not {}",
+                kind_of(&other)
+            ))
+        }
+    };
+    Ok((source_type, attrs))
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct AcceptAll;
+    impl SourceValidator for AcceptAll {
+        fn validate(&self, _: &str, t: &str, attrs: Value, _: &Path) -> Result<Value, String> {
+            if t == "unknown" {
+                Err("unknown source type unknown".into())
+            } else {
+                Ok(attrs)
+            }
+        }
+    }
+
+    fn load_text(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        load(&file, Arc::new(AcceptAll))
+    }
+
+    #[test]
+    fn shorthands_expand() {
+        let c = load_text(
+            "k.toml",
+            "[deployments.a]\ntarget = \"/tmp/x\"\n[deployments.a.source]\ncfg.file = \"./c.nix\"\nl.symlink = \"cfg\"\n",
+        )
+        .unwrap();
+        let d = &c.deployments["a"];
+        assert_eq!(d.source["cfg"].attrs, serde_json::json!({"path": "./c.nix"}));
+        assert_eq!(d.source["l"].source_type, "symlink");
+        assert_eq!(d.operation, "switch");
+        assert_eq!(d.use_nix_output_monitor, NomMode::Opportunistic);
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let e = load_text("k.toml", "[deployments.a]\ntarget = \"/tmp/x\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+
+        let e = load_text("k.json", "{\"deployments\": {\"a\": {\n \"target\": \"/x\",\n \"source\": {\"s\": {\"file\": \"a\", \"pipe\": \"b\"}}}}}")
+            .unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        assert!(e.message.contains("2 type keys"), "{e}");
+
+        let e =
+            load_text("k.toml", "[deployments.a]\ntarget = \"/tmp/x\"\nsource.s.unknown = {}\n").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+    }
+
+    #[test]
+    fn bad_names_and_shapes() {
+        for (text, needle) in [
+            ("source.\"..\".file = \"x\"", "one path component"),
+            ("source.\"a/b\".file = \"x\"", "one path component"),
+            ("source.s.file = 3", "must be a string (shorthand for file.path) or a table"),
+            ("source.s.git = \"x\"", "must be a table"),
+            ("source.s = {}", "no type key"),
+            ("operation = \"--flake\"", "not a nixos-rebuild action"),
+            ("useNixOutputMonitor = \"sometimes\"", "unknown mode"),
+            ("backup = \"yes\"", "invalid type"),
+        ] {
+            let e =
+                load_text("k.toml", &format!("[deployments.a]\ntarget = \"/tmp/x\"\n{text}\n")).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn build_target_equal_to_target_is_dropped() {
+        let c = load_text("k.json", r#"{"deployments":{"a":{"target":"root@h","buildTarget":"root@h"}}}"#)
+            .unwrap();
+        assert!(c.deployments["a"].build_target.is_none());
+    }
+}

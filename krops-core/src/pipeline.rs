@@ -1,0 +1,267 @@
+//! The stage pipeline: sentinel, backup, populate, activate, per SPEC. Deployments run
+//! concurrently (bounded by `jobs`); within one, stages run in order and the first failure
+//! stops it, so nothing is activated after a failed stage.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RStr, RString};
+use tokio::sync::{mpsc::UnboundedSender, Semaphore};
+
+use crate::abi::TargetHandle_TO;
+use crate::activation;
+use crate::config::Deployment;
+use crate::events::{DeployError, Event, Reporter, Stage};
+use crate::exec::{self, Input, Output, Stream};
+use crate::handle::HostHandle;
+use crate::loader::Registry;
+use crate::plugin::PopulateRequest;
+use crate::target::Origin;
+use crate::transport::{Transport, Tty};
+
+/// What to do after populating.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Populate,
+    Deploy { operation: Option<String> },
+    Build { trace: bool },
+    Run { argv: Option<Vec<String>> },
+}
+
+/// A whole run's inputs.
+pub struct Run {
+    pub action: Action,
+    pub deployments: Vec<(String, Deployment)>,
+    pub jobs: usize,
+}
+
+/// Each deployment's name and outcome, in the order given.
+pub type Outcomes = Vec<(String, Result<(), DeployError>)>;
+
+/// Runs every deployment, at most `jobs` at once, and waits for all of them.
+pub async fn run(run: Run, registry: Arc<Registry>, events: UnboundedSender<Event>) -> Outcomes {
+    let semaphore = Arc::new(Semaphore::new(run.jobs.max(1)));
+    let origin = Arc::new(Origin::current());
+    let mut tasks = Vec::new();
+    for (name, deployment) in run.deployments {
+        let semaphore = semaphore.clone();
+        let registry = registry.clone();
+        let origin = origin.clone();
+        let action = run.action.clone();
+        let reporter = Reporter::new(name.clone(), events.clone());
+        let task = tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let started = Instant::now();
+            // Stages call plugins and wait for child processes: blocking work.
+            let result = tokio::task::spawn_blocking({
+                let reporter = reporter.clone();
+                move || deploy_one(&deployment, &action, &registry, &origin, &reporter)
+            })
+            .await
+            .unwrap_or_else(|join_error| {
+                Err(DeployError {
+                    host: None,
+                    stage: Stage::Populate,
+                    source_name: None,
+                    message: format!("internal error: {join_error}"),
+                })
+            });
+            reporter.emit(Event::DeploymentFinished {
+                deployment: reporter.deployment.clone(),
+                millis: started.elapsed().as_millis(),
+                error: result.as_ref().err().cloned(),
+            });
+            result
+        });
+        tasks.push((name, task));
+    }
+    let mut outcomes = Vec::new();
+    for (name, task) in tasks {
+        let result = task.await.unwrap_or_else(|join_error| {
+            Err(DeployError {
+                host: None,
+                stage: Stage::Populate,
+                source_name: None,
+                message: format!("internal error: {join_error}"),
+            })
+        });
+        outcomes.push((name, result));
+    }
+    outcomes
+}
+
+fn deploy_one(
+    deployment: &Deployment,
+    action: &Action,
+    registry: &Registry,
+    origin: &Origin,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let target = Transport::new(deployment.target.clone(), origin);
+    // krops populates the build host too when it differs from the target.
+    let mut hosts = Vec::new();
+    if let (Action::Deploy { .. }, Some(build)) = (action, &deployment.build_target) {
+        hosts.push(Transport::new(build.clone(), origin));
+    }
+    hosts.push(target.clone());
+    for host in &hosts {
+        check_sentinel(host, deployment, reporter)?;
+        if deployment.backup {
+            backup(host, reporter)?;
+        }
+        populate(host, deployment, registry, reporter)?;
+    }
+    match action {
+        Action::Populate => Ok(()),
+        Action::Deploy { operation } => {
+            let operation = operation.as_deref().unwrap_or(&deployment.operation);
+            let host = hosts.first().unwrap_or(&target);
+            activate(host, &activation::deploy_script(deployment, operation), reporter)
+        }
+        Action::Build { trace } => {
+            activate(&target, &activation::build_script(&target.target, *trace || deployment.trace), reporter)
+        }
+        Action::Run { argv } => {
+            let script = activation::run_script(deployment, argv.as_deref());
+            let env = [("KROPS_TARGET_PATH", target.target.path.as_str())];
+            let tty = if deployment.allocate_tty { Tty::Yes } else { Tty::No };
+            let started = Instant::now();
+            let host = target.host_label();
+            reporter.stage_started(&host, Stage::Activate);
+            let argv = target.shell(&script, &[], &env, tty);
+            exec::run(&argv, &[], Input::Inherit, Output::Inherit).map_err(|e| DeployError {
+                host: host.clone(),
+                stage: Stage::Activate,
+                source_name: None,
+                message: e.to_string(),
+            })?;
+            reporter.stage_finished(&host, Stage::Activate, started.elapsed());
+            Ok(())
+        }
+    }
+}
+
+/// Runs one stage's script on `host`, turning failure into a [`DeployError`].
+fn stage_script(
+    host: &Transport,
+    stage: Stage,
+    script: &str,
+    args: &[String],
+) -> Result<Vec<u8>, DeployError> {
+    let argv = host.shell(script, args, &[], Tty::No);
+    exec::run(&argv, &[], Input::Null, Output::Capture).map_err(|e| DeployError {
+        host: host.host_label(),
+        stage,
+        source_name: None,
+        message: e.to_string(),
+    })
+}
+
+fn check_sentinel(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Result<(), DeployError> {
+    let started = Instant::now();
+    let label = host.host_label();
+    reporter.stage_started(&label, Stage::Sentinel);
+    let path = host.target.path.clone();
+    if deployment.force {
+        // With backup the sentinel must be a directory (it holds the backup), so force
+        // creates it as one; otherwise as krops does, an empty file.
+        let script = if deployment.backup {
+            r#"mkdir -p -- "$1"; [ -e "$1/.populate" ] || mkdir -- "$1/.populate""#
+        } else {
+            r#"mkdir -p -- "$1"; [ -e "$1/.populate" ] || touch -- "$1/.populate""#
+        };
+        stage_script(host, Stage::Sentinel, script, std::slice::from_ref(&path))?;
+    }
+    let answer = stage_script(
+        host,
+        Stage::Sentinel,
+        r#"if [ -e "$1/.populate" ]; then echo present; fi"#,
+        std::slice::from_ref(&path),
+    )?;
+    if answer.trim_ascii() != b"present" {
+        return Err(DeployError {
+            host: label,
+            stage: Stage::Sentinel,
+            source_name: None,
+            message: format!("missing sentinel file: {}", host.location(&format!("{path}/.populate"))),
+        });
+    }
+    reporter.stage_finished(&label, Stage::Sentinel, started.elapsed());
+    Ok(())
+}
+
+fn backup(host: &Transport, reporter: &Reporter) -> Result<(), DeployError> {
+    let started = Instant::now();
+    let label = host.host_label();
+    reporter.stage_started(&label, Stage::Backup);
+    let script = r#"if [ ! -d "$1/.populate" ]; then
+  echo "backup needs $1/.populate to be a directory" >&2; exit 1
+fi
+mkdir -p -- "$1/.populate/backup"
+rsync -aAXF --delete --exclude /.populate --link-dest="$1" "$1/" "$1/.populate/backup/""#;
+    stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path))?;
+    reporter.stage_finished(&label, Stage::Backup, started.elapsed());
+    Ok(())
+}
+
+fn populate(
+    host: &Transport,
+    deployment: &Deployment,
+    registry: &Registry,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let stage_started = Instant::now();
+    let label = host.host_label();
+    reporter.stage_started(&label, Stage::Populate);
+    let handle = HostHandle { transport: host, reporter };
+    for (name, source) in &deployment.source {
+        let fail = |message: String| DeployError {
+            host: label.clone(),
+            stage: Stage::Populate,
+            source_name: Some(name.clone()),
+            message,
+        };
+        let plugin = registry
+            .get(&source.source_type)
+            .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
+        let request = PopulateRequest {
+            name: name.clone(),
+            attrs: source.attrs.clone(),
+            target_path: host.target.path.clone(),
+        };
+        let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
+        let started = Instant::now();
+        let report = plugin
+            .populator
+            .populate(TargetHandle_TO::from_ptr(&handle, TD_Opaque), RStr::from(request.as_str()))
+            .into_result()
+            .map_err(|e| fail(RString::into_string(e)))?;
+        reporter.emit(Event::SourcePopulated {
+            deployment: reporter.deployment.clone(),
+            host: label.clone(),
+            source: name.clone(),
+            source_type: source.source_type.clone(),
+            millis: started.elapsed().as_millis(),
+            report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
+        });
+    }
+    reporter.stage_finished(&label, Stage::Populate, stage_started.elapsed());
+    Ok(())
+}
+
+fn activate(host: &Transport, script: &str, reporter: &Reporter) -> Result<(), DeployError> {
+    let started = Instant::now();
+    let label = host.host_label();
+    reporter.stage_started(&label, Stage::Activate);
+    let argv = host.shell(script, &[], &[], Tty::No);
+    let forward = |_: Stream, line: &str| reporter.output(&label, line);
+    exec::run(&argv, &[], Input::Null, Output::Lines(&forward)).map_err(|e| DeployError {
+        host: label.clone(),
+        stage: Stage::Activate,
+        source_name: None,
+        message: e.to_string(),
+    })?;
+    reporter.stage_finished(&label, Stage::Activate, started.elapsed());
+    Ok(())
+}

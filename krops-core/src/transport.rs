@@ -1,0 +1,178 @@
+//! How a command reaches a target. Every command krops runs on a target is built here, as an
+//! argv vector; for ssh targets that vector is quoted exactly once into ssh's command string.
+
+use std::path::Path;
+
+use crate::exec::Argv;
+use crate::target::{Origin, Target};
+
+/// Quotes one word for a POSIX shell.
+pub fn quote(word: &str) -> String {
+    // shlex refuses only NUL bytes, which no argv element can carry anyway.
+    shlex::try_quote(word).map(|q| q.into_owned()).unwrap_or_else(|_| "''".to_owned())
+}
+
+/// Quotes and joins words into one shell command line.
+pub fn join<S: AsRef<str>>(words: &[S]) -> String {
+    words.iter().map(|w| quote(w.as_ref())).collect::<Vec<_>>().join(" ")
+}
+
+/// A target plus the way to reach it.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub target: Target,
+    pub local: bool,
+}
+
+/// Whether the remote side gets a terminal (`run` with `allocateTTY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tty {
+    No,
+    Yes,
+}
+
+impl Transport {
+    pub fn new(target: Target, origin: &Origin) -> Self {
+        let local = target.is_local(origin);
+        Transport { target, local }
+    }
+
+    /// The host as shown in messages: `None` for a local target.
+    pub fn host_label(&self) -> Option<String> {
+        (!self.local).then(|| self.target.display_host())
+    }
+
+    /// `HOST:PATH` (or just `PATH` locally), as in SPEC's messages.
+    pub fn location(&self, path: &str) -> String {
+        match self.host_label() {
+            Some(host) => format!("{host}:{path}"),
+            None => path.to_owned(),
+        }
+    }
+
+    /// argv that runs `/bin/sh -c SCRIPT sh ARGS...` on the target, with `env` set, under sudo
+    /// when the target asks for it.
+    pub fn shell(&self, script: &str, args: &[String], env: &[(&str, &str)], tty: Tty) -> Argv {
+        let mut remote: Vec<String> = Vec::new();
+        if self.target.sudo {
+            remote.extend(["sudo".into(), "--".into()]);
+        }
+        if !env.is_empty() {
+            remote.push("env".into());
+            remote.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        remote.extend(["/bin/sh".into(), "-c".into(), script.into()]);
+        if !args.is_empty() {
+            remote.push("sh".into());
+            remote.extend(args.iter().cloned());
+        }
+        if self.local {
+            return Argv(remote);
+        }
+        let mut argv = self.ssh_base();
+        argv.push(if tty == Tty::Yes { "-t" } else { "-T" }.into());
+        argv.extend(["--".into(), self.target.host.clone(), join(&remote)]);
+        Argv(argv)
+    }
+
+    /// argv that copies a local `source` to `destination` on the target with rsync.
+    pub fn rsync(&self, options: &[String], source: &Path, destination: &str) -> Argv {
+        let mut argv: Vec<String> = Vec::new();
+        if self.local {
+            if self.target.sudo {
+                argv.extend(["sudo".into(), "--".into()]);
+            }
+            argv.push("rsync".into());
+            argv.extend(options.iter().cloned());
+            argv.extend(["--".into(), source.to_string_lossy().into_owned(), destination.to_owned()]);
+            return Argv(argv);
+        }
+        argv.push("rsync".into());
+        // rsync splits -e on white space itself but honours shell-style quotes.
+        argv.extend(["-e".into(), join(&self.ssh_base())]);
+        if self.target.sudo {
+            argv.push("--rsync-path=sudo rsync".into());
+        }
+        argv.extend(options.iter().cloned());
+        let host = if self.target.host.contains(':') {
+            format!("[{}]", self.target.host)
+        } else {
+            self.target.host.clone()
+        };
+        let remote = if self.target.user.is_empty() {
+            format!("{host}:{destination}")
+        } else {
+            format!("{}@{host}:{destination}", self.target.user)
+        };
+        // `--` keeps a source path beginning with '-' from being read as an option.
+        argv.extend(["--".into(), source.to_string_lossy().into_owned(), remote]);
+        Argv(argv)
+    }
+
+    /// `ssh` and the options that every connection to this target carries.
+    fn ssh_base(&self) -> Vec<String> {
+        let mut argv = vec!["ssh".to_owned()];
+        if !self.target.user.is_empty() {
+            argv.extend(["-l".into(), self.target.user.clone()]);
+        }
+        if let Some(port) = self.target.port {
+            argv.extend(["-p".into(), port.to_string()]);
+        }
+        argv.extend(self.target.extra_options.iter().cloned());
+        argv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(s: &str) -> Transport {
+        let origin = Origin { user: "alice".into(), host: "deployer".into() };
+        Transport::new(Target::parse(s, &origin).unwrap(), &origin)
+    }
+
+    #[test]
+    fn local_shell_is_plain_argv() {
+        let t = transport("/tmp/site");
+        let argv = t.shell("test -e \"$1\"", &["/tmp/site/.populate".into()], &[], Tty::No);
+        assert_eq!(argv.0, ["/bin/sh", "-c", "test -e \"$1\"", "sh", "/tmp/site/.populate"]);
+    }
+
+    #[test]
+    fn remote_shell_quotes_once() {
+        let mut t = transport("root@web1:2222/var/src");
+        t.target.sudo = true;
+        t.target.extra_options = vec!["-o".into(), "LogLevel=ERROR".into()];
+        let argv = t.shell("echo \"$1\"", &["it's $(x)".into()], &[("K", "v w")], Tty::No);
+        assert_eq!(
+            argv.0,
+            [
+                "ssh",
+                "-l",
+                "root",
+                "-p",
+                "2222",
+                "-o",
+                "LogLevel=ERROR",
+                "-T",
+                "--",
+                "web1",
+                "sudo -- env 'K=v w' /bin/sh -c 'echo \"$1\"' sh \"it's \"'$(x)'"
+            ]
+        );
+    }
+
+    #[test]
+    fn rsync_argv() {
+        let t = transport("@web1/var/src");
+        let argv = t.rsync(&["-vFrlptD".into()], Path::new("/src/"), "/var/src/x");
+        assert_eq!(argv.0, ["rsync", "-e", "ssh", "-vFrlptD", "--", "/src/", "web1:/var/src/x"]);
+        let argv = transport("root@[::1]:22").rsync(&[], Path::new("/a"), "/b");
+        assert_eq!(argv.0, ["rsync", "-e", "ssh -l root -p 22", "--", "/a", "root@[::1]:/b"]);
+        let mut local = transport("/tmp/t");
+        local.target.sudo = true;
+        let argv = local.rsync(&["-r".into()], Path::new("/a"), "/tmp/t/x");
+        assert_eq!(argv.0, ["sudo", "--", "rsync", "-r", "--", "/a", "/tmp/t/x"]);
+    }
+}

@@ -1,0 +1,170 @@
+//! The `file` source type: rsync of a local file or directory (a directory's *contents*) to
+//! `<path>/<name>`, with krops's flags and filter semantics.
+
+use std::path::{Path, PathBuf};
+
+use krops_core::plugin::{
+    resolve_path, PopulateRequest, PopulatorPlugin, RsyncRequest, Target, ValidateRequest,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Default)]
+pub struct File;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Attrs {
+    path: PathBuf,
+    /// Compare contents, not size and mtime; defaults to true for Nix store paths, whose
+    /// mtimes are all the epoch.
+    #[serde(default)]
+    use_checksum: Option<bool>,
+    #[serde(default)]
+    filters: Vec<Filter>,
+    #[serde(default)]
+    delete_excluded: Option<bool>,
+    /// Deprecated: exclude patterns, applied before `filters`. Normalised into `filters`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    exclude: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    #[serde(rename = "type")]
+    kind: FilterKind,
+    pattern: String,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FilterKind {
+    Include,
+    Exclude,
+}
+
+impl PopulatorPlugin for File {
+    const TYPE: &'static str = "file";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Attrs = Attrs;
+
+    fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {
+        let attrs = request.attrs;
+        let path = resolve_path(&request.config_dir, &attrs.path.to_string_lossy());
+        if std::fs::metadata(&path).is_err() {
+            return Err(format!("file path {} does not exist", path.display()));
+        }
+        let mut filters: Vec<Filter> =
+            attrs.exclude.into_iter().map(|pattern| Filter { kind: FilterKind::Exclude, pattern }).collect();
+        filters.extend(attrs.filters);
+        Ok(Attrs {
+            use_checksum: Some(attrs.use_checksum.unwrap_or_else(|| path.starts_with("/nix/store"))),
+            delete_excluded: Some(attrs.delete_excluded.unwrap_or(true)),
+            path,
+            filters,
+            exclude: Vec::new(),
+        })
+    }
+
+    fn populate(
+        &self,
+        target: &Target<'_>,
+        request: PopulateRequest<Attrs>,
+    ) -> Result<serde_json::Value, String> {
+        let attrs = &request.attrs;
+        let report = target.rsync(&RsyncRequest {
+            source: rsync_source(&attrs.path),
+            destination: request.destination(),
+            options: rsync_options(attrs),
+        })?;
+        let changes = report.itemized.iter().filter(|line| is_change(line)).count();
+        Ok(serde_json::json!({ "changes": changes }))
+    }
+}
+
+/// A directory's contents go to the destination, as krops does with a trailing slash.
+fn rsync_source(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        let mut with_slash = path.as_os_str().to_owned();
+        with_slash.push("/");
+        PathBuf::from(with_slash)
+    } else {
+        path.to_owned()
+    }
+}
+
+/// krops's rsync flags, in krops's order, plus `--itemize-changes` for the report.
+fn rsync_options(attrs: &Attrs) -> Vec<String> {
+    let mut options = Vec::new();
+    if attrs.use_checksum == Some(true) {
+        options.push("--checksum".to_owned());
+    }
+    for filter in &attrs.filters {
+        let kind = match filter.kind {
+            FilterKind::Include => "include",
+            FilterKind::Exclude => "exclude",
+        };
+        options.push(format!("--{kind}={}", filter.pattern));
+    }
+    options.extend(["-vFrlptD".to_owned(), "--itemize-changes".to_owned()]);
+    if attrs.delete_excluded != Some(false) {
+        options.push("--delete-excluded".to_owned());
+    }
+    options
+}
+
+/// Lines of `rsync -i` output that stand for a change: `YXcstpoguax name` with a transfer
+/// (`<`, `>`), a creation (`c`), a hard link (`h`) or a changed attribute, or a deletion.
+fn is_change(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    if line.starts_with("*deleting") {
+        return true;
+    }
+    if bytes.len() < 12 || bytes[11] != b' ' || !b"<>ch.".contains(&bytes[0]) {
+        return false;
+    }
+    bytes[0] != b'.' || bytes[2..11].iter().any(|c| *c != b'.' && *c != b' ')
+}
+
+krops_core::export_populator!(File);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_krops_order() {
+        let attrs = Attrs {
+            path: "/x".into(),
+            use_checksum: Some(true),
+            filters: vec![
+                Filter { kind: FilterKind::Exclude, pattern: "/old".into() },
+                Filter { kind: FilterKind::Include, pattern: "*.nix".into() },
+            ],
+            delete_excluded: Some(true),
+            exclude: vec![],
+        };
+        assert_eq!(
+            rsync_options(&attrs),
+            [
+                "--checksum",
+                "--exclude=/old",
+                "--include=*.nix",
+                "-vFrlptD",
+                "--itemize-changes",
+                "--delete-excluded"
+            ]
+        );
+    }
+
+    #[test]
+    fn itemized_changes() {
+        assert!(is_change(">f+++++++++ a"));
+        assert!(is_change("cd+++++++++ dir/"));
+        assert!(is_change("*deleting   old"));
+        assert!(is_change(".f..t...... touched"));
+        assert!(!is_change(".d          ./"));
+        assert!(!is_change("sending incremental file list"));
+        assert!(!is_change("sent 100 bytes  received 35 bytes  270.00 bytes/sec"));
+    }
+}

@@ -1,0 +1,45 @@
+//! The `symlink` source type: a symbolic link at `<path>/<name>`, usually to another source.
+
+use krops_core::plugin::{PopulateRequest, PopulatorPlugin, Target, ValidateRequest};
+use serde::{Deserialize, Serialize};
+
+#[derive(Default)]
+pub struct Symlink;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attrs {
+    /// The link's content, as given (typically relative, naming another source).
+    target: String,
+}
+
+impl PopulatorPlugin for Symlink {
+    const TYPE: &'static str = "symlink";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Attrs = Attrs;
+
+    fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {
+        if request.attrs.target.is_empty() || request.attrs.target.contains('\0') {
+            return Err("symlink target must be a non-empty path".to_owned());
+        }
+        Ok(request.attrs)
+    }
+
+    fn populate(
+        &self,
+        target: &Target<'_>,
+        request: PopulateRequest<Attrs>,
+    ) -> Result<serde_json::Value, String> {
+        // As krops: whatever was there (file, directory, old link) makes way for the link.
+        // The new link is made beside it and renamed over, so the name never dangles.
+        let script = r#"set -e
+rm -rf -- "$1.krops-new"
+ln -s -- "$2" "$1.krops-new"
+if [ -d "$1" ] && [ ! -L "$1" ]; then rm -rf -- "$1"; fi
+mv -fT -- "$1.krops-new" "$1""#;
+        target.run_script(script, &[&request.destination(), &request.attrs.target], b"")?;
+        Ok(serde_json::json!({ "target": request.attrs.target }))
+    }
+}
+
+krops_core::export_populator!(Symlink);

@@ -1,0 +1,112 @@
+//! Bad configurations: exit status 2, file and line:column named, no target touched.
+
+use crate::support::Sandbox;
+
+/// Writes `krops.<ext>` whose deployment targets `<sandbox>/site` (with a sentinel), runs
+/// `krops deploy`, and checks exit 2, the message, the position, and an untouched target.
+fn rejects(ext: &str, body: impl Fn(&str) -> String, position: &str, message: &str) {
+    let sb = Sandbox::new();
+    sb.target_dir("site");
+    sb.write("conf/a.nix", "a");
+    let file = format!("krops.{ext}");
+    sb.write(&file, &body(&sb.path("site").display().to_string()));
+    sb.krops(&["deploy"])
+        .code(2)
+        .stderr_has(&format!("{}:{position}", sb.path(&file).display()))
+        .stderr_has(message);
+    assert_eq!(sb.listing("site"), [".populate"], "the target was touched");
+}
+
+fn toml(lines: &'static str) -> impl Fn(&str) -> String {
+    move |target| format!("[deployments.site]\ntarget = {target:?}\n{lines}\n")
+}
+
+#[test]
+fn unknown_key() {
+    rejects("toml", toml("sourc.a.file = \"conf/a.nix\""), "3:1: ", "unknown field `sourc`");
+    rejects(
+        "json",
+        |t| format!("{{\"deployments\": {{\"site\": {{\n  \"target\": {t:?},\n  \"bakup\": true}}}}}}"),
+        "3:9: ",
+        "unknown field `bakup`",
+    );
+}
+
+#[test]
+fn unknown_attribute_of_a_builtin_type() {
+    rejects(
+        "toml",
+        toml("source.a.file = { path = \"conf/a.nix\", usechecksum = true }"),
+        "3:",
+        "unknown field `usechecksum`",
+    );
+}
+
+#[test]
+fn two_type_keys() {
+    rejects(
+        "toml",
+        toml("[deployments.site.source.a]\nfile = \"conf/a.nix\"\npipe = \"echo\""),
+        "3:",
+        "has 2 type keys (file, pipe)",
+    );
+}
+
+#[test]
+fn wrong_value_type() {
+    rejects("toml", toml("backup = \"yes\""), "3:10: ", "invalid type: string \"yes\", expected a boolean");
+    rejects(
+        "json",
+        |t| format!("{{\"deployments\": {{\"site\": {{\"target\": {t:?},\n \"force\": 1}}}}}}"),
+        "2:",
+        "invalid type: integer `1`, expected a boolean",
+    );
+}
+
+#[test]
+fn file_path_that_does_not_exist() {
+    rejects("toml", toml("source.a.file = \"conf/missing.nix\""), "3:", "conf/missing.nix does not exist");
+}
+
+#[test]
+fn unknown_source_type_lists_the_available_ones() {
+    rejects(
+        "toml",
+        toml("source.a.gti = { url = \"x\" }"),
+        "3:",
+        "unknown source type \"gti\"; available types: file, pipe, symlink",
+    );
+}
+
+#[test]
+fn bad_source_name_and_target() {
+    rejects("toml", toml("source.\"..\".file = \"conf/a.nix\""), "3:", "must be one path component");
+    rejects(
+        "toml",
+        |_| "[deployments.site]\ntarget = \"-oProxyCommand=touch /tmp/x\"\n".to_owned(),
+        "2:",
+        "would be read as an ssh option",
+    );
+}
+
+#[test]
+fn unknown_deployment_name_and_bad_flags() {
+    let sb = Sandbox::new();
+    sb.target_dir("site");
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.site]\ntarget = {:?}\n", sb.path("site").display().to_string()),
+    );
+    sb.krops(&["populate", "nope"]).code(2).stderr_has("no deployment named \"nope\"; available: site");
+    sb.krops(&["deploy", "--operation", "--flake"]).code(2);
+    sb.krops(&["deploy", "--operation=-x"]).code(2).stderr_has("not a nixos-rebuild action");
+    sb.krops(&["populate", "--jobs", "0"]).code(2);
+    sb.krops(&["frobnicate"]).code(2);
+    assert_eq!(sb.listing("site"), [".populate"]);
+}
+
+#[test]
+fn no_configuration_file() {
+    let sb = Sandbox::new();
+    sb.krops(&["populate"]).code(2).stderr_has("no krops.toml, krops.nix, krops.json in");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real `krops` binary and real plugins, with real rsync, against local
+//! targets in temporary directories. Build first with `cargo xtask test`.
+
+// Tests say what they expect; a failed unwrap is a failed expectation.
+#![allow(clippy::unwrap_used)]
+
+mod config_errors;
+mod local;
+mod plugins;
+mod support;

@@ -1,0 +1,65 @@
+//! `cargo xtask`: the project's own tasks. `test` is what CI runs; `example` is a newcomer's
+//! first deploy. Both install the Debian packages they need (as root) before anything else.
+
+mod deps;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  test      install test dependencies, build the workspace (plugins included), run every test
+  example   build krops and deploy examples/local into /tmp/krops-example/src";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("example") => example(),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_owned()
+}
+
+/// Runs a command in the workspace root, failing with its status.
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Plugins are cdylibs that `cargo test` does not build; the tests use these builds.
+fn build_workspace() -> Result<()> {
+    run("cargo", &["build", "--workspace"])
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    deps::ensure(deps::TEST)?;
+    build_workspace()?;
+    let mut args = vec!["test", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    run("cargo", &args)
+}
+
+fn example() -> Result<()> {
+    deps::ensure(deps::EXAMPLE)?;
+    build_workspace()?;
+    let krops = workspace_root().join("target/debug/krops");
+    let krops = krops.to_str().context("non-UTF-8 workspace path")?;
+    run(krops, &["-f", "examples/local/krops.toml", "run"])
+}
