@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use krops_core::config::{self, check_operation, Config, Deployment};
 use krops_core::loader::{search_dirs, Registry};
 use krops_core::pipeline::{self, Action};
+use krops_core::ssh::Multiplexer;
 
 #[derive(Parser)]
 #[command(name = "krops", version, about = "Deploy NixOS systems, remotely or locally")]
@@ -122,16 +123,33 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         .enable_all()
         .build()
         .map_err(|e| UsageError(anyhow!("cannot start the runtime: {e}")))?;
+    let ssh = Arc::new(
+        Multiplexer::new()
+            .map_err(|e| UsageError(anyhow!("cannot create the ssh control directory: {e}")))?,
+    );
     let run = pipeline::Run { action, deployments, jobs: usize::from(cli.jobs) };
     let outcomes = runtime.block_on(async {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let renderer = tokio::spawn(render::render(receiver, render::Verbosity::new(cli.verbose, cli.quiet)));
-        let outcomes = pipeline::run(run, registry, sender).await;
-        // The pipeline dropped its senders; the renderer drains what is left and ends.
-        let _ = renderer.await;
+        let outcomes = tokio::select! {
+            outcomes = pipeline::run(run, registry, ssh.clone(), sender) => Some(outcomes),
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        if outcomes.is_some() {
+            // The pipeline dropped its senders; the renderer drains what is left and ends.
+            let _ = renderer.await;
+        }
         outcomes
     });
-    Ok(render::summary(&outcomes))
+    ssh.shutdown();
+    match outcomes {
+        Some(outcomes) => Ok(render::summary(&outcomes)),
+        None => {
+            eprintln!("krops: interrupted; ssh connections closed");
+            // Deployments still running in blocking threads are abandoned, not awaited.
+            std::process::exit(130)
+        }
+    }
 }
 
 fn load_plugins(cli_dirs: &[PathBuf]) -> anyhow::Result<Registry> {

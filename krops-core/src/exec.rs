@@ -140,3 +140,61 @@ pub fn run(
         Err(ExecError::Failed { program, status, stderr })
     }
 }
+
+/// A long-running child (an ssh ControlMaster): reads the user's terminal for prompts, its
+/// stderr is collected in the background for when it fails.
+pub struct Background {
+    pub program: String,
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Background {
+    pub fn start(argv: &Argv) -> Result<Background, ExecError> {
+        let program = argv.program().to_owned();
+        let mut child = Command::new(&argv.0[0])
+            .args(&argv.0[1..])
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut kept) = sink.lock() {
+                        kept.push_str(&line);
+                        kept.push('\n');
+                    }
+                }
+            });
+        }
+        Ok(Background { program, child, stderr })
+    }
+
+    /// `Some(error)` once the child has exited, with what it printed.
+    pub fn exited(&mut self) -> Option<ExecError> {
+        match self.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => {
+                // Let the reader thread catch the last lines.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                Some(ExecError::Failed { program: self.program.clone(), status, stderr })
+            }
+            Err(source) => Some(ExecError::Io { program: self.program.clone(), source }),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends the child and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

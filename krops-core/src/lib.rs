@@ -10,5 +10,6 @@ pub mod handle;
 pub mod loader;
 pub mod pipeline;
 pub mod plugin;
+pub mod ssh;
 pub mod target;
 pub mod transport;

@@ -17,6 +17,7 @@ use crate::exec::{self, Input, Output, Stream};
 use crate::handle::HostHandle;
 use crate::loader::Registry;
 use crate::plugin::PopulateRequest;
+use crate::ssh::Multiplexer;
 use crate::target::Origin;
 use crate::transport::{Transport, Tty};
 
@@ -40,7 +41,12 @@ pub struct Run {
 pub type Outcomes = Vec<(String, Result<(), DeployError>)>;
 
 /// Runs every deployment, at most `jobs` at once, and waits for all of them.
-pub async fn run(run: Run, registry: Arc<Registry>, events: UnboundedSender<Event>) -> Outcomes {
+pub async fn run(
+    run: Run,
+    registry: Arc<Registry>,
+    ssh: Arc<Multiplexer>,
+    events: UnboundedSender<Event>,
+) -> Outcomes {
     let semaphore = Arc::new(Semaphore::new(run.jobs.max(1)));
     let origin = Arc::new(Origin::current());
     let mut tasks = Vec::new();
@@ -48,6 +54,7 @@ pub async fn run(run: Run, registry: Arc<Registry>, events: UnboundedSender<Even
         let semaphore = semaphore.clone();
         let registry = registry.clone();
         let origin = origin.clone();
+        let ssh = ssh.clone();
         let action = run.action.clone();
         let reporter = Reporter::new(name.clone(), events.clone());
         let task = tokio::spawn(async move {
@@ -56,7 +63,7 @@ pub async fn run(run: Run, registry: Arc<Registry>, events: UnboundedSender<Even
             // Stages call plugins and wait for child processes: blocking work.
             let result = tokio::task::spawn_blocking({
                 let reporter = reporter.clone();
-                move || deploy_one(&deployment, &action, &registry, &origin, &reporter)
+                move || deploy_one(&deployment, &action, &registry, &origin, &ssh, &reporter)
             })
             .await
             .unwrap_or_else(|join_error| {
@@ -96,13 +103,23 @@ fn deploy_one(
     action: &Action,
     registry: &Registry,
     origin: &Origin,
+    ssh: &Multiplexer,
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
-    let target = Transport::new(deployment.target.clone(), origin);
+    let connect = |target: &crate::target::Target| {
+        let transport = Transport::new(target.clone(), origin);
+        ssh.connect(&transport).map_err(|message| DeployError {
+            host: transport.host_label(),
+            stage: Stage::Sentinel,
+            source_name: None,
+            message,
+        })
+    };
+    let target = connect(&deployment.target)?;
     // krops populates the build host too when it differs from the target.
     let mut hosts = Vec::new();
     if let (Action::Deploy { .. }, Some(build)) = (action, &deployment.build_target) {
-        hosts.push(Transport::new(build.clone(), origin));
+        hosts.push(connect(build)?);
     }
     hosts.push(target.clone());
     for host in &hosts {

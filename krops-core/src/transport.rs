@@ -1,7 +1,7 @@
 //! How a command reaches a target. Every command krops runs on a target is built here, as an
 //! argv vector; for ssh targets that vector is quoted exactly once into ssh's command string.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::exec::Argv;
 use crate::target::{Origin, Target};
@@ -22,6 +22,9 @@ pub fn join<S: AsRef<str>>(words: &[S]) -> String {
 pub struct Transport {
     pub target: Target,
     pub local: bool,
+    /// The ssh ControlMaster socket every ssh and rsync to this target rides on, once
+    /// [`crate::ssh::Multiplexer::connect`] has set one up.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// Whether the remote side gets a terminal (`run` with `allocateTTY`).
@@ -34,7 +37,7 @@ pub enum Tty {
 impl Transport {
     pub fn new(target: Target, origin: &Origin) -> Self {
         let local = target.is_local(origin);
-        Transport { target, local }
+        Transport { target, local, control_socket: None }
     }
 
     /// The host as shown in messages: `None` for a local target.
@@ -109,9 +112,30 @@ impl Transport {
         Argv(argv)
     }
 
+    /// argv of the ControlMaster for this target: authenticates (prompting on the terminal
+    /// if it must), then serves every later ssh and rsync through `socket` until killed.
+    pub fn master(&self, socket: &Path) -> Argv {
+        let mut argv = vec!["ssh".to_owned(), "-M".into(), "-N".into()];
+        argv.extend(["-S".into(), socket.to_string_lossy().into_owned()]);
+        argv.extend(["-o".into(), "ControlPersist=no".into()]);
+        argv.extend(self.login_options());
+        argv.extend(["--".into(), self.target.host.clone()]);
+        Argv(argv)
+    }
+
     /// `ssh` and the options that every connection to this target carries.
     fn ssh_base(&self) -> Vec<String> {
         let mut argv = vec!["ssh".to_owned()];
+        if let Some(socket) = &self.control_socket {
+            argv.extend(["-S".into(), socket.to_string_lossy().into_owned()]);
+            argv.extend(["-o".into(), "ControlMaster=no".into()]);
+        }
+        argv.extend(self.login_options());
+        argv
+    }
+
+    fn login_options(&self) -> Vec<String> {
+        let mut argv = Vec::new();
         if !self.target.user.is_empty() {
             argv.extend(["-l".into(), self.target.user.clone()]);
         }

@@ -1,1 +1,5 @@
-//! Integration tests of the real `krops` binary and plugins; see tests/*.rs.
+//! Reusable test infrastructure for krops: real sshd test hosts on loopback ([`hosts`]) and a
+//! latency-adding TCP proxy ([`proxy`]). Used by the integration tests and `cargo xtask bench`.
+
+pub mod hosts;
+pub mod proxy;

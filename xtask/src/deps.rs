@@ -10,7 +10,13 @@ pub type Requirement = (&'static str, &'static str);
 
 pub const EXAMPLE: &[Requirement] = &[("rsync", "rsync")];
 
-pub const TEST: &[Requirement] = &[("rsync", "rsync"), ("sudo", "sudo")];
+pub const TEST: &[Requirement] = &[
+    ("rsync", "rsync"),
+    ("sudo", "sudo"),
+    ("ssh", "openssh-client"),
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("unshare", "util-linux"),
+];
 
 fn have(command: &str) -> bool {
     Command::new("sh")

@@ -78,20 +78,7 @@ impl Sandbox {
 
     /// Names, recursively, of everything below `relative` (for "nothing was touched").
     pub fn listing(&self, relative: &str) -> Vec<String> {
-        let root = self.path(relative);
-        let mut names = Vec::new();
-        let mut stack = vec![root.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read_dir") {
-                let path = entry.expect("entry").path();
-                names.push(path.strip_prefix(&root).expect("prefix").display().to_string());
-                if path.is_dir() && !path.is_symlink() {
-                    stack.push(path);
-                }
-            }
-        }
-        names.sort();
-        names
+        list(&self.path(relative))
     }
 }
 
@@ -151,4 +138,132 @@ impl fmt::Display for Outcome {
         writeln!(f, "--- stdout\n{}", self.stdout)?;
         write!(f, "--- stderr\n{}", self.stderr)
     }
+}
+
+/// Where a scenario deploys to: a local directory, or a real sshd test host as root or as the
+/// sudo user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Local,
+    Root,
+    Sudo,
+}
+
+pub struct Site {
+    pub kind: Kind,
+    /// The target directory as the test sees it.
+    dir: PathBuf,
+    host: Option<krops_tests::hosts::TestHost>,
+}
+
+impl Site {
+    /// A site whose target directory is empty (no sentinel).
+    pub fn new(sb: &Sandbox, kind: Kind) -> Site {
+        Site::named(sb, kind, "site")
+    }
+
+    /// Like [`Site::new`]; `name` tells several local sites of one sandbox apart.
+    pub fn named(sb: &Sandbox, kind: Kind, name: &str) -> Site {
+        match kind {
+            Kind::Local => Site { kind, dir: sb.mkdir(name), host: None },
+            Kind::Root | Kind::Sudo => {
+                let host = krops_tests::hosts::TestHost::start("krops-test-host");
+                Site { kind, dir: host.var_src(), host: Some(host) }
+            }
+        }
+    }
+
+    /// A site with its sentinel in place.
+    pub fn ready(sb: &Sandbox, kind: Kind) -> Site {
+        Site::new(sb, kind).with_sentinel()
+    }
+
+    pub fn with_sentinel(self) -> Site {
+        let site = self;
+        std::fs::write(site.dir.join(".populate"), "").expect("sentinel");
+        site
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        if relative.is_empty() {
+            self.dir.clone()
+        } else {
+            self.dir.join(relative)
+        }
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.path(relative)).unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
+    }
+
+    /// The target path as krops sees it (what `KROPS_TARGET_PATH` says).
+    pub fn target_path(&self) -> String {
+        match self.host {
+            None => self.dir.display().to_string(),
+            Some(_) => "/var/src".to_owned(),
+        }
+    }
+
+    /// `HOST:` as in krops's messages; empty for a local target.
+    pub fn host_prefix(&self) -> &'static str {
+        match self.host {
+            None => "",
+            Some(_) => "127.0.0.1:",
+        }
+    }
+
+    /// The TOML value of `target`.
+    pub fn target(&self) -> String {
+        self.target_via(self.host.as_ref().map_or(0, |h| h.port))
+    }
+
+    /// The TOML value of `target`, reaching a remote host through `port` (e.g. a proxy).
+    pub fn target_via(&self, port: u16) -> String {
+        match (&self.host, self.kind) {
+            (None, _) => format!("{:?}", self.target_path()),
+            (Some(host), Kind::Sudo) => host.target_toml(krops_tests::hosts::Login::Sudo, port, "/var/src"),
+            (Some(host), _) => host.target_toml(krops_tests::hosts::Login::Root, port, "/var/src"),
+        }
+    }
+
+    pub fn host(&self) -> Option<&krops_tests::hosts::TestHost> {
+        self.host.as_ref()
+    }
+
+    /// Everything below `relative` (see [`Sandbox::listing`]).
+    pub fn listing(&self, relative: &str) -> Vec<String> {
+        list(&self.path(relative))
+    }
+}
+
+fn list(root: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            names.push(path.strip_prefix(root).expect("prefix").display().to_string());
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Runs each named scenario `fn(Kind)` as three tests: `local::NAME`, `root::NAME`, `sudo::NAME`.
+#[macro_export]
+macro_rules! on_every_site {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Local) } )*
+        }
+        mod root {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Root) } )*
+        }
+        mod sudo {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Sudo) } )*
+        }
+    };
 }

@@ -1,0 +1,142 @@
+//! One multiplexed ssh connection per target per run. The first use of a target starts an
+//! OpenSSH ControlMaster (so `~/.ssh/config`, agents and prompts work as usual, and a prompt
+//! appears once per host, not once per step); every later ssh and rsync rides on its socket.
+//! Sockets live in a private 0700 directory that disappears, with every master, at shutdown.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::exec::Background;
+use crate::target::Target;
+use crate::transport::Transport;
+
+/// What makes two targets share a connection: everything ssh connects with.
+type Key = (String, String, Option<u16>, Vec<String>);
+
+enum Slot {
+    Connected(PathBuf),
+    Failed(String),
+}
+
+/// The run's ssh masters.
+pub struct Multiplexer {
+    dir: Mutex<Option<tempfile::TempDir>>,
+    slots: Mutex<HashMap<Key, Arc<Mutex<Option<Slot>>>>>,
+    masters: Mutex<Vec<Background>>,
+    /// Names the sockets; a count of masters would race between concurrent starts.
+    next_socket: std::sync::atomic::AtomicUsize,
+    /// Held while a master authenticates when a terminal is attached, so that two hosts never
+    /// prompt at once.
+    prompt: Mutex<()>,
+}
+
+impl Multiplexer {
+    pub fn new() -> std::io::Result<Multiplexer> {
+        // Socket paths are limited to ~108 bytes; a long TMPDIR would not fit.
+        let base = std::env::temp_dir();
+        let base = if base.as_os_str().len() > 60 { PathBuf::from("/tmp") } else { base };
+        // tempfile creates the directory with mode 0700.
+        let dir = tempfile::Builder::new().prefix("krops-ssh-").tempdir_in(base)?;
+        Ok(Multiplexer {
+            dir: Mutex::new(Some(dir)),
+            slots: Mutex::new(HashMap::new()),
+            masters: Mutex::new(Vec::new()),
+            next_socket: std::sync::atomic::AtomicUsize::new(0),
+            prompt: Mutex::new(()),
+        })
+    }
+
+    /// The control directory (for tests and diagnostics).
+    pub fn dir(&self) -> Option<PathBuf> {
+        self.dir.lock().ok()?.as_ref().map(|d| d.path().to_owned())
+    }
+
+    /// Returns `transport` riding on its target's master, starting the master if this is the
+    /// target's first use in this run. Local transports are returned unchanged.
+    pub fn connect(&self, transport: &Transport) -> Result<Transport, String> {
+        if transport.local {
+            return Ok(transport.clone());
+        }
+        let slot = {
+            let mut slots = self.slots.lock().map_err(|_| "ssh multiplexer poisoned")?;
+            slots.entry(key(&transport.target)).or_default().clone()
+        };
+        // Concurrent deployments to one host wait here for the first one's master.
+        let mut slot = slot.lock().map_err(|_| "ssh multiplexer poisoned")?;
+        if slot.is_none() {
+            *slot = Some(match self.start_master(transport) {
+                Ok(socket) => Slot::Connected(socket),
+                Err(message) => Slot::Failed(message),
+            });
+        }
+        match slot.as_ref() {
+            Some(Slot::Connected(socket)) => {
+                Ok(Transport { control_socket: Some(socket.clone()), ..transport.clone() })
+            }
+            Some(Slot::Failed(message)) => Err(message.clone()),
+            None => Err("ssh master slot empty".to_owned()),
+        }
+    }
+
+    fn start_master(&self, transport: &Transport) -> Result<PathBuf, String> {
+        let socket = {
+            let dir = self.dir.lock().map_err(|_| "ssh multiplexer poisoned")?;
+            let dir = dir.as_ref().ok_or("the run is shutting down")?;
+            let number = self.next_socket.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            dir.path().join(number.to_string())
+        };
+        let _prompting = if std::io::stdin().is_terminal() { Some(self.prompt.lock()) } else { None };
+        let master = Background::start(&transport.master(&socket)).map_err(|e| e.to_string())?;
+        let pid = master.pid();
+        // Registered before it is ready, so that a shutdown meanwhile (Ctrl-C) ends it too.
+        self.masters.lock().map_err(|_| "ssh multiplexer poisoned")?.push(master);
+        while !socket_ready(&socket) {
+            let exited = {
+                let mut masters = self.masters.lock().map_err(|_| "ssh multiplexer poisoned")?;
+                match masters.iter_mut().find(|m| m.pid() == pid) {
+                    Some(master) => master.exited(),
+                    None => return Err("the run is shutting down".to_owned()),
+                }
+            };
+            if let Some(error) = exited {
+                return Err(format!("cannot connect: {error}"));
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        tracing::debug!(pid, socket = %socket.display(), "ssh master up");
+        Ok(socket)
+    }
+
+    /// Ends every master and removes the control directory. Safe to call more than once.
+    pub fn shutdown(&self) {
+        if let Ok(mut masters) = self.masters.lock() {
+            for master in masters.iter_mut() {
+                master.stop();
+            }
+            masters.clear();
+        }
+        if let Ok(mut dir) = self.dir.lock() {
+            if let Some(dir) = dir.take() {
+                let _ = dir.close();
+            }
+        }
+    }
+}
+
+impl Drop for Multiplexer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn key(target: &Target) -> Key {
+    (target.user.clone(), target.host.clone(), target.port, target.extra_options.clone())
+}
+
+fn socket_ready(socket: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
+}

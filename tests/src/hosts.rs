@@ -1,0 +1,259 @@
+//! Real sshd test hosts on 127.0.0.1. Each host is an sshd in its own mount and UTS
+//! namespace, with private `/var/src`, `/root`, `/home` and `/etc/hosts` bind-mounted from a
+//! temporary directory, its own port and host key. Logins: `root`, and `kropsdeploy` with
+//! passwordless sudo, both by one client key. Needs root. The sshd is a child of the test
+//! process and is killed by PID when the [`TestHost`] is dropped, also on panic.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The non-root login, which deploys through sudo.
+pub const SUDO_USER: &str = "kropsdeploy";
+
+/// Debian packages the hosts need: (command, package).
+const PACKAGES: [(&str, &str); 3] =
+    [("/usr/sbin/sshd", "openssh-server"), ("rsync", "rsync"), ("sudo", "sudo")];
+
+/// How a test logs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    Root,
+    /// [`SUDO_USER`], with `sudo = true`.
+    Sudo,
+}
+
+pub struct TestHost {
+    pub name: String,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    sshd: Child,
+}
+
+/// The client key and known-hosts file, shared by every host of the process.
+struct Client {
+    key: PathBuf,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+fn have(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", "command -v \"$1\" >/dev/null", "sh", command])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Once per process: packages, `/run/sshd`, the sudo user, the client key.
+fn setup() -> &'static Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT.get_or_init(|| setup_machine().unwrap_or_else(|e| panic!("test host setup: {e}")))
+}
+
+fn setup_machine() -> Result<Client, String> {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    if !missing.is_empty() {
+        run("apt-get", &["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        run("apt-get", &args)?;
+    }
+    for dir in ["/run/sshd", "/var/src"] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+    }
+    if run("id", &["-u", SUDO_USER]).is_err() {
+        // Races with a parallel test process are harmless: the loser's useradd fails, the
+        // user exists either way.
+        let _ = run("useradd", &["-M", "-s", "/bin/sh", SUDO_USER]);
+    }
+    // With UsePAM no, a locked password ('!') refuses even key logins.
+    run("usermod", &["-p", "*", SUDO_USER])?;
+    let sudoers = format!("/etc/sudoers.d/{SUDO_USER}");
+    if !Path::new(&sudoers).exists() {
+        std::fs::write(&sudoers, format!("{SUDO_USER} ALL=(ALL) NOPASSWD: ALL\n"))
+            .and_then(|()| std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440)))
+            .map_err(|e| format!("{sudoers}: {e}"))?;
+    }
+    let dir = std::env::temp_dir().join(format!("krops-test-client-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let key = dir.join("id_ed25519");
+    if !key.exists() {
+        run(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-C", "krops-test", "-f", &key.to_string_lossy()],
+        )?;
+    }
+    Ok(Client { key })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Starts sshd inside fresh namespaces with the host's private directories mounted.
+const START_SCRIPT: &str = r#"set -e
+mount --bind "$1/var-src" /var/src
+mount --bind "$1/root-home" /root
+mount --bind "$1/home" /home
+mount --bind "$1/hosts" /etc/hosts
+hostname "$2"
+exec /usr/sbin/sshd -D -e -f "$1/sshd_config""#;
+
+impl TestHost {
+    /// Starts a host; panics (killing what it started) if it does not come up.
+    pub fn start(name: &str) -> TestHost {
+        let client = setup();
+        let mut last_error = String::new();
+        // A free port can be taken by someone else before sshd binds it; try again then.
+        for _ in 0..5 {
+            match TestHost::try_start(name, client) {
+                Ok(host) => return host,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("test host {name} did not start: {last_error}");
+    }
+
+    fn try_start(name: &str, client: &Client) -> Result<TestHost, String> {
+        let dir = tempfile::Builder::new().prefix("krops-host-").tempdir().map_err(|e| e.to_string())?;
+        let root = dir.path();
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        for sub in ["var-src", "root-home/.ssh", "home", "state"] {
+            std::fs::create_dir_all(root.join(sub)).map_err(|e| io(sub, e))?;
+        }
+        std::fs::set_permissions(root.join("home"), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io("home", e))?;
+        std::fs::set_permissions(root.join("var-src"), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io("var-src", e))?;
+        let public =
+            std::fs::read_to_string(client.key.with_extension("pub")).map_err(|e| io("client key", e))?;
+        std::fs::write(root.join("root-home/.ssh/authorized_keys"), &public).map_err(|e| io("keys", e))?;
+        let user_ssh = root.join(format!("home/{SUDO_USER}/.ssh"));
+        std::fs::create_dir_all(&user_ssh).map_err(|e| io("user home", e))?;
+        std::fs::write(user_ssh.join("authorized_keys"), &public).map_err(|e| io("user keys", e))?;
+        let user_home = root.join(format!("home/{SUDO_USER}"));
+        std::fs::set_permissions(&user_home, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io("home", e))?;
+        run("chown", &["-R", &format!("{SUDO_USER}:"), &user_home.to_string_lossy()])?;
+        std::fs::write(root.join("hosts"), format!("127.0.0.1 localhost\n127.0.1.1 {name}\n"))
+            .map_err(|e| io("hosts", e))?;
+        let host_key = root.join("ssh_host_ed25519_key");
+        run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &host_key.to_string_lossy()])?;
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             StrictModes yes\nUseDNS no\nAuthorizedKeysFile .ssh/authorized_keys\nMaxSessions 100\n\
+             MaxStartups 100:30:200\nSubsystem sftp internal-sftp\n",
+            host_key.display()
+        );
+        std::fs::write(root.join("sshd_config"), config).map_err(|e| io("sshd_config", e))?;
+        let sshd = Command::new("unshare")
+            .args(["--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c", START_SCRIPT, "sh"])
+            .arg(root)
+            .arg(name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start sshd: {e}"))?;
+        let mut host = TestHost { name: name.to_owned(), port, dir, sshd };
+        host.wait_ready()?;
+        Ok(host)
+    }
+
+    /// Ready when the port *answers* with an SSH banner.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.sshd.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.sshd.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Err(format!("sshd exited ({status}): {stderr}"));
+            }
+            if let Ok(mut stream) = TcpStream::connect(self.address()) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut banner = [0u8; 4];
+                if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("sshd did not answer within 10 s".to_owned())
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The directory holding the host's private file systems (homes, `/var/src`, state).
+    pub fn root_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The host's `/var/src`, as seen from the test.
+    pub fn var_src(&self) -> PathBuf {
+        self.dir.path().join("var-src")
+    }
+
+    /// The client options every ssh to a test host needs (passed as `extraOptions`).
+    pub fn extra_options() -> Vec<String> {
+        let client = setup();
+        [
+            "-F",
+            "/dev/null",
+            "-i",
+            &client.key.to_string_lossy(),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// A TOML inline table for this host as a krops target, reached on `port` (the host's own,
+    /// or a proxy's in front of it).
+    pub fn target_toml(&self, login: Login, port: u16, path: &str) -> String {
+        let (user, sudo) = match login {
+            Login::Root => ("root", false),
+            Login::Sudo => (SUDO_USER, true),
+        };
+        let options: Vec<String> = TestHost::extra_options().iter().map(|o| format!("{o:?}")).collect();
+        format!(
+            "{{ host = \"127.0.0.1\", port = {port}, user = \"{user}\", path = {path:?}, sudo = {sudo}, extraOptions = [{}] }}",
+            options.join(", ")
+        )
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+    }
+}

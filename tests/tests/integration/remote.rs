@@ -1,0 +1,163 @@
+//! What only remote targets have: one multiplexed connection per host, masters and their
+//! control directory gone after every kind of ending, hostile hosts and users rejected.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use krops_tests::proxy::DelayProxy;
+
+use crate::support::{krops_bin, Kind, Outcome, Sandbox, Site};
+
+/// krops with TMPDIR pointing into the sandbox, so that its ssh control directory is ours to
+/// inspect.
+fn krops_with_tmpdir(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut command = Command::new(krops_bin());
+    command
+        .args(args)
+        .current_dir(sb.path(""))
+        .env("TMPDIR", sb.mkdir("tmp"))
+        .env_remove("KROPS_PLUGIN_PATH");
+    command
+}
+
+/// Processes whose command line mentions `needle` (e.g. an ssh master's socket directory).
+fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// The control directory is gone and no master (`ssh -M`) runs once krops has exited. A
+/// multiplexing client that was mid-command may take a moment to notice its master is gone.
+fn assert_no_masters_left(sb: &Sandbox) {
+    let tmp = sb.path("tmp");
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(leftovers.is_empty(), "control directory left behind: {leftovers:?}");
+    let masters: Vec<String> =
+        processes_mentioning(&tmp).into_iter().filter(|p| p.contains(" -M ")).collect();
+    assert!(masters.is_empty(), "ssh masters left behind: {masters:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&tmp).is_empty() {
+        assert!(Instant::now() < deadline, "ssh clients left behind: {:?}", processes_mentioning(&tmp));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn five_sources(sb: &Sandbox, target: &str) {
+    sb.write("conf/a.nix", "a");
+    sb.write("conf/b.nix", "b");
+    sb.write("conf/dir/c.nix", "c");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {target}\n[deployments.site.source]\n\
+             a.file = \"conf/a.nix\"\nb.file = \"conf/b.nix\"\ndir.file = \"conf/dir\"\n\
+             link.symlink = \"a\"\ninfo.pipe = \"echo hello\"\n"
+        ),
+    );
+}
+
+#[test]
+fn a_deploy_opens_exactly_one_connection_per_host() {
+    for kind in [Kind::Root, Kind::Sudo] {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, kind);
+        let host = site.host().unwrap();
+        let proxy = DelayProxy::start(host.address(), Duration::ZERO).unwrap();
+        five_sources(&sb, &site.target_via(proxy.port));
+        // Deploy and run: sentinel, five sources and the command ride on one connection.
+        sb.krops(&["run", "--", "true"]).success();
+        assert_eq!(site.read("link"), "a");
+        assert_eq!(site.read("info"), "hello\n");
+        assert_eq!(proxy.connections(), 1, "{kind:?}: one TCP connection for the whole run");
+    }
+}
+
+#[test]
+fn masters_are_gone_after_success_and_failure() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    five_sources(&sb, &site.target());
+    Outcome::of(krops_with_tmpdir(&sb, &["populate"])).success();
+    assert_no_masters_left(&sb);
+
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.site]\ntarget = {}\nsource.p.pipe = \"exit 1\"\n", site.target()),
+    );
+    Outcome::of(krops_with_tmpdir(&sb, &["populate"])).code(1);
+    assert_no_masters_left(&sb);
+}
+
+#[test]
+fn masters_are_gone_after_sigint() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.site]\ntarget = {}\nsource.slow.pipe = \"sleep 3\"\n", site.target()),
+    );
+    let mut child = krops_with_tmpdir(&sb, &["populate"]).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait until the master is up (the slow source runs after the sentinel check).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let socket_up = || {
+        let dirs = std::fs::read_dir(sb.path("tmp")).unwrap().flatten();
+        dirs.into_iter().any(|d| d.path().join("0").exists())
+    };
+    while !socket_up() {
+        assert!(Instant::now() < deadline, "no ssh master appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_no_masters_left(&sb);
+}
+
+#[test]
+fn unreachable_host_fails_with_ssh_error_and_host() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.site]\ntarget = {}\nsource.l.symlink = \"x\"\n", site.target_via(port)),
+    );
+    sb.krops(&["populate"]).code(1).stderr_has("on 127.0.0.1").stderr_has("Connection refused");
+}
+
+#[test]
+fn hostile_hosts_and_users_execute_nothing() {
+    let sb = Sandbox::new();
+    let marker = sb.path("pwned");
+    let m = marker.display();
+    for target in [
+        format!("-oProxyCommand=touch {m}"),
+        format!("root@-oProxyCommand=touch {m}"),
+        format!("-oProxyCommand=touch {m}@host"),
+        format!("root@$(touch {m})"),
+        format!("root@`touch {m}`"),
+        format!("root@host;touch {m}"),
+        "ro'ot@host".to_owned(),
+        "root@host name".to_owned(),
+        "root@host\nname".to_owned(),
+    ] {
+        sb.write("krops.toml", &format!("[deployments.x]\ntarget = {target:?}\nsource.l.symlink = \"a\"\n"));
+        sb.krops(&["populate"]).code(2).stderr_has("invalid target");
+        sb.write(
+            "krops.toml",
+            &format!("[deployments.x]\ntarget = {{ host = {target:?}, user = {target:?} }}\nsource.l.symlink = \"a\"\n"),
+        );
+        sb.krops(&["populate"]).code(2).stderr_has("invalid target");
+    }
+    assert!(!marker.exists(), "a hostile target executed something");
+}
