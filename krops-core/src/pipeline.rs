@@ -222,6 +222,11 @@ rsync -aAXF --delete --exclude /.populate --link-dest="$1" "$1/" "$1/.populate/b
     Ok(())
 }
 
+/// How many sources of one host are populated at once. They are independent (each owns
+/// `<path>/<name>`), and over a multiplexed connection their round trips overlap; sshd's
+/// default `MaxSessions` is 10 channels per connection.
+const SOURCES_AT_ONCE: usize = 8;
+
 fn populate(
     host: &Transport,
     deployment: &Deployment,
@@ -231,39 +236,75 @@ fn populate(
     let stage_started = Instant::now();
     let label = host.host_label();
     reporter.stage_started(&label, Stage::Populate);
-    let handle = HostHandle { transport: host, reporter };
-    for (name, source) in &deployment.source {
-        let fail = |message: String| DeployError {
-            host: label.clone(),
-            stage: Stage::Populate,
-            source_name: Some(name.clone()),
-            message,
-        };
-        let plugin = registry
-            .get(&source.source_type)
-            .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
-        let request = PopulateRequest {
-            name: name.clone(),
-            attrs: source.attrs.clone(),
-            target_path: host.target.path.clone(),
-        };
-        let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
-        let started = Instant::now();
-        let report = plugin
-            .populator
-            .populate(TargetHandle_TO::from_ptr(&handle, TD_Opaque), RStr::from(request.as_str()))
-            .into_result()
-            .map_err(|e| fail(RString::into_string(e)))?;
-        reporter.emit(Event::SourcePopulated {
-            deployment: reporter.deployment.clone(),
-            host: label.clone(),
-            source: name.clone(),
-            source_type: source.source_type.clone(),
-            millis: started.elapsed().as_millis(),
-            report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
-        });
+    let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<(), DeployError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..SOURCES_AT_ONCE.min(sources.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut failures = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some((name, source)) = sources.get(index) else { break };
+                        if let Err(error) = populate_source(host, name, source, registry, reporter) {
+                            failures.push((index, error));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let mut failures: Vec<(usize, DeployError)> =
+            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect();
+        // Report the first failing source in configuration order, whatever finished first.
+        failures.sort_by_key(|(index, _)| *index);
+        failures.into_iter().map(|(_, error)| Err(error)).collect()
+    });
+    if let Some(Err(error)) = results.into_iter().next() {
+        return Err(error);
     }
     reporter.stage_finished(&label, Stage::Populate, stage_started.elapsed());
+    Ok(())
+}
+
+fn populate_source(
+    host: &Transport,
+    name: &str,
+    source: &crate::config::Source,
+    registry: &Registry,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let label = host.host_label();
+    let fail = |message: String| DeployError {
+        host: label.clone(),
+        stage: Stage::Populate,
+        source_name: Some(name.to_owned()),
+        message,
+    };
+    let plugin = registry
+        .get(&source.source_type)
+        .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
+    let request = PopulateRequest {
+        name: name.to_owned(),
+        attrs: source.attrs.clone(),
+        target_path: host.target.path.clone(),
+    };
+    let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
+    let handle = HostHandle { transport: host, reporter };
+    let started = Instant::now();
+    let report = plugin
+        .populator
+        .populate(TargetHandle_TO::from_ptr(&handle, TD_Opaque), RStr::from(request.as_str()))
+        .into_result()
+        .map_err(|e| fail(RString::into_string(e)))?;
+    reporter.emit(Event::SourcePopulated {
+        deployment: reporter.deployment.clone(),
+        host: label.clone(),
+        source: name.to_owned(),
+        source_type: source.source_type.clone(),
+        millis: started.elapsed().as_millis(),
+        report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
+    });
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks. `test` is what CI runs; `example` is a newcomer's
 //! first deploy. Both install the Debian packages they need (as root) before anything else.
 
+mod bench;
 mod deps;
 
 use std::path::{Path, PathBuf};
@@ -12,13 +13,19 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   test      install test dependencies, build the workspace (plugins included), run every test
-  example   build krops and deploy examples/local into /tmp/krops-example/src";
+  example   build krops and deploy examples/local into /tmp/krops-example/src
+  bench     release build, then benchmarks against loopback test hosts (see BENCHMARKS.md)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("example") => example(),
+        Some("bench") => {
+            deps::ensure(deps::TEST)?;
+            run("cargo", &["build", "--workspace", "--release"])?;
+            bench::run_all(&workspace_root().join("target/release"))
+        }
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
