@@ -161,3 +161,45 @@ fn hostile_hosts_and_users_execute_nothing() {
     }
     assert!(!marker.exists(), "a hostile target executed something");
 }
+
+/// krops does not force BatchMode: a key passphrase is asked for (here through SSH_ASKPASS,
+/// as a desktop would) once per host, not once per step.
+#[test]
+fn a_passphrase_is_asked_once_per_host() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let key = sb.path("id_protected");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "sesame", "-C", "protected", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let authorized = site.host().unwrap().root_dir().join("root-home/.ssh/authorized_keys");
+    std::fs::write(&authorized, public).unwrap();
+    let log = sb.path("askpass.log");
+    let askpass =
+        sb.write("askpass", &format!("#!/bin/sh\necho asked >> '{}'\necho sesame\n", log.display()));
+    std::fs::set_permissions(&askpass, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = site.host().unwrap().port;
+    let target = format!(
+        "{{ host = \"127.0.0.1\", port = {port}, user = \"root\", extraOptions = [\"-F\", \"/dev/null\", \"-i\", {:?}, \
+         \"-o\", \"IdentitiesOnly=yes\", \"-o\", \"UserKnownHostsFile=/dev/null\", \"-o\", \"StrictHostKeyChecking=no\", \
+         \"-o\", \"LogLevel=ERROR\"] }}",
+        key.display().to_string()
+    );
+    five_sources(&sb, &target);
+    let mut command = Command::new(krops_bin());
+    command
+        .args(["populate"])
+        .current_dir(sb.path(""))
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null());
+    Outcome::of(command).success();
+    assert_eq!(site.read("info"), "hello\n");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "asked\n", "the passphrase was asked more than once");
+}
