@@ -58,12 +58,17 @@ impl RootModule for PopulatorModuleRef {
 /// - `describe` returns `{"type": "file", "version": "1.2.3"}`.
 /// - `validate` takes `{"name", "attrs", "configDir"}` and returns the normalised attributes
 ///   (defaults filled in, paths absolute) or an error message for the user.
+/// - `prepare` takes `{"name", "attrs"}` (validated attributes) and returns the attributes to
+///   populate with, e.g. a git branch resolved to a commit. It runs once per deployment before
+///   any target is touched, so that its failures leave every target as it was.
 /// - `populate` takes `{"name", "attrs", "targetPath"}` and returns a report object.
 #[sabi_trait]
 pub trait Populator: Send + Sync {
     fn describe(&self) -> RString;
 
     fn validate(&self, request: RStr<'_>) -> RResult<RString, RString>;
+
+    fn prepare(&self, request: RStr<'_>) -> RResult<RString, RString>;
 
     #[sabi(last_prefix_field)]
     fn populate(&self, target: TargetHandleRef<'_>, request: RStr<'_>) -> RResult<RString, RString>;

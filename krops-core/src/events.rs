@@ -10,6 +10,8 @@ use tokio::sync::mpsc::UnboundedSender;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    /// Before any target is touched: plugins resolve what may fail (git refs).
+    Prepare,
     Sentinel,
     Backup,
     Populate,
@@ -19,6 +21,7 @@ pub enum Stage {
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Stage::Prepare => "prepare",
             Stage::Sentinel => "sentinel",
             Stage::Backup => "backup",
             Stage::Populate => "populate",

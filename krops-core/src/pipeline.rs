@@ -16,7 +16,7 @@ use crate::events::{DeployError, Event, Reporter, Stage};
 use crate::exec::{self, Input, Output, Stream};
 use crate::handle::HostHandle;
 use crate::loader::Registry;
-use crate::plugin::PopulateRequest;
+use crate::plugin::{PopulateRequest, PrepareRequest};
 use crate::ssh::Multiplexer;
 use crate::target::Origin;
 use crate::transport::{Transport, Tty};
@@ -106,6 +106,8 @@ fn deploy_one(
     ssh: &Multiplexer,
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
+    let prepared = prepare(deployment, registry, reporter)?;
+    let deployment = &prepared;
     let connect = |target: &crate::target::Target| {
         let transport = Transport::new(target.clone(), origin);
         ssh.connect(&transport).map_err(|message| DeployError {
@@ -222,6 +224,70 @@ rsync -aAXF --delete --exclude /.populate --link-dest="$1" "$1/" "$1/.populate/b
     Ok(())
 }
 
+/// Resolves every source (`Populator::prepare`) before any target is touched; returns the
+/// deployment with the attributes to populate with.
+fn prepare(
+    deployment: &Deployment,
+    registry: &Registry,
+    reporter: &Reporter,
+) -> Result<Deployment, DeployError> {
+    let started = Instant::now();
+    reporter.stage_started(&None, Stage::Prepare);
+    let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
+    let prepared = concurrently(&sources, SOURCES_AT_ONCE, |(name, source)| {
+        let fail = |message: String| DeployError {
+            host: None,
+            stage: Stage::Prepare,
+            source_name: Some(name.to_string()),
+            message,
+        };
+        let plugin = registry
+            .get(&source.source_type)
+            .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
+        let request = PrepareRequest { name: name.to_string(), attrs: source.attrs.clone() };
+        let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
+        let attrs = plugin
+            .populator
+            .prepare(RStr::from(request.as_str()))
+            .into_result()
+            .map_err(|e| fail(RString::into_string(e)))?;
+        let attrs = serde_json::from_str(&attrs)
+            .map_err(|e| fail(format!("plugin returned malformed attributes: {e}")))?;
+        Ok(((*name).clone(), crate::config::Source { source_type: source.source_type.clone(), attrs }))
+    });
+    let source = prepared.into_iter().collect::<Result<_, DeployError>>()?;
+    reporter.stage_finished(&None, Stage::Prepare, started.elapsed());
+    Ok(Deployment { source, ..deployment.clone() })
+}
+
+/// Runs `work` on every item, at most `limit` at once, and returns the results in the items'
+/// order.
+fn concurrently<I: Sync, T: Send>(items: &[I], limit: usize, work: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..limit.min(items.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(item) = items.get(index) else { break };
+                        done.push((index, work(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        // A panic in `work` is a krops bug; let it reach the deployment's task as one.
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
 /// How many sources of one host are populated at once. They are independent (each owns
 /// `<path>/<name>`), and over a multiplexed connection their round trips overlap; sshd's
 /// default `MaxSessions` is 10 channels per connection.
@@ -237,32 +303,11 @@ fn populate(
     let label = host.host_label();
     reporter.stage_started(&label, Stage::Populate);
     let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Result<(), DeployError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..SOURCES_AT_ONCE.min(sources.len()))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut failures = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let Some((name, source)) = sources.get(index) else { break };
-                        if let Err(error) = populate_source(host, name, source, registry, reporter) {
-                            failures.push((index, error));
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        let mut failures: Vec<(usize, DeployError)> =
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect();
-        // Report the first failing source in configuration order, whatever finished first.
-        failures.sort_by_key(|(index, _)| *index);
-        failures.into_iter().map(|(_, error)| Err(error)).collect()
+    let results = concurrently(&sources, SOURCES_AT_ONCE, |(name, source)| {
+        populate_source(host, name, source, registry, reporter)
     });
-    if let Some(Err(error)) = results.into_iter().next() {
-        return Err(error);
-    }
+    // The first failing source in configuration order, whatever finished first.
+    results.into_iter().collect::<Result<Vec<()>, DeployError>>()?;
     reporter.stage_finished(&label, Stage::Populate, stage_started.elapsed());
     Ok(())
 }

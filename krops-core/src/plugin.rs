@@ -31,6 +31,13 @@ pub struct ValidateRequest<A = serde_json::Value> {
     pub config_dir: PathBuf,
 }
 
+/// `prepare`'s request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareRequest<A = serde_json::Value> {
+    pub name: String,
+    pub attrs: A,
+}
+
 /// `populate`'s request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +87,12 @@ pub trait PopulatorPlugin: Default + Send + Sync + 'static {
 
     /// Checks the attributes and returns them normalised: defaults filled in, paths absolute.
     fn validate(&self, request: ValidateRequest<Self::Attrs>) -> Result<Self::Attrs, String>;
+
+    /// Runs before any target is touched; returns the attributes to populate with (by
+    /// default, unchanged). Resolve anything that may fail or drift here, such as a branch.
+    fn prepare(&self, request: PrepareRequest<Self::Attrs>) -> Result<Self::Attrs, String> {
+        Ok(request.attrs)
+    }
 
     /// Puts the source at `request.destination()` through `target`; returns a report.
     fn populate(
@@ -192,6 +205,17 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
                 config_dir: request.config_dir,
             })?;
             serde_json::to_string(&normalised).map_err(|e| e.to_string())
+        })
+    }
+
+    fn prepare(&self, request: RStr<'_>) -> RResult<RString, RString> {
+        guarded(|| {
+            let request: PrepareRequest<serde_json::Value> =
+                serde_json::from_str(request.as_str()).map_err(|e| e.to_string())?;
+            let attrs = serde_json::from_value::<P::Attrs>(request.attrs)
+                .map_err(|e| format!("{} source: {e}", P::TYPE))?;
+            let prepared = self.0.prepare(PrepareRequest { name: request.name, attrs })?;
+            serde_json::to_string(&prepared).map_err(|e| e.to_string())
         })
     }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod config_errors;
+mod git;
 mod plugins;
 mod remote;
 mod scenarios;

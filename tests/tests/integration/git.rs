@@ -1,0 +1,203 @@
+//! The git populator against real repositories, locally and on real sshd hosts (root, sudo).
+
+use krops_tests::git::{git, Daemon, Repo};
+
+use crate::support::{Kind, Sandbox, Site};
+
+crate::on_every_site!(
+    commit_branch_and_tag_refs,
+    branch_is_re_resolved_after_it_moves,
+    switching_refs_back_and_forth,
+    shallow_fetches_history_of_depth_one,
+    fetch_always_fetches_even_when_the_commit_is_there,
+    clean_spares_excluded_paths,
+    submodules_and_git_daemon_urls,
+    a_plain_directory_is_replaced,
+    unknown_ref_fails_before_the_target_is_touched,
+    hostile_url_or_ref_executes_nothing,
+);
+
+fn config(sb: &Sandbox, site: &Site, git_attrs: &str) {
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source.repo.git]\n{git_attrs}\n",
+            site.target()
+        ),
+    );
+}
+
+fn deployed_head(site: &Site) -> String {
+    git(&site.path("repo"), &["rev-parse", "HEAD"])
+}
+
+fn commit_branch_and_tag_refs(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let repo = Repo::init(sb.path("origin"));
+    let first = repo.commit("a.nix", "1");
+    git(&repo.dir, &["tag", "-a", "v1", "-m", "release 1"]);
+    let second = repo.commit("a.nix", "2");
+    git(&repo.dir, &["branch", "stable", &first]);
+
+    config(&sb, &site, &format!("url = {:?}\nref = {first:?}", repo.url()));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), first);
+    assert_eq!(site.read("repo/a.nix"), "1");
+
+    config(&sb, &site, &format!("url = {:?}\nref = \"main\"", repo.url()));
+    sb.krops(&["populate"]).success().stderr_has(&format!("commit: {second}"));
+    assert_eq!(deployed_head(&site), second);
+
+    config(&sb, &site, &format!("url = {:?}\nref = \"v1\"", repo.url()));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), first, "an annotated tag deploys the commit it tags");
+
+    config(&sb, &site, &format!("url = {:?}\nref = \"refs/heads/stable\"", repo.url()));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), first);
+}
+
+fn branch_is_re_resolved_after_it_moves(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let repo = Repo::init(sb.path("origin"));
+    repo.commit("a.nix", "1");
+    config(&sb, &site, &format!("url = {:?}\nref = \"main\"", repo.url()));
+    sb.krops(&["populate"]).success();
+    let moved = repo.commit("a.nix", "2");
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), moved);
+    assert_eq!(site.read("repo/a.nix"), "2");
+}
+
+fn switching_refs_back_and_forth(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let repo = Repo::init(sb.path("origin"));
+    let one = repo.commit("a.nix", "1");
+    let two = repo.commit("b.nix", "2");
+    for (commit, has_b) in [(&one, false), (&two, true), (&one, false), (&two, true)] {
+        config(&sb, &site, &format!("url = {:?}\nref = {commit:?}", repo.url()));
+        sb.krops(&["populate"]).success();
+        assert_eq!(&deployed_head(&site), commit);
+        assert_eq!(site.path("repo/b.nix").exists(), has_b);
+    }
+}
+
+fn shallow_fetches_history_of_depth_one(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let repo = Repo::init(sb.path("origin"));
+    repo.commit("a.nix", "1");
+    repo.commit("a.nix", "2");
+    let head = repo.commit("a.nix", "3");
+    config(&sb, &site, &format!("url = {:?}\nref = \"main\"\nshallow = true", repo.url()));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), head);
+    assert_eq!(git(&site.path("repo"), &["rev-list", "--count", "HEAD"]), "1");
+    assert!(site.path("repo/.git/shallow").exists());
+}
+
+fn fetch_always_fetches_even_when_the_commit_is_there(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let repo = Repo::init(sb.path("origin"));
+    let head = repo.commit("a.nix", "1");
+    let fetch_head = site.path("repo/.git/FETCH_HEAD");
+    config(&sb, &site, &format!("url = {:?}\nref = {head:?}", repo.url()));
+    sb.krops(&["populate"]).success();
+    assert!(!fetch_head.exists(), "a clone that has the commit fetches nothing");
+    sb.krops(&["populate"]).success();
+    assert!(!fetch_head.exists(), "the commit is there: no fetch");
+    config(&sb, &site, &format!("url = {:?}\nref = {head:?}\nfetchAlways = true", repo.url()));
+    sb.krops(&["populate"]).success();
+    assert!(fetch_head.exists(), "fetchAlways fetched although the commit was there");
+}
+
+fn clean_spares_excluded_paths(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let repo = Repo::init(sb.path("origin"));
+    repo.commit(".gitignore", "ignored.out\n");
+    config(
+        &sb,
+        &site,
+        &format!("url = {:?}\nref = \"main\"\nclean.exclude = [\"/.version-suffix\"]", repo.url()),
+    );
+    sb.krops(&["populate"]).success();
+    std::fs::write(site.path("repo/.version-suffix"), "pre-1").unwrap();
+    std::fs::write(site.path("repo/junk"), "x").unwrap();
+    std::fs::write(site.path("repo/ignored.out"), "x").unwrap();
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("repo/.version-suffix"), "pre-1");
+    assert!(!site.path("repo/junk").exists());
+    assert!(!site.path("repo/ignored.out").exists(), "git clean -x removes ignored files too");
+}
+
+fn submodules_and_git_daemon_urls(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let served = sb.mkdir("served");
+    let daemon = Daemon::start(&served);
+    let lib = Repo::init(served.join("lib"));
+    lib.commit("lib.nix", "library");
+    let main = Repo::init(served.join("main"));
+    main.commit("default.nix", "main");
+    git(&main.dir, &["submodule", "add", "-q", &daemon.url("lib"), "vendor/lib"]);
+    git(&main.dir, &["commit", "-q", "-m", "add submodule"]);
+    config(&sb, &site, &format!("url = {:?}\nref = \"main\"", daemon.url("main")));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), main.head());
+    assert_eq!(site.read("repo/vendor/lib/lib.nix"), "library");
+}
+
+fn a_plain_directory_is_replaced(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    std::fs::create_dir_all(site.path("repo/old")).unwrap();
+    std::fs::write(site.path("repo/old/file"), "not a work tree").unwrap();
+    let repo = Repo::init(sb.path("origin"));
+    let head = repo.commit("a.nix", "1");
+    config(&sb, &site, &format!("url = {:?}\nref = \"main\"", repo.url()));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), head);
+    assert!(!site.path("repo/old").exists());
+}
+
+fn unknown_ref_fails_before_the_target_is_touched(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::new(&sb, kind); // not even a sentinel: the sentinel stage must not run
+    let repo = Repo::init(sb.path("origin"));
+    repo.commit("a.nix", "1");
+    config(&sb, &site, &format!("url = {:?}\nref = \"no-such-branch\"\nshallow = true", repo.url()));
+    sb.krops(&["populate"])
+        .code(1)
+        .stderr_has("prepare of source \"repo\" failed")
+        .stderr_has("ref \"no-such-branch\" does not exist");
+    assert!(site.listing("").is_empty());
+}
+
+fn hostile_url_or_ref_executes_nothing(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let marker = sb.path("pwned");
+    let m = marker.display();
+    for attrs in [
+        format!("url = \"--upload-pack=touch {m}\"\nref = \"main\""),
+        format!("url = \"file:///x\"\nref = \"--upload-pack=touch {m}\""),
+    ] {
+        config(&sb, &site, &attrs);
+        sb.krops(&["populate"]).code(2).stderr_has("would be read as an option");
+    }
+    for attrs in [
+        format!("url = \"file:///nonexistent;touch {m}\"\nref = \"main\""),
+        format!("url = \"file:///nonexistent$(touch {m})\"\nref = \"main\""),
+        format!("url = \"ext::sh -c touch% {m}\"\nref = \"main\""),
+    ] {
+        config(&sb, &site, &attrs);
+        sb.krops(&["populate"]).code(1);
+    }
+    assert!(!marker.exists(), "a url or ref was executed");
+    assert_eq!(site.listing(""), [".populate"]);
+}
