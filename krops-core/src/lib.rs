@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod activation;
+pub mod concurrent;
 pub mod config;
 pub mod events;
 pub mod exec;

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc::UnboundedSender, Semaphore};
 
 use crate::abi::TargetHandle_TO;
 use crate::activation;
+use crate::concurrent;
 use crate::config::Deployment;
 use crate::events::{DeployError, Event, Reporter, Stage};
 use crate::exec::{self, Input, Output, Stream};
@@ -234,7 +235,7 @@ fn prepare(
     let started = Instant::now();
     reporter.stage_started(&None, Stage::Prepare);
     let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
-    let prepared = concurrently(&sources, SOURCES_AT_ONCE, |(name, source)| {
+    let prepared = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
         let fail = |message: String| DeployError {
             host: None,
             stage: Stage::Prepare,
@@ -260,34 +261,6 @@ fn prepare(
     Ok(Deployment { source, ..deployment.clone() })
 }
 
-/// Runs `work` on every item, at most `limit` at once, and returns the results in the items'
-/// order.
-fn concurrently<I: Sync, T: Send>(items: &[I], limit: usize, work: impl Fn(&I) -> T + Sync) -> Vec<T> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, T)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..limit.min(items.len()))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let Some(item) = items.get(index) else { break };
-                        done.push((index, work(item)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        // A panic in `work` is a krops bug; let it reach the deployment's task as one.
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    results.sort_by_key(|(index, _)| *index);
-    results.into_iter().map(|(_, result)| result).collect()
-}
-
 /// How many sources of one host are populated at once. They are independent (each owns
 /// `<path>/<name>`), and over a multiplexed connection their round trips overlap; sshd's
 /// default `MaxSessions` is 10 channels per connection.
@@ -303,7 +276,7 @@ fn populate(
     let label = host.host_label();
     reporter.stage_started(&label, Stage::Populate);
     let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
-    let results = concurrently(&sources, SOURCES_AT_ONCE, |(name, source)| {
+    let results = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
         populate_source(host, name, source, registry, reporter)
     });
     // The first failing source in configuration order, whatever finished first.

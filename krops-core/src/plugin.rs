@@ -143,6 +143,16 @@ impl Target<'_> {
             .map_err(RString::into_string)
     }
 
+    /// Replaces `destination` on the target with a directory (0700) holding `files` (0600, with
+    /// their mtimes). The files travel as one tar stream on stdin, never as arguments; they are
+    /// unpacked into a staging directory under umask 077 (so no byte is ever readable by
+    /// others) which then takes the old directory's place, so a failure never leaves a
+    /// half-written tree.
+    pub fn install_secrets(&self, destination: &str, files: &[SecretFile]) -> Result<(), String> {
+        let archive = secret_archive(files).map_err(|e| format!("cannot pack secrets: {e}"))?;
+        self.run_script(INSTALL_SECRETS_SCRIPT, &[destination], &archive).map(drop)
+    }
+
     pub fn info(&self, message: &str) {
         self.handle.log(log_level::INFO, RStr::from(message));
     }
@@ -150,6 +160,57 @@ impl Target<'_> {
     pub fn debug(&self, message: &str) {
         self.handle.log(log_level::DEBUG, RStr::from(message));
     }
+}
+
+/// One file of a secret tree.
+pub struct SecretFile {
+    /// Relative to the tree's root, `/`-separated, without `..`.
+    pub path: String,
+    pub contents: Vec<u8>,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+}
+
+const INSTALL_SECRETS_SCRIPT: &str = r#"set -eu
+umask 077
+dest=$1 staging="$1.krops-staging" old="$1.krops-old"
+rm -rf -- "$staging" "$old"
+mkdir -- "$staging"
+tar -x -p --no-same-owner -f - -C "$staging"
+chmod 700 -- "$staging"
+if [ -e "$dest" ] || [ -L "$dest" ]; then mv -- "$dest" "$old"; fi
+mv -- "$staging" "$dest"
+rm -rf -- "$old""#;
+
+/// A tar stream of `files`: directories 0700, files 0600, owned by root.
+fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut directories = std::collections::BTreeSet::new();
+    for file in files {
+        let mut parent = std::path::Path::new(&file.path).parent();
+        let mut missing = Vec::new();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            if directories.insert(dir.to_owned()) {
+                missing.push(dir.to_owned());
+            }
+            parent = dir.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o700);
+            header.set_mtime(file.mtime);
+            header.set_size(0);
+            builder.append_data(&mut header, &dir, std::io::empty())?;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o600);
+        header.set_mtime(file.mtime);
+        header.set_size(file.contents.len() as u64);
+        builder.append_data(&mut header, &file.path, &file.contents[..])?;
+    }
+    builder.into_inner()
 }
 
 /// Resolves a user-written path: `~/` against `$HOME`, relative paths against `config_dir`.

@@ -4,3 +4,4 @@
 pub mod git;
 pub mod hosts;
 pub mod proxy;
+pub mod secrets;

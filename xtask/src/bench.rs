@@ -13,7 +13,165 @@ use krops_tests::proxy::DelayProxy;
 const ROUNDS: usize = 5;
 
 pub fn run_all(build_dir: &Path) -> Result<()> {
-    noop_redeploy(build_dir, Duration::from_millis(25))
+    noop_redeploy(build_dir, Duration::from_millis(25))?;
+    passage_secrets(build_dir, 1000)?;
+    pass_secrets(build_dir, 200)
+}
+
+/// Times `krops populate` of `config` and `baseline`, each `rounds` times, alternating.
+fn compare(
+    krops: &Path,
+    config: &Path,
+    env: &[(&str, &Path)],
+    rounds: usize,
+    mut baseline: impl FnMut() -> Result<()>,
+) -> Result<(Duration, Duration)> {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let mut command = Command::new(krops);
+        command.args(["-q", "-f"]).arg(config).arg("populate");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        run_quiet(&mut command)?;
+        ours.push(started.elapsed());
+        let started = Instant::now();
+        baseline()?;
+        theirs.push(started.elapsed());
+    }
+    Ok((median(ours), median(theirs)))
+}
+
+fn report(title: &str, ours: &str, theirs: &str, (k, b): (Duration, Duration)) {
+    println!("{title}:");
+    println!("  {ours:<42} {:>7.0} ms", k.as_secs_f64() * 1000.0);
+    println!("  {theirs:<42} {:>7.0} ms", b.as_secs_f64() * 1000.0);
+    println!("  {:<42} {:>7.2}x", "ratio baseline / krops:", b.as_secs_f64() / k.as_secs_f64());
+}
+
+/// `rsync -r DIR/ root@host:/var/src/NAME` as the original's last step, on a fresh connection.
+fn rsync_dir(host: &TestHost, dir: &Path, name: &str) -> Result<()> {
+    let options = TestHost::extra_options().iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(" ");
+    run_quiet(
+        Command::new("rsync")
+            .args(["-e", &format!("ssh -l root -p {} {options}", host.port), "-rlptD", "--delete"])
+            .arg(format!("{}/", dir.display()))
+            .arg(format!("root@127.0.0.1:/var/src/{name}")),
+    )
+}
+
+/// Decrypting `count` passage secrets natively versus one `age -d` process per secret into a
+/// temporary directory, then rsync (the original's approach); same host, no added latency.
+fn passage_secrets(build_dir: &Path, count: usize) -> Result<()> {
+    let host = TestHost::start("krops-bench");
+    std::fs::write(host.var_src().join(".populate"), "")?;
+    let work = tempfile::tempdir()?;
+    let store = krops_tests::secrets::PassageStore::create(work.path(), false);
+    for i in 0..count {
+        store.insert(&format!("hosts/web/secret-{i:04}"), format!("secret number {i}\n").as_bytes());
+    }
+    let config = work.path().join("krops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[deployments.bench]\ntarget = {}\n[deployments.bench.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n",
+            host.target_toml(Login::Root, host.port, "/var/src"),
+            store.store.display().to_string(),
+            store.identities.display().to_string()
+        ),
+    )?;
+    let files: Vec<_> = walk(&store.store, "age")?;
+    let baseline = || -> Result<()> {
+        let plain = tempfile::tempdir()?;
+        for (path, relative) in &files {
+            let out = plain.path().join(relative);
+            std::fs::create_dir_all(out.parent().context("parent")?)?;
+            run_quiet(
+                Command::new("age").arg("-d").arg("-i").arg(&store.identities).arg("-o").arg(&out).arg(path),
+            )?;
+        }
+        rsync_dir(&host, plain.path(), "secrets")
+    };
+    let times = compare(&build_dir.join("krops"), &config, &[], 3, baseline)?;
+    report(
+        &format!("{count} passage secrets to 1 host (loopback), median of 3"),
+        "krops (native age, one tar stream):",
+        "baseline (age -d per secret, then rsync):",
+        times,
+    );
+    Ok(())
+}
+
+/// Decrypting `count` pass secrets with gpg processes run concurrently, straight into memory,
+/// versus one `pass show` per secret into a temporary directory, then rsync (the original).
+fn pass_secrets(build_dir: &Path, count: usize) -> Result<()> {
+    let host = TestHost::start("krops-bench");
+    std::fs::write(host.var_src().join(".populate"), "")?;
+    let work = tempfile::tempdir()?;
+    let store = krops_tests::secrets::PassStore::create(&work.path().join("store"));
+    let recipient = std::fs::read_to_string(store.dir.join(".gpg-id"))?;
+    for i in 0..count {
+        let path = store.dir.join(format!("web/secret-{i:04}.gpg"));
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        let mut gpg = store.gpg();
+        gpg.args(["--batch", "--yes", "--encrypt", "--recipient", recipient.trim(), "--output"]).arg(&path);
+        let mut child = gpg.stdin(Stdio::piped()).spawn()?;
+        use std::io::Write;
+        child.stdin.take().context("stdin")?.write_all(format!("pass secret {i}").as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("gpg --encrypt failed");
+        }
+    }
+    let config = work.path().join("krops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[deployments.bench]\ntarget = {}\n[deployments.bench.source.secrets.pass]\ndir = {:?}\nname = \"web\"\n",
+            host.target_toml(Login::Root, host.port, "/var/src"),
+            store.dir.display().to_string()
+        ),
+    )?;
+    let files = walk(&store.dir.join("web"), "gpg")?;
+    let gnupghome = store.gnupghome.path().to_owned();
+    let baseline = || -> Result<()> {
+        let plain = tempfile::tempdir()?;
+        for (_, relative) in &files {
+            let out = std::fs::File::create(plain.path().join(relative))?;
+            let status = store.pass().args(["show", &format!("web/{relative}")]).stdout(out).status()?;
+            if !status.success() {
+                bail!("pass show failed");
+            }
+        }
+        rsync_dir(&host, plain.path(), "secrets")
+    };
+    let env = [("GNUPGHOME", gnupghome.as_path()), ("PASSWORD_STORE_DIR", store.dir.as_path())];
+    let times = compare(&build_dir.join("krops"), &config, &env, 3, baseline)?;
+    report(
+        &format!("{count} pass secrets to 1 host (loopback), median of 3"),
+        "krops (gpg, 8 at once, into memory):",
+        "baseline (pass show per secret, then rsync):",
+        times,
+    );
+    Ok(())
+}
+
+/// Files below `dir` with `extension`, paired with their relative path without it.
+fn walk(dir: &Path, extension: &str) -> Result<Vec<(std::path::PathBuf, String)>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == extension) {
+                let relative = path.strip_prefix(dir)?.with_extension("").to_string_lossy().into_owned();
+                found.push((path, relative));
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -16,6 +16,10 @@ pub const TEST: &[Requirement] = &[
     ("ssh", "openssh-client"),
     ("/usr/sbin/sshd", "openssh-server"),
     ("unshare", "util-linux"),
+    ("git", "git"),
+    ("gpg", "gnupg"),
+    ("pass", "pass"),
+    ("age", "age"),
 ];
 
 fn have(command: &str) -> bool {

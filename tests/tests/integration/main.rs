@@ -9,4 +9,5 @@ mod git;
 mod plugins;
 mod remote;
 mod scenarios;
+mod secrets;
 mod support;

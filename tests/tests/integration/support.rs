@@ -71,9 +71,14 @@ impl Sandbox {
 
     /// `krops ARGS...`, run in the sandbox directory.
     pub fn krops(&self, args: &[&str]) -> Outcome {
+        Outcome::of(self.krops_command(args))
+    }
+
+    /// The `krops ARGS...` command, to add environment or run in the background.
+    pub fn krops_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(krops_bin());
         command.args(args).current_dir(self.dir.path()).env_remove("KROPS_PLUGIN_PATH");
-        Outcome::of(command)
+        command
     }
 
     /// Names, recursively, of everything below `relative` (for "nothing was touched").

@@ -1,0 +1,156 @@
+//! The `pass` source type: every secret below `dir/name` of a password store, decrypted by the
+//! user's own gpg (so gpg-agent and smartcards keep working) straight into memory, and
+//! installed on the target as 0600 files in 0700 directories. As in krops, mtimes are the
+//! secrets' last git author dates, and a store whose git state for `name` is unchanged since
+//! the last deploy (recorded in `.pass_info`) is not transferred again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use krops_core::plugin::{
+    resolve_path, PopulateRequest, PopulatorPlugin, SecretFile, Target, ValidateRequest,
+};
+use krops_core::transport::quote;
+use serde::{Deserialize, Serialize};
+
+#[derive(Default)]
+pub struct Pass;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attrs {
+    dir: PathBuf,
+    name: String,
+}
+
+/// gpg processes at once: the agent serves them concurrently, so the per-process start-up
+/// cost overlaps.
+const GPG_AT_ONCE: usize = 8;
+
+impl PopulatorPlugin for Pass {
+    const TYPE: &'static str = "pass";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Attrs = Attrs;
+
+    fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {
+        let attrs = request.attrs;
+        let dir = resolve_path(&request.config_dir, &attrs.dir.to_string_lossy());
+        if attrs.name.is_empty()
+            || attrs.name.split('/').any(|part| part == "..")
+            || attrs.name.starts_with('/')
+        {
+            return Err(format!("pass name {:?} must be a sub-directory of the store", attrs.name));
+        }
+        if !dir.join(&attrs.name).is_dir() {
+            return Err(format!("{} is not a directory", dir.join(&attrs.name).display()));
+        }
+        Ok(Attrs { dir, name: attrs.name })
+    }
+
+    fn populate(
+        &self,
+        target: &Target<'_>,
+        request: PopulateRequest<Attrs>,
+    ) -> Result<serde_json::Value, String> {
+        let Attrs { dir, name } = &request.attrs;
+        let destination = request.destination();
+        let in_git = dir.join(".git").exists();
+        let pass_info = if in_git {
+            let commit = target.run_local(&format!(
+                "git -C {} log -1 --format=%H -- {}",
+                quote(&dir.to_string_lossy()),
+                quote(name)
+            ))?;
+            Some(format!("{name} {}", String::from_utf8_lossy(&commit).trim()))
+        } else {
+            None
+        };
+        if let Some(info) = &pass_info {
+            let deployed =
+                target.run_script(r#"cat -- "$1/.pass_info" 2>/dev/null || true"#, &[&destination], b"")?;
+            if String::from_utf8_lossy(&deployed).trim() == info {
+                return Ok(serde_json::json!({ "skipped": "unchanged since the last deploy" }));
+            }
+        }
+        let root = dir.join(name);
+        let files = gpg_files(&root)?;
+        let dates = if in_git { author_dates(target, dir, name)? } else { HashMap::new() };
+        let decrypted = decrypt_all(target, &files)?;
+        let mut secrets = Vec::new();
+        for ((path, relative), contents) in files.iter().zip(decrypted) {
+            let in_store = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+            let mtime = match dates.get(&in_store) {
+                Some(date) => *date,
+                None => std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            secrets.push(SecretFile { path: relative.clone(), contents, mtime });
+        }
+        let count = secrets.len();
+        if let Some(info) = pass_info {
+            secrets.push(SecretFile {
+                path: ".pass_info".into(),
+                contents: format!("{info}\n").into_bytes(),
+                mtime: 0,
+            });
+        }
+        target.install_secrets(&destination, &secrets)?;
+        Ok(serde_json::json!({ "secrets": count }))
+    }
+}
+
+/// Every `*.gpg` below `root` with its name relative to `root`, `.gpg` dropped.
+fn gpg_files(root: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))? {
+            let entry = entry.map_err(|e| format!("{}: {e}", current.display()))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
+            if kind.is_dir() && entry.file_name() != ".git" {
+                pending.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "gpg") {
+                let relative = path.strip_prefix(root).map_err(|e| e.to_string())?.with_extension("");
+                found.push((path.clone(), relative.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The last author date of every file below `name`, from one `git log`.
+fn author_dates(target: &Target<'_>, dir: &Path, name: &str) -> Result<HashMap<String, u64>, String> {
+    let log = target.run_local(&format!(
+        "git -C {} log --format=@%at --name-only -- {}",
+        quote(&dir.to_string_lossy()),
+        quote(name)
+    ))?;
+    let mut dates = HashMap::new();
+    let mut current = 0;
+    for line in String::from_utf8_lossy(&log).lines() {
+        if let Some(date) = line.strip_prefix('@') {
+            current = date.trim().parse().unwrap_or(0);
+        } else if !line.is_empty() {
+            // Newest first: the first date seen for a file is its last change.
+            dates.entry(line.to_owned()).or_insert(current);
+        }
+    }
+    Ok(dates)
+}
+
+/// Decrypts every file with gpg, a few processes at once; plaintext stays in memory.
+fn decrypt_all(target: &Target<'_>, files: &[(PathBuf, String)]) -> Result<Vec<Vec<u8>>, String> {
+    krops_core::concurrent::map(files, GPG_AT_ONCE, |(path, _)| {
+        target.run_local(&format!("gpg --batch --quiet --decrypt -- {}", quote(&path.to_string_lossy())))
+    })
+    .into_iter()
+    .collect()
+}
+
+krops_core::export_populator!(Pass);
