@@ -28,8 +28,8 @@ pub struct PassageStore {
 }
 
 impl PassageStore {
-    /// An X25519 identity; with `ssh`, an ssh-ed25519 key as well, both in one identities file
-    /// with comments. Secrets are encrypted to every recipient.
+    /// An X25519 identity; with `ssh`, an ssh-ed25519 and an ssh-rsa key as well, all in one
+    /// identities file with comments. Recipients: 0 age, 1 ssh-ed25519, 2 ssh-rsa.
     pub fn create(dir: &Path, ssh: bool) -> PassageStore {
         let store = dir.join("store");
         std::fs::create_dir_all(&store).expect("mkdir store");
@@ -40,24 +40,22 @@ impl PassageStore {
         let mut recipients =
             vec![run(Command::new("age-keygen").arg("-y").arg(&age_key), None).trim().to_owned()];
         if ssh {
-            let ssh_key = dir.join("id_ed25519");
-            run(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "passage", "-f"])
-                    .arg(&ssh_key),
-                None,
-            );
-            identities.push_str("# an ssh key works as an identity too\n");
-            identities.push_str(&std::fs::read_to_string(&ssh_key).expect("ssh key"));
-            recipients
-                .push(std::fs::read_to_string(ssh_key.with_extension("pub")).expect("pub").trim().to_owned());
+            for (kind, bits) in [("ed25519", "256"), ("rsa", "2048")] {
+                let ssh_key = dir.join(format!("id_{kind}"));
+                let keygen = ["-q", "-t", kind, "-b", bits, "-N", "", "-C", "passage", "-f"];
+                run(Command::new("ssh-keygen").args(keygen).arg(&ssh_key), None);
+                identities.push_str(&format!("# an ssh-{kind} key works as an identity too\n"));
+                identities.push_str(&std::fs::read_to_string(&ssh_key).expect("ssh key"));
+                let public = std::fs::read_to_string(ssh_key.with_extension("pub")).expect("pub");
+                recipients.push(public.trim().to_owned());
+            }
         }
         let identities_path = dir.join("identities");
         std::fs::write(&identities_path, identities).expect("identities");
         PassageStore { store, identities: identities_path, recipients }
     }
 
-    /// Encrypts `contents` to `store/<name>.age`, to the recipient `which` (0: age, 1: ssh).
+    /// Encrypts `contents` to `store/<name>.age`, to the recipient `which` (see `create`).
     pub fn insert_for(&self, name: &str, contents: &[u8], which: usize) -> PathBuf {
         let path = self.store.join(format!("{name}.age"));
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");

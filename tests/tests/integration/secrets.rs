@@ -41,12 +41,14 @@ fn passage_names_contents_modes_and_mtimes(kind: Kind) {
     let root_pw = store.insert("root-password", b"hunter2\n");
     store.insert("ssh/host_ed25519_key", b"-----BEGIN KEY-----\nbinary\x00\xff\n");
     store.insert_for("wifi", b"by ssh key", 1);
+    store.insert_for("vpn", b"by rsa key", 2);
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     std::fs::File::options().write(true).open(&root_pw).unwrap().set_modified(old).unwrap();
     passage_config(&sb, &site, &store);
-    sb.krops(&["populate"]).success().stderr_has("secrets: 3");
+    sb.krops(&["populate"]).success().stderr_has("secrets: 4");
 
-    assert_eq!(site.listing("secrets"), ["root-password", "ssh", "ssh/host_ed25519_key", "wifi"]);
+    assert_eq!(site.listing("secrets"), ["root-password", "ssh", "ssh/host_ed25519_key", "vpn", "wifi"]);
+    assert_eq!(site.read("secrets/vpn"), "by rsa key");
     assert_eq!(site.read("secrets/root-password"), "hunter2\n");
     assert_eq!(
         std::fs::read(site.path("secrets/ssh/host_ed25519_key")).unwrap(),
