@@ -16,8 +16,15 @@ use std::time::{Duration, Instant};
 pub const SUDO_USER: &str = "kropsdeploy";
 
 /// Debian packages the hosts need: (command, package).
-const PACKAGES: [(&str, &str); 3] =
-    [("/usr/sbin/sshd", "openssh-server"), ("rsync", "rsync"), ("sudo", "sudo")];
+const PACKAGES: [(&str, &str); 4] =
+    [("/usr/sbin/sshd", "openssh-server"), ("rsync", "rsync"), ("sudo", "sudo"), ("nix-build", "nix-bin")];
+
+/// Where each host's private state (`/var/lib/krops-test`) is mounted: the test
+/// nixos-rebuild and switch-to-configuration record their calls there.
+pub const STATE_DIR: &str = "/var/lib/krops-test";
+
+/// Daemonless, offline, root-only Nix: no build users, no sandbox, no binary cache.
+const NIX_CONF: &str = "build-users-group =\nsandbox = false\nsubstituters =\n";
 
 /// How a test logs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +80,11 @@ fn setup_machine() -> Result<Client, String> {
         args.extend(&missing);
         run("apt-get", &args)?;
     }
-    for dir in ["/run/sshd", "/var/src"] {
+    if !Path::new("/etc/nix/nix.conf").exists() {
+        std::fs::create_dir_all("/etc/nix").map_err(|e| format!("mkdir /etc/nix: {e}"))?;
+        std::fs::write("/etc/nix/nix.conf", NIX_CONF).map_err(|e| format!("/etc/nix/nix.conf: {e}"))?;
+    }
+    for dir in ["/run/sshd", "/var/src", STATE_DIR, "/usr/local/sbin"] {
         std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
     }
     if run("id", &["-u", SUDO_USER]).is_err() {
@@ -111,6 +122,8 @@ mount --bind "$1/var-src" /var/src
 mount --bind "$1/root-home" /root
 mount --bind "$1/home" /home
 mount --bind "$1/hosts" /etc/hosts
+mount --bind "$1/state" /var/lib/krops-test
+mount --bind "$1/bin" /usr/local/sbin
 hostname "$2"
 exec /usr/sbin/sshd -D -e -f "$1/sshd_config""#;
 
@@ -138,7 +151,7 @@ impl TestHost {
             tempfile::Builder::new().prefix("krops-host-").tempdir_in(base).map_err(|e| e.to_string())?;
         let root = dir.path();
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        for sub in ["var-src", "root-home/.ssh", "home", "state"] {
+        for sub in ["var-src", "root-home/.ssh", "home", "state", "bin"] {
             std::fs::create_dir_all(root.join(sub)).map_err(|e| io(sub, e))?;
         }
         std::fs::set_permissions(root.join("home"), std::fs::Permissions::from_mode(0o755))
@@ -155,6 +168,11 @@ impl TestHost {
         std::fs::set_permissions(&user_home, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| io("home", e))?;
         run("chown", &["-R", &format!("{SUDO_USER}:"), &user_home.to_string_lossy()])?;
+        // The test nixos-rebuild and nix-build wrapper, first on root's and sudo's PATH.
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/nix/bin");
+        for tool in ["nixos-rebuild", "nix-build"] {
+            std::fs::copy(fixtures.join(tool), root.join("bin").join(tool)).map_err(|e| io(tool, e))?;
+        }
         std::fs::write(root.join("hosts"), format!("127.0.0.1 localhost\n127.0.1.1 {name}\n"))
             .map_err(|e| io("hosts", e))?;
         let host_key = root.join("ssh_host_ed25519_key");
@@ -212,6 +230,11 @@ impl TestHost {
     /// The directory holding the host's private file systems (homes, `/var/src`, state).
     pub fn root_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The host's private `/var/lib/krops-test`, as seen from the test.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The host's `/var/src`, as seen from the test.

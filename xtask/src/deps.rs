@@ -20,6 +20,8 @@ pub const TEST: &[Requirement] = &[
     ("gpg", "gnupg"),
     ("pass", "pass"),
     ("age", "age"),
+    ("nix-build", "nix-bin"),
+    ("script", "bsdutils"),
 ];
 
 fn have(command: &str) -> bool {

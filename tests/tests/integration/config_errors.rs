@@ -74,7 +74,7 @@ fn unknown_source_type_lists_the_available_ones() {
         "toml",
         toml("source.a.gti = { url = \"x\" }"),
         "3:",
-        "unknown source type \"gti\"; available types: file, git, pass, passage, pipe, symlink",
+        "unknown source type \"gti\"; available types: derivation, file, git, pass, passage, pipe, symlink",
     );
 }
 

@@ -6,6 +6,7 @@
 
 mod config_errors;
 mod git;
+mod nix;
 mod plugins;
 mod remote;
 mod scenarios;

@@ -1,0 +1,41 @@
+//! The `derivation` source type: a Nix expression built *on the target*
+//! (`nix-build -E <text> -o <path>/<name>`), so `<path>/<name>` is a link to its output.
+
+use krops_core::plugin::{PopulateRequest, PopulatorPlugin, Target, ValidateRequest};
+use serde::{Deserialize, Serialize};
+
+#[derive(Default)]
+pub struct Derivation;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attrs {
+    text: String,
+}
+
+impl PopulatorPlugin for Derivation {
+    const TYPE: &'static str = "derivation";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Attrs = Attrs;
+
+    fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {
+        if request.attrs.text.trim().is_empty() {
+            return Err("derivation text must be a Nix expression".to_owned());
+        }
+        Ok(request.attrs)
+    }
+
+    fn populate(
+        &self,
+        target: &Target<'_>,
+        request: PopulateRequest<Attrs>,
+    ) -> Result<serde_json::Value, String> {
+        // nix-build prints the output path; its errors (on stderr) become ours.
+        let script = r#"nix-build -E "$2" -o "$1""#;
+        let output = target.run_script(script, &[&request.destination(), &request.attrs.text], b"")?;
+        let store_path = String::from_utf8_lossy(&output).lines().last().unwrap_or_default().to_owned();
+        Ok(serde_json::json!({ "output": store_path }))
+    }
+}
+
+krops_core::export_populator!(Derivation);

@@ -1,0 +1,184 @@
+//! Activation against a real nix on real sshd hosts: the derivation populator, deploy, build
+//! and run. The hosts carry a test nixos-rebuild and `<nixpkgs/nixos>` built from builtins
+//! (tests/fixtures/nix); both record what they did in the host's state directory.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{krops_bin, Kind, Outcome, Sandbox, Site};
+
+/// Runs each scenario as root and as the sudo user (the local machine has no nixos-rebuild).
+macro_rules! on_remote_sites {
+    ($($scenario:ident),* $(,)?) => {
+        mod root {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Root) } )*
+        }
+        mod sudo {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Sudo) } )*
+        }
+    };
+}
+
+on_remote_sites!(
+    deploy_builds_the_populated_sources_and_switches,
+    deploy_operation_flag_overrides_the_configuration,
+    build_activates_nothing_and_passes_trace,
+    failing_build_activates_nothing,
+    failing_derivation_shows_nix_error_and_activates_nothing,
+    derivation_source_is_built_on_the_target,
+    build_target_gets_the_sources_and_builds_for_the_target,
+    run_with_and_without_a_tty,
+);
+
+const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
+
+/// A deployment of the test nixpkgs and a nixos-config carrying `marker`.
+fn config(sb: &Sandbox, site: &Site, extra: &str, marker: &str) {
+    sb.write("configuration.nix", &format!("{{ ... }}: {{ krops-test.marker = \"{marker}\"; }}\n"));
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n{extra}\n[deployments.site.source]\n\
+             nixpkgs.file = {NIXPKGS:?}\nnixos-config.file = \"configuration.nix\"\n",
+            site.target()
+        ),
+    );
+}
+
+fn state(site: &Site, file: &str) -> String {
+    std::fs::read_to_string(site.host().unwrap().state().join(file)).unwrap_or_default()
+}
+
+fn deploy_builds_the_populated_sources_and_switches(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "", "first");
+    sb.krops(&["deploy"]).success();
+    let activations = state(&site, "activations");
+    assert!(activations.starts_with("switch /nix/store/"), "{activations}");
+    assert!(
+        activations.trim_end().ends_with("-nixos-system-first"),
+        "built from the populated config: {activations}"
+    );
+    let rebuild = state(&site, "nixos-rebuild.log");
+    let sudo = if kind == Kind::Sudo { " --use-remote-sudo" } else { "" };
+    assert_eq!(rebuild, format!("argv=switch{sudo} NIX_PATH=/var/src\n"));
+
+    config(&sb, &site, "", "second");
+    sb.krops(&["deploy"]).success();
+    assert!(state(&site, "activations").trim_end().ends_with("-nixos-system-second"));
+}
+
+fn deploy_operation_flag_overrides_the_configuration(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "operation = \"test\"", "op");
+    sb.krops(&["deploy"]).success();
+    sb.krops(&["deploy", "--operation", "boot"]).success();
+    let activations = state(&site, "activations");
+    let operations: Vec<&str> = activations.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(operations, ["test", "boot"]);
+}
+
+fn build_activates_nothing_and_passes_trace(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "", "built");
+    sb.krops(&["build", "--trace"]).success().stderr_has("-nixos-system-built");
+    sb.krops(&["test"]).success();
+    assert_eq!(state(&site, "activations"), "", "build activates nothing");
+    let builds = state(&site, "nix-build.log");
+    let lines: Vec<&str> = builds.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "argv=-A system --keep-going --no-out-link --show-trace <nixpkgs/nixos> NIX_PATH=/var/src",
+            "argv=-A system --keep-going --no-out-link <nixpkgs/nixos> NIX_PATH=/var/src",
+        ]
+    );
+}
+
+fn failing_build_activates_nothing(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "", "ok");
+    sb.write(
+        "configuration.nix",
+        "{ ... }: { krops-test.marker = throw \"this configuration is broken\"; }\n",
+    );
+    sb.krops(&["deploy"]).code(1).stderr_has("activate").stderr_has("this configuration is broken");
+    assert_eq!(state(&site, "activations"), "");
+}
+
+fn failing_derivation_shows_nix_error_and_activates_nothing(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "", "ok");
+    let toml = sb.read("krops.toml");
+    sb.write(
+        "krops.toml",
+        &format!("{toml}broken.derivation = 'derivation {{ name = \"broken\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [\"-c\" \"echo builder says no >&2; exit 3\"]; }}'\n"),
+    );
+    sb.krops(&["deploy"]).code(1).stderr_has("populate of source \"broken\"").stderr_has("builder says no");
+    assert_eq!(state(&site, "activations"), "");
+    assert_eq!(state(&site, "nixos-rebuild.log"), "", "no activation after a failed source");
+}
+
+fn derivation_source_is_built_on_the_target(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source]\n\
+             hello.derivation = 'derivation {{ name = \"hello\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [\"-c\" \"echo hello from nix > $out\"]; }}'\n",
+            site.target()
+        ),
+    );
+    sb.krops(&["populate"]).success().stderr_has("-hello");
+    let link = std::fs::read_link(site.path("hello")).unwrap();
+    assert!(link.starts_with("/nix/store"), "{}", link.display());
+    assert_eq!(std::fs::read_to_string(&link).unwrap(), "hello from nix\n");
+}
+
+fn build_target_gets_the_sources_and_builds_for_the_target(kind: Kind) {
+    let sb = Sandbox::new();
+    let target = Site::named(&sb, kind, "target").with_sentinel();
+    let builder = Site::named(&sb, kind, "builder").with_sentinel();
+    config(&sb, &target, &format!("buildTarget = {}", builder.target()), "remote-build");
+    sb.krops(&["deploy"]).success();
+    for site in [&target, &builder] {
+        assert!(site.path("nixos-config").is_file(), "sources are populated on both hosts");
+    }
+    let rebuild = state(&builder, "nixos-rebuild.log");
+    let user = if kind == Kind::Sudo { krops_tests::hosts::SUDO_USER } else { "root" };
+    let sudo = if kind == Kind::Sudo { " --use-remote-sudo" } else { "" };
+    assert_eq!(
+        rebuild,
+        format!("argv=switch --build-host {user}@127.0.0.1 --target-host {user}@127.0.0.1{sudo} NIX_PATH=/var/src\n")
+    );
+    assert_eq!(state(&target, "nixos-rebuild.log"), "", "nixos-rebuild runs on the build host");
+}
+
+fn run_with_and_without_a_tty(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let write = |tty: bool| {
+        sb.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {}\nallocateTTY = {tty}\ncommand = \"tty || true; echo user=$(id -un) path=$KROPS_TARGET_PATH\"\n",
+                site.target()
+            ),
+        )
+    };
+    write(false);
+    sb.krops(&["run"]).success().stdout_has("not a tty").stdout_has("user=root path=/var/src");
+    write(true);
+    // krops itself needs a terminal for ssh -t to allocate one: script(1) gives it a pty.
+    let mut command = Command::new("script");
+    command.args(["-qec", &format!("{} run", krops_bin().display()), "/dev/null"]).current_dir(sb.path(""));
+    let out = Outcome::of(command);
+    out.success().stdout_has("/dev/pts/").stdout_has("user=root");
+    assert!(Path::new("/dev/ptmx").exists());
+}
