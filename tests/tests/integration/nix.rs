@@ -28,6 +28,7 @@ on_remote_sites!(
     derivation_source_is_built_on_the_target,
     build_target_gets_the_sources_and_builds_for_the_target,
     run_with_and_without_a_tty,
+    nix_output_monitor_wraps_the_rebuild_and_keeps_its_status,
 );
 
 const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
@@ -181,4 +182,30 @@ fn run_with_and_without_a_tty(kind: Kind) {
     let out = Outcome::of(command);
     out.success().stdout_has("/dev/pts/").stdout_has("user=root");
     assert!(Path::new("/dev/ptmx").exists());
+}
+
+fn nix_output_monitor_wraps_the_rebuild_and_keeps_its_status(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    // A stand-in `nom` that marks every line it passes on, and exits 0 whatever it read.
+    let nom = site.host().unwrap().root_dir().join("bin/nom");
+    std::fs::write(&nom, "#!/bin/sh\nsed 's/^/nom: /'\n").unwrap();
+    std::fs::set_permissions(&nom, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for mode in ["\"optimistic\"", "\"opportunistic\"", "true"] {
+        config(&sb, &site, &format!("useNixOutputMonitor = {mode}"), "monitored");
+        sb.krops(&["deploy"]).success().stderr_has("| nom: ");
+    }
+    config(&sb, &site, "useNixOutputMonitor = false", "plain");
+    let out = sb.krops(&["deploy"]);
+    assert!(!out.success().stderr.contains("nom: "), "{out}");
+    assert_eq!(state(&site, "activations").lines().count(), 4);
+
+    config(&sb, &site, "useNixOutputMonitor = \"optimistic\"", "unused");
+    sb.write("configuration.nix", "{ ... }: { krops-test.marker = throw \"broken under nom\"; }\n");
+    sb.krops(&["deploy"]).code(1).stderr_has("nom: ").stderr_has("broken under nom");
+    assert_eq!(
+        state(&site, "activations").lines().count(),
+        4,
+        "a failed rebuild behind nom activates nothing"
+    );
 }
