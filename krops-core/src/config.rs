@@ -116,6 +116,10 @@ impl<'de> Deserialize<'de> for NomMode {
 
 /// Checks and normalises a source's attributes: the plugin registry, seen from the config.
 pub trait SourceValidator: Send + Sync {
+    /// Whether a plugin provides `source_type`; an unknown type is reported before the shape
+    /// of its value.
+    fn knows(&self, source_type: &str) -> bool;
+
     /// `Err` is shown to the user after the file and line.
     fn validate(
         &self,
@@ -173,11 +177,18 @@ pub fn discover(dir: &Path) -> Option<PathBuf> {
 /// Reads and validates a configuration file.
 pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, ConfigError> {
     let error = |position, message: String| ConfigError { file: file.to_owned(), position, message };
-    let file = std::path::absolute(file).map_err(|e| error(None, e.to_string()))?;
+    // Lexically normalised, as Nix does with paths: `a/../b.toml` names `b.toml` in messages
+    // and resolves relative paths the same way in every syntax.
+    let file = std::path::absolute(file)
+        .map(|f| crate::plugin::normalise(&f))
+        .map_err(|e| error(None, e.to_string()))?;
     let syntax = Syntax::of(&file).ok_or_else(|| {
         error(None, "unknown configuration syntax; use a .toml, .json or .nix file".to_owned())
     })?;
-    let text = std::fs::read_to_string(&file).map_err(|e| error(None, format!("cannot read: {e}")))?;
+    let text = match syntax {
+        Syntax::Nix => crate::nix::evaluate(&file).map_err(|message| error(None, message))?,
+        _ => std::fs::read_to_string(&file).map_err(|e| error(None, format!("cannot read: {e}")))?,
+    };
     let config_dir = file.parent().unwrap_or(Path::new("/")).to_owned();
     let raw = with_context(validator, config_dir, || match syntax {
         Syntax::Toml => toml::from_str::<RawConfig>(&text).map_err(|e| {
@@ -193,10 +204,17 @@ pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, 
             };
             error((e.line() > 0).then(|| (e.line(), e.column())), message)
         }),
-        Syntax::Nix => Err(error(
-            None,
-            "Nix configuration files are not supported yet; write krops.toml or krops.json".to_owned(),
-        )),
+        Syntax::Nix => {
+            // The JSON comes from nix, not from the user: its positions would mislead.
+            serde_json::from_str::<RawConfig>(&text).map_err(|e| {
+                let message = e.to_string();
+                let message = match message.rfind(" at line ") {
+                    Some(i) => message[..i].to_owned(),
+                    None => message,
+                };
+                error(None, message)
+            })
+        }
     })?;
     Ok(Config { file: file.clone(), deployments: raw.deployments.0 })
 }
@@ -370,11 +388,12 @@ impl<'de> DeserializeSeed<'de> for SourceSeed<'_> {
     type Value = Source;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Source, D::Error> {
         let value = Value::deserialize(d)?;
-        let (source_type, attrs) = split_type(self.name, value).map_err(de::Error::custom)?;
+        let (source_type, raw) = type_key(self.name, value).map_err(de::Error::custom)?;
         let attrs = CONTEXT
             .with(|c| {
                 let c = c.borrow();
                 let c = c.as_ref().ok_or("configuration parsed outside config::load")?;
+                let attrs = if c.validator.knows(&source_type) { expand(&source_type, raw)? } else { raw };
                 c.validator.validate(self.name, &source_type, attrs, &c.config_dir).map_err(|e| e.into())
             })
             .map_err(|e: Box<str>| de::Error::custom(format!("source {:?}: {e}", self.name)))?;
@@ -382,8 +401,8 @@ impl<'de> DeserializeSeed<'de> for SourceSeed<'_> {
     }
 }
 
-/// Picks the one type key of a source and expands shorthands.
-fn split_type(name: &str, value: Value) -> Result<(String, Value), String> {
+/// Picks the one type key of a source.
+fn type_key(name: &str, value: Value) -> Result<(String, Value), String> {
     let Value::Object(map) = value else {
         return Err(format!("source {name:?} must be a table with one type key, such as file = \"./path\""));
     };
@@ -401,24 +420,27 @@ fn split_type(name: &str, value: Value) -> Result<(String, Value), String> {
             ));
         }
     };
+    Ok((source_type, attrs))
+}
+
+/// Expands a shorthand (`file = "PATH"`) into its table; checks that the value is a table.
+fn expand(source_type: &str, attrs: Value) -> Result<Value, Box<str>> {
     let shorthand = SHORTHANDS.iter().find(|(t, _)| *t == source_type).map(|(_, attr)| *attr);
     let attrs = match (attrs, shorthand) {
         (Value::Object(attrs), _) => Value::Object(attrs),
         (Value::String(s), Some(attr)) => serde_json::json!({ attr: s }),
         (other, Some(attr)) => {
             return Err(format!(
-                "source {name:?}: {source_type} must be a string (shorthand for {source_type}.{attr}) or a table, not {}",
+                "{source_type} must be a string (shorthand for {source_type}.{attr}) or a table, not {}",
                 kind_of(&other)
-            ))
+            )
+            .into())
         }
         (other, None) => {
-            return Err(format!(
-                "source {name:?}: {source_type} must be a table of attributes, not {}",
-                kind_of(&other)
-            ))
+            return Err(format!("{source_type} must be a table of attributes, not {}", kind_of(&other)).into())
         }
     };
-    Ok((source_type, attrs))
+    Ok(attrs)
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -438,6 +460,10 @@ mod tests {
 
     struct AcceptAll;
     impl SourceValidator for AcceptAll {
+        fn knows(&self, t: &str) -> bool {
+            t != "unknown"
+        }
+
         fn validate(&self, _: &str, t: &str, attrs: Value, _: &Path) -> Result<Value, String> {
             if t == "unknown" {
                 Err("unknown source type unknown".into())

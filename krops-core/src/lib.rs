@@ -9,6 +9,7 @@ pub mod events;
 pub mod exec;
 pub mod handle;
 pub mod loader;
+pub mod nix;
 pub mod pipeline;
 pub mod plugin;
 pub mod ssh;

@@ -114,6 +114,10 @@ impl Registry {
 }
 
 impl SourceValidator for Registry {
+    fn knows(&self, source_type: &str) -> bool {
+        self.plugins.contains_key(source_type)
+    }
+
     fn validate(
         &self,
         name: &str,

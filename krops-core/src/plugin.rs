@@ -219,11 +219,23 @@ pub fn resolve_path(config_dir: &Path, path: &str) -> PathBuf {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(path),
     };
-    if expanded.is_absolute() {
-        expanded
-    } else {
-        config_dir.join(expanded)
+    normalise(&if expanded.is_absolute() { expanded } else { config_dir.join(expanded) })
+}
+
+/// Drops `.` and resolves `..` lexically, as Nix does with paths, so that a path reads the
+/// same in `krops eval` whichever syntax it was written in.
+pub fn normalise(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
     }
+    normal
 }
 
 /// Turns a panic payload into a message, so that a plugin bug fails one source instead of

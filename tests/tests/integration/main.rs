@@ -7,6 +7,7 @@
 mod config_errors;
 mod git;
 mod nix;
+mod nix_config;
 mod plugins;
 mod remote;
 mod scenarios;
