@@ -63,3 +63,15 @@ pub fn ensure(requirements: &[Requirement]) -> Result<()> {
     install.extend(&missing);
     apt(&install)
 }
+
+pub const TEST_VM: &[Requirement] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("dpkg-deb", "dpkg"),
+    ("ssh", "openssh-client"),
+    ("rsync", "rsync"),
+    ("git", "git"),
+    ("gpg", "gnupg"),
+    ("pass", "pass"),
+    ("age", "age"),
+];

@@ -3,6 +3,7 @@
 
 mod bench;
 mod deps;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,15 +13,26 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  test      install test dependencies, build the workspace (plugins included), run every test
+  test      install test dependencies, build the workspace (plugins included), run every test,
+            then test-vm (extra arguments go to cargo test and skip test-vm)
   example   build krops and deploy examples/local into /tmp/krops-example/src
-  bench     release build, then benchmarks against loopback test hosts (see BENCHMARKS.md)";
+  bench     release build, then benchmarks against loopback test hosts (see BENCHMARKS.md)
+  test-vm   boot a QEMU VM and deploy every source type into it
+            (--missing-sentinel: deploy without force, which must fail)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("example") => example(),
+        Some("test-vm") => {
+            let mode = match args.get(1).map(String::as_str) {
+                None => vm::Mode::Deploy,
+                Some("--missing-sentinel") => vm::Mode::MissingSentinel,
+                Some(other) => bail!("test-vm: unknown option {other}"),
+            };
+            test_vm(mode)
+        }
         Some("bench") => {
             deps::ensure(deps::TEST)?;
             run("cargo", &["build", "--workspace", "--release"])?;
@@ -55,12 +67,27 @@ fn build_workspace() -> Result<()> {
     run("cargo", &["build", "--workspace"])
 }
 
+/// Every test: the workspace's, then a real deploy into a VM (skipped when test arguments,
+/// such as a name filter, are given).
 fn test(extra: &[String]) -> Result<()> {
     deps::ensure(deps::TEST)?;
+    deps::ensure(deps::TEST_VM)?;
     build_workspace()?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    run("cargo", &args)
+    run("cargo", &args)?;
+    if extra.is_empty() {
+        let root = workspace_root();
+        vm::run(&root, &root.join("target/debug/krops"), vm::Mode::Deploy)?;
+    }
+    Ok(())
+}
+
+fn test_vm(mode: vm::Mode) -> Result<()> {
+    deps::ensure(deps::TEST_VM)?;
+    build_workspace()?;
+    let root = workspace_root();
+    vm::run(&root, &root.join("target/debug/krops"), mode)
 }
 
 fn example() -> Result<()> {

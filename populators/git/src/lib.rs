@@ -65,8 +65,13 @@ if [ "$fetch_always" = 1 ] || ! git cat-file -e "$commit^{commit}" 2>/dev/null; 
     git fetch -q origin "$commit"
   fi
 fi
-git reset -q --hard "$commit"
-git submodule -q update --init --recursive
+# A work tree already at the commit and unmodified is left alone, so that a redeploy changes
+# nothing (not even git's index or reflog); status must not refresh the index either.
+head=$(git rev-parse -q --verify HEAD || true)
+if [ "$head" != "$commit" ] || [ -n "$(GIT_OPTIONAL_LOCKS=0 git status --porcelain --untracked-files=no)" ]; then
+  git reset -q --hard "$commit"
+  git submodule -q update --init --recursive
+fi
 count=$#
 for pattern do set -- "$@" -e "$pattern"; done
 shift "$count"

@@ -13,6 +13,7 @@ crate::on_every_site!(
     clean_spares_excluded_paths,
     submodules_and_git_daemon_urls,
     a_plain_directory_is_replaced,
+    a_modified_work_tree_is_reset_and_a_clean_one_left_alone,
     unknown_ref_fails_before_the_target_is_touched,
     hostile_url_or_ref_executes_nothing,
 );
@@ -200,4 +201,22 @@ fn hostile_url_or_ref_executes_nothing(kind: Kind) {
     }
     assert!(!marker.exists(), "a url or ref was executed");
     assert_eq!(site.listing(""), [".populate"]);
+}
+
+fn a_modified_work_tree_is_reset_and_a_clean_one_left_alone(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let repo = Repo::init(sb.path("origin"));
+    repo.commit("a.nix", "original");
+    config(&sb, &site, &format!("url = {:?}\nref = \"main\"", repo.url()));
+    sb.krops(&["populate"]).success();
+    let index = std::fs::read(site.path("repo/.git/index")).unwrap();
+    let reflog = std::fs::read(site.path("repo/.git/logs/HEAD")).unwrap();
+    sb.krops(&["populate"]).success();
+    assert_eq!(std::fs::read(site.path("repo/.git/index")).unwrap(), index, "a redeploy rewrote the index");
+    assert_eq!(std::fs::read(site.path("repo/.git/logs/HEAD")).unwrap(), reflog, "a redeploy reset again");
+
+    std::fs::write(site.path("repo/a.nix"), "edited on the target").unwrap();
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("repo/a.nix"), "original");
 }
