@@ -66,6 +66,13 @@ fn have(command: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Makes this machine ready for test hosts and for running nix as root without a daemon
+/// (packages, `/etc/nix/nix.conf`, the sudo user); once per process. Tests that run nix on
+/// the deploying machine without a test host call it too.
+pub fn prepare_machine() {
+    setup();
+}
+
 /// Once per process: packages, `/run/sshd`, the sudo user, the client key.
 fn setup() -> &'static Client {
     static CLIENT: OnceLock<Client> = OnceLock::new();

@@ -8,6 +8,7 @@ const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs
 
 #[test]
 fn examples_in_nix_and_toml_evaluate_identically() {
+    krops_tests::hosts::prepare_machine();
     let sb = Sandbox::new();
     for example in ["minimal", "local"] {
         let toml = sb.krops(&["eval", "-f", &format!("{WORKSPACE}/examples/{example}/krops.toml")]);
@@ -76,6 +77,7 @@ fn a_krops_nix_in_the_original_style_deploys_to_a_test_host() {
 
 #[test]
 fn evaluation_errors_exit_2_with_nix_message() {
+    krops_tests::hosts::prepare_machine();
     let sb = Sandbox::new();
     sb.target_dir("site");
     sb.write("krops.nix", "{ deployments = { broken = ");
@@ -89,6 +91,7 @@ fn evaluation_errors_exit_2_with_nix_message() {
 
 #[test]
 fn usual_mistakes_explain_themselves() {
+    krops_tests::hosts::prepare_machine();
     let sb = Sandbox::new();
     let site = sb.path("site").display().to_string();
     for (source, message) in [
