@@ -213,6 +213,37 @@ fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
     builder.into_inner()
 }
 
+/// Every file below `root` whose name ends in `.EXTENSION` (`.git` directories passed over),
+/// sorted, each with its path relative to `root` without the extension: a secret store's
+/// layout turned into the names of the files to install.
+pub fn files_with_extension(root: &Path, extension: &str) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", current.display()))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
+            if kind.is_dir() && entry.file_name() != ".git" {
+                pending.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == extension) {
+                let relative = path.strip_prefix(root).map_err(|e| e.to_string())?.with_extension("");
+                found.push((path.clone(), relative.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A local file's modification time, in seconds since the epoch.
+pub fn mtime(path: &Path) -> Result<u64, String> {
+    let modified =
+        std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
 /// Resolves a user-written path: `~/` against `$HOME`, relative paths against `config_dir`.
 pub fn resolve_path(config_dir: &Path, path: &str) -> PathBuf {
     let expanded = match (path.strip_prefix("~/"), std::env::var_os("HOME")) {

@@ -6,10 +6,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use krops_core::plugin::{
-    resolve_path, PopulateRequest, PopulatorPlugin, SecretFile, Target, ValidateRequest,
+    files_with_extension, mtime, resolve_path, PopulateRequest, PopulatorPlugin, SecretFile, Target,
+    ValidateRequest,
 };
 use krops_core::transport::quote;
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,7 @@ impl PopulatorPlugin for Pass {
             }
         }
         let root = dir.join(name);
-        let files = gpg_files(&root)?;
+        let files = files_with_extension(&root, "gpg")?;
         let dates = if in_git { author_dates(target, dir, name)? } else { HashMap::new() };
         let decrypted = decrypt_all(target, &files)?;
         let mut secrets = Vec::new();
@@ -82,11 +82,7 @@ impl PopulatorPlugin for Pass {
             let in_store = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
             let mtime = match dates.get(&in_store) {
                 Some(date) => *date,
-                None => std::fs::metadata(path)
-                    .and_then(|m| m.modified())
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                None => mtime(path)?,
             };
             secrets.push(SecretFile { path: relative.clone(), contents, mtime });
         }
@@ -101,27 +97,6 @@ impl PopulatorPlugin for Pass {
         target.install_secrets(&destination, &secrets)?;
         Ok(serde_json::json!({ "secrets": count }))
     }
-}
-
-/// Every `*.gpg` below `root` with its name relative to `root`, `.gpg` dropped.
-fn gpg_files(root: &Path) -> Result<Vec<(PathBuf, String)>, String> {
-    let mut found = Vec::new();
-    let mut pending = vec![root.to_owned()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))? {
-            let entry = entry.map_err(|e| format!("{}: {e}", current.display()))?;
-            let path = entry.path();
-            let kind = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
-            if kind.is_dir() && entry.file_name() != ".git" {
-                pending.push(path);
-            } else if kind.is_file() && path.extension().is_some_and(|e| e == "gpg") {
-                let relative = path.strip_prefix(root).map_err(|e| e.to_string())?.with_extension("");
-                found.push((path.clone(), relative.to_string_lossy().into_owned()));
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
 }
 
 /// The last author date of every file below `name`, from one `git log`.

@@ -3,10 +3,10 @@
 //! names, mtimes kept). No plaintext touches the deploying machine's disk.
 
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use krops_core::plugin::{
-    resolve_path, PopulateRequest, PopulatorPlugin, SecretFile, Target, ValidateRequest,
+    files_with_extension, mtime, resolve_path, PopulateRequest, PopulatorPlugin, SecretFile, Target,
+    ValidateRequest,
 };
 use krops_core::transport::quote;
 use serde::{Deserialize, Serialize};
@@ -53,17 +53,13 @@ impl PopulatorPlugin for Passage {
         let attrs = &request.attrs;
         let identities_file = attrs.identities_file.as_deref().ok_or("passage source was not validated")?;
         let identities = Identities::read(identities_file)?;
-        let files = age_files(&attrs.dir)?;
+        let files = files_with_extension(&attrs.dir, "age")?;
         // Decryption is CPU-bound and independent per secret.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let secrets = krops_core::concurrent::map(&files, cores, |(path, relative)| {
             let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
             let encrypted = std::fs::read(path).map_err(|e| fail(&e))?;
-            let mtime = std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .map_err(|e| fail(&e))?
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let mtime = mtime(path)?;
             let contents = match (identities.plugin_lines, &attrs.age) {
                 (0, _) => identities.decrypt(&encrypted).map_err(|e| fail(&e))?,
                 (_, Some(age)) => target.run_local(&format!(
@@ -86,28 +82,6 @@ impl PopulatorPlugin for Passage {
         target.install_secrets(&request.destination(), &secrets)?;
         Ok(serde_json::json!({ "secrets": secrets.len() }))
     }
-}
-
-/// Every `*.age` file below `dir`, with its name relative to `dir` and without `.age`.
-fn age_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(current) = pending.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("{}: {e}", current.display()))?;
-            let path = entry.path();
-            let kind = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
-            if kind.is_dir() {
-                pending.push(path);
-            } else if kind.is_file() && path.extension().is_some_and(|e| e == "age") {
-                let relative = path.strip_prefix(dir).map_err(|e| e.to_string())?.with_extension("");
-                found.push((path.clone(), relative.to_string_lossy().into_owned()));
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
 }
 
 /// The identities of an identities file: age X25519 lines, OpenSSH ed25519/RSA private keys
