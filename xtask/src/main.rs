@@ -78,7 +78,14 @@ fn test(extra: &[String]) -> Result<()> {
     run("cargo", &args)?;
     if extra.is_empty() {
         let root = workspace_root();
-        vm::run(&root, &root.join("target/debug/krops"), vm::Mode::Deploy)?;
+        let krops = root.join("target/debug/krops");
+        vm::run(&root, &krops, vm::Mode::Deploy)?;
+        vm::expect_failure(
+            &root,
+            &krops,
+            vm::Mode::MissingSentinel,
+            "missing sentinel file: 127.0.0.1:/var/src/.populate",
+        )?;
     }
     Ok(())
 }

@@ -95,6 +95,19 @@ pub fn run(workspace: &Path, krops: &Path, mode: Mode) -> Result<()> {
     }
 }
 
+/// Runs the VM test in a mode that must fail, and checks that it fails for `reason`.
+pub fn expect_failure(workspace: &Path, krops: &Path, mode: Mode, reason: &str) -> Result<()> {
+    match run(workspace, krops, mode) {
+        Ok(()) => bail!("test-vm in a broken mode passed; it must fail with {reason:?}"),
+        Err(error) if format!("{error:#}").contains(reason) => {
+            println!("test-vm (broken on purpose): failed as it must, with {reason:?}");
+            println!("test-vm-broken: 1 passed, 0 failed");
+            Ok(())
+        }
+        Err(error) => bail!("test-vm in a broken mode failed, but not with {reason:?}: {error:#}"),
+    }
+}
+
 #[derive(Default)]
 struct Timings {
     boot: Duration,

@@ -220,3 +220,33 @@ fn a_modified_work_tree_is_reset_and_a_clean_one_left_alone(kind: Kind) {
     sb.krops(&["populate"]).success();
     assert_eq!(site.read("repo/a.nix"), "original");
 }
+
+/// An ssh URL: krops resolves the ref over ssh (GIT_SSH_COMMAND carries the test key), and the
+/// target fetches over ssh with its own key, as a real target would from its git host. Here
+/// the git host is the target itself.
+#[test]
+fn ssh_urls() {
+    for kind in [Kind::Root, Kind::Sudo] {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, kind);
+        let host = site.host().unwrap();
+        let repo = Repo::init(sb.path("origin"));
+        let head = repo.commit("a.nix", "over ssh");
+        let options = krops_tests::hosts::TestHost::extra_options();
+        let key = options.iter().position(|o| o == "-i").map(|i| options[i + 1].clone()).unwrap();
+        // The target's root logs in to the git host (itself) with the test key.
+        let ssh_dir = host.root_dir().join("root-home/.ssh");
+        std::fs::copy(&key, ssh_dir.join("id_ed25519")).unwrap();
+        std::fs::write(
+            ssh_dir.join("config"),
+            "StrictHostKeyChecking no\nUserKnownHostsFile /dev/null\nLogLevel ERROR\n",
+        )
+        .unwrap();
+        let url = format!("ssh://root@127.0.0.1:{}{}", host.port, repo.dir.display());
+        config(&sb, &site, &format!("url = {url:?}\nref = \"main\""));
+        let mut command = sb.krops_command(&["populate"]);
+        command.env("GIT_SSH_COMMAND", format!("ssh {}", options.join(" ")));
+        crate::support::Outcome::of(command).success().stderr_has(&format!("commit: {head}"));
+        assert_eq!(deployed_head(&site), head, "{kind:?}");
+    }
+}

@@ -233,3 +233,41 @@ fn no_plaintext_on_the_deploying_machine_or_in_the_output(kind: Kind) {
         "a secret was printed:\n{printed}"
     );
 }
+
+/// Identities of age plugins are handed to the age binary named by `age`; here a stand-in
+/// that checks it was called as krops says and decrypts with a real identity.
+#[test]
+fn passage_age_binary_fallback_for_plugin_identities() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    store.insert("token", b"via the age binary");
+    let real_identities = store.identities.clone();
+    let plugin_identities = sb.write("plugin-identities", "# a YubiKey, say\nAGE-PLUGIN-YUBIKEY-1EXAMPLE\n");
+    let age = sb.write(
+        "fake-age",
+        &format!(
+            "#!/bin/sh\n[ \"$1 $2 $3 $4\" = '-d -i {} --' ] || {{ echo \"unexpected: $*\" >&2; exit 9; }}\nexec age -d -i '{}' \"$5\"\n",
+            plugin_identities.display(),
+            real_identities.display()
+        ),
+    );
+    std::fs::set_permissions(&age, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let write = |age_line: &str| {
+        sb.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {}\n[deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n{age_line}\n",
+                site.target(),
+                store.store.display().to_string(),
+                plugin_identities.display().to_string()
+            ),
+        )
+    };
+    write("");
+    sb.krops(&["populate"]).code(1).stderr_has("set the source's `age` attribute");
+    write(&format!("age = {:?}", age.display().to_string()));
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("secrets/token"), "via the age binary");
+    assert_eq!(mode(&site.path("secrets/token")), 0o600);
+}
