@@ -87,10 +87,11 @@ pub fn run(workspace: &Path, krops: &Path, mode: Mode) -> Result<()> {
         }
         Err(error) => {
             vm.kill();
-            eprintln!("test-vm failed: {error:#}");
-            eprintln!("--- last lines of the serial console ({}):", image.dir.join("serial.log").display());
-            eprintln!("{}", vm.serial_tail(30));
-            Err(error)
+            bail!(
+                "test-vm failed: {error:#}\n--- last lines of the serial console ({}):\n{}",
+                image.dir.join("serial.log").display(),
+                vm.serial_tail(30)
+            )
         }
     }
 }
