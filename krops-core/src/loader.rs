@@ -52,7 +52,7 @@ pub fn search_dirs(plugin_dirs: &[PathBuf], plugin_path: Option<&str>, exe: Opti
     dirs.extend(plugin_path.unwrap_or("").split(':').map(PathBuf::from).filter(|p| p.is_absolute()));
     if let Some(exe_dir) = exe.and_then(Path::parent) {
         dirs.push(exe_dir.to_owned());
-        dirs.push(exe_dir.join("../lib/krops/plugins"));
+        dirs.push(crate::plugin::normalise(&exe_dir.join("../lib/krops/plugins")));
     }
     dirs
 }
@@ -210,7 +210,7 @@ mod tests {
                 PathBuf::from("/b"),
                 PathBuf::from("/c"),
                 PathBuf::from("/opt/krops/bin"),
-                PathBuf::from("/opt/krops/bin/../lib/krops/plugins"),
+                PathBuf::from("/opt/krops/lib/krops/plugins"),
             ]
         );
     }

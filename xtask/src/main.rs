@@ -16,6 +16,8 @@ tasks:
   test      install test dependencies, build the workspace (plugins included), run every test,
             then test-vm (extra arguments go to cargo test and skip test-vm)
   example   build krops and deploy examples/local into /tmp/krops-example/src
+  install PREFIX
+            release build, then PREFIX/bin/krops and PREFIX/lib/krops/plugins/*.so
   bench     release build, then benchmarks against loopback test hosts (see BENCHMARKS.md)
   test-vm   boot a QEMU VM and deploy every source type into it
             (--missing-sentinel: deploy without force, which must fail)";
@@ -33,6 +35,10 @@ fn main() -> Result<()> {
             };
             test_vm(mode)
         }
+        Some("install") => match args.get(1) {
+            Some(prefix) => install(Path::new(prefix)),
+            None => bail!("usage: cargo xtask install PREFIX"),
+        },
         Some("bench") => {
             deps::ensure(deps::TEST)?;
             run("cargo", &["build", "--workspace", "--release"])?;
@@ -95,6 +101,27 @@ fn test_vm(mode: vm::Mode) -> Result<()> {
     build_workspace()?;
     let root = workspace_root();
     vm::run(&root, &root.join("target/debug/krops"), mode)
+}
+
+/// `cargo install` installs binaries only; krops needs its plugins beside it, where the
+/// loader looks: `<exe dir>/../lib/krops/plugins`.
+fn install(prefix: &Path) -> Result<()> {
+    run("cargo", &["build", "--workspace", "--release"])?;
+    let release = workspace_root().join("target/release");
+    let bin = prefix.join("bin");
+    let plugins = prefix.join("lib/krops/plugins");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(release.join("krops"), bin.join("krops"))?;
+    for entry in std::fs::read_dir(&release)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.starts_with("libkrops_populator_") && name.ends_with(".so") {
+            std::fs::copy(&path, plugins.join(&name))?;
+        }
+    }
+    eprintln!("installed {} and its plugins in {}", bin.join("krops").display(), plugins.display());
+    Ok(())
 }
 
 fn example() -> Result<()> {
