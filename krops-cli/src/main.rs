@@ -84,16 +84,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     let registry = Arc::new(load_plugins(&cli.plugin_dirs).map_err(UsageError)?);
-    if let Command::Plugins = cli.command {
-        for plugin in registry.plugins() {
-            println!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display());
+    let load = || load_config(cli.file.as_deref(), registry.clone()).map_err(UsageError);
+    let (action, names, config) = match cli.command {
+        Command::Plugins => {
+            for plugin in registry.plugins() {
+                println!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display());
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let config = load_config(cli.file.as_deref(), registry.clone()).map_err(UsageError)?;
-    let (action, names) = match cli.command {
-        Command::Plugins => unreachable!("handled above"),
         Command::Eval { names } => {
+            let config = load()?;
             let selected = select(&config, &names, false).map_err(UsageError)?;
             let deployments: serde_json::Map<String, serde_json::Value> = selected
                 .into_iter()
@@ -108,14 +108,14 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             if let Some(op) = &operation {
                 check_operation(op).map_err(|e| UsageError(anyhow!("--operation: {e}")))?;
             }
-            (Action::Deploy { operation }, names)
+            (Action::Deploy { operation }, names, load()?)
         }
-        Command::Build { names, trace } => (Action::Build { trace }, names),
+        Command::Build { names, trace } => (Action::Build { trace }, names, load()?),
         Command::Run { name, argv } => {
             let argv = (!argv.is_empty()).then_some(argv);
-            (Action::Run { argv }, name.into_iter().collect())
+            (Action::Run { argv }, name.into_iter().collect(), load()?)
         }
-        Command::Populate { names } => (Action::Populate, names),
+        Command::Populate { names } => (Action::Populate, names, load()?),
     };
     let single = matches!(action, Action::Run { .. });
     let deployments = select(&config, &names, single).map_err(UsageError)?;

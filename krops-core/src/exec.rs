@@ -38,6 +38,16 @@ impl Argv {
     pub fn program(&self) -> &str {
         self.0.first().map_or("", String::as_str)
     }
+
+    fn command(&self) -> Result<Command, ExecError> {
+        let (program, args) = self.0.split_first().ok_or_else(|| ExecError::Spawn {
+            program: String::new(),
+            source: std::io::Error::other("empty command line"),
+        })?;
+        let mut command = Command::new(program);
+        command.args(args);
+        Ok(command)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +80,7 @@ pub fn run(
     output: Output<'_>,
 ) -> Result<Vec<u8>, ExecError> {
     let program = argv.program().to_owned();
-    let mut command = Command::new(&argv.0[0]);
-    command.args(&argv.0[1..]);
+    let mut command = argv.command()?;
     command.envs(env.iter().copied());
     command.stdin(match input {
         Input::Null => Stdio::null(),
@@ -152,8 +161,8 @@ pub struct Background {
 impl Background {
     pub fn start(argv: &Argv) -> Result<Background, ExecError> {
         let program = argv.program().to_owned();
-        let mut child = Command::new(&argv.0[0])
-            .args(&argv.0[1..])
+        let mut child = argv
+            .command()?
             .stdin(Stdio::inherit())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
