@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub const SUDO_USER: &str = "kropsdeploy";
 
 /// Debian packages the hosts need: (command, package).
-const PACKAGES: [(&str, &str); 4] =
+const PACKAGES: [crate::packages::Requirement; 4] =
     [("/usr/sbin/sshd", "openssh-server"), ("rsync", "rsync"), ("sudo", "sudo"), ("nix-build", "nix-bin")];
 
 /// Where each host's private state (`/var/lib/krops-test`) is mounted: the test
@@ -59,13 +59,6 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn have(command: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", "command -v \"$1\" >/dev/null", "sh", command])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Makes this machine ready for test hosts and for running nix as root without a daemon
 /// (packages, `/etc/nix/nix.conf`, the sudo user); once per process. Tests that run nix on
 /// the deploying machine without a test host call it too.
@@ -80,13 +73,7 @@ fn setup() -> &'static Client {
 }
 
 fn setup_machine() -> Result<Client, String> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
-    if !missing.is_empty() {
-        run("apt-get", &["update", "-qq"])?;
-        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-        args.extend(&missing);
-        run("apt-get", &args)?;
-    }
+    crate::packages::ensure(&PACKAGES)?;
     if !Path::new("/etc/nix/nix.conf").exists() {
         std::fs::create_dir_all("/etc/nix").map_err(|e| format!("mkdir /etc/nix: {e}"))?;
         std::fs::write("/etc/nix/nix.conf", NIX_CONF).map_err(|e| format!("/etc/nix/nix.conf: {e}"))?;

@@ -3,5 +3,6 @@
 
 pub mod git;
 pub mod hosts;
+pub mod packages;
 pub mod proxy;
 pub mod secrets;
