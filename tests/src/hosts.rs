@@ -173,7 +173,7 @@ impl TestHost {
         run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &host_key.to_string_lossy()])?;
         let port = free_port();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\n\
+            "Port {port}\nListenAddress 127.0.0.1\nListenAddress ::1\nHostKey {}\nPidFile none\nUsePAM no\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              StrictModes yes\nUseDNS no\nAuthorizedKeysFile .ssh/authorized_keys\nMaxSessions 100\n\
              MaxStartups 100:30:200\nSubsystem sftp internal-sftp\n",

@@ -203,3 +203,26 @@ fn a_passphrase_is_asked_once_per_host() {
     assert_eq!(site.read("info"), "hello\n");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "asked\n", "the passphrase was asked more than once");
 }
+
+/// An IPv6 literal: ssh takes it bare, rsync's remote path needs brackets.
+#[test]
+fn ipv6_targets() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Sudo);
+    let host = site.host().unwrap();
+    let options: Vec<String> =
+        krops_tests::hosts::TestHost::extra_options().iter().map(|o| format!("{o:?}")).collect();
+    let target = format!(
+        "{{ host = \"::1\", port = {}, user = \"{}\", sudo = true, extraOptions = [{}] }}",
+        host.port,
+        krops_tests::hosts::SUDO_USER,
+        options.join(", ")
+    );
+    five_sources(&sb, &target);
+    sb.krops(&["populate"]).success().stderr_has("[site@[::1]]");
+    assert_eq!(site.read("dir/c.nix"), "c");
+    assert_eq!(site.read("info"), "hello\n");
+
+    std::fs::remove_file(site.path(".populate")).unwrap();
+    sb.krops(&["populate"]).code(1).stderr_has("missing sentinel file: [::1]:/var/src/.populate");
+}
