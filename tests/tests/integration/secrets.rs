@@ -152,7 +152,8 @@ fn pass_info_skips_an_unchanged_store_and_removed_secrets_disappear(kind: Kind) 
 }
 
 /// Every file below `dir` whose contents include `needle`, except below `except`. Build trees
-/// (`target`) and files over 1 MiB are passed over: a secret file is small, and they are big.
+/// (`target`), git object stores and files over 1 MiB are passed over: krops writes none of
+/// them, and they would make the scan slow.
 fn files_containing(dir: &Path, needle: &[u8], except: &[&Path]) -> Vec<String> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_owned()];
@@ -164,7 +165,7 @@ fn files_containing(dir: &Path, needle: &[u8], except: &[&Path]) -> Vec<String> 
                 continue;
             }
             let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() && entry.file_name() != "target" {
+            if kind.is_dir() && entry.file_name() != "target" && entry.file_name() != ".git" {
                 pending.push(path);
             } else if kind.is_file() && entry.metadata().is_ok_and(|m| m.len() <= 1 << 20) {
                 if let Ok(bytes) = std::fs::read(&path) {
