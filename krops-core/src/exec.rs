@@ -150,8 +150,9 @@ pub fn run(
     }
 }
 
-/// A long-running child (an ssh ControlMaster): reads the user's terminal for prompts, its
-/// stderr is collected in the background for when it fails.
+/// A long-running child (an ssh ControlMaster). Its stdin is /dev/null, so it never eats the
+/// user's piped input; ssh asks for passphrases on the terminal (or through SSH_ASKPASS)
+/// regardless. Its stderr is collected in the background for when it fails.
 pub struct Background {
     pub program: String,
     child: std::process::Child,
@@ -163,7 +164,7 @@ impl Background {
         let program = argv.program().to_owned();
         let mut child = argv
             .command()?
-            .stdin(Stdio::inherit())
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
