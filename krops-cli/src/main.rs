@@ -130,7 +130,8 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     let run = pipeline::Run { action, deployments, jobs: usize::from(cli.jobs) };
     let outcomes = runtime.block_on(async {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let renderer = tokio::spawn(render::render(receiver, render::Verbosity::new(cli.verbose, cli.quiet)));
+        let verbosity = render::Verbosity::new(cli.verbose, cli.quiet);
+        let renderer = tokio::spawn(render::render(receiver, verbosity, !single));
         let outcomes = tokio::select! {
             outcomes = pipeline::run(run, registry, ssh.clone(), sender) => Some(outcomes),
             _ = tokio::signal::ctrl_c() => None,

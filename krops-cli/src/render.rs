@@ -1,7 +1,13 @@
-//! Turns pipeline events into lines on stderr, each prefixed with its deployment so that
-//! concurrent deployments stay readable, and prints the final summary.
+//! Turns pipeline events into what the user sees on stderr: on a terminal, a spinner line per
+//! deployment with its current stage; otherwise (and with -v or -q) plain lines, each prefixed
+//! with its deployment so that concurrent deployments stay readable. Prints the final summary.
 
+use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use krops_core::events::{DeployError, Event, Level};
 use krops_core::pipeline::Outcomes;
@@ -41,10 +47,73 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         .init();
 }
 
-pub async fn render(mut events: UnboundedReceiver<Event>, verbosity: Verbosity) {
+/// Renders until the pipeline drops its senders. `terminal_free` says whether krops owns the
+/// terminal (not so for `run`, whose command writes to it).
+pub async fn render(events: UnboundedReceiver<Event>, verbosity: Verbosity, terminal_free: bool) {
+    let progress = terminal_free
+        && !verbosity.quiet
+        && verbosity.level == Level::Info
+        && std::io::stderr().is_terminal();
+    if progress {
+        render_progress(events).await
+    } else {
+        render_lines(events, verbosity).await
+    }
+}
+
+async fn render_lines(mut events: UnboundedReceiver<Event>, verbosity: Verbosity) {
     while let Some(event) = events.recv().await {
         if let Some(line) = line_for(&event, verbosity) {
             eprintln!("{line}");
+        }
+    }
+}
+
+/// One spinner per deployment showing where it is; activation output and warnings scroll
+/// above the spinners; each spinner ends with the deployment's outcome.
+async fn render_progress(mut events: UnboundedReceiver<Event>) {
+    let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let mut by_deployment: HashMap<String, ProgressBar> = HashMap::new();
+    let mut bar_for = |deployment: &str| {
+        by_deployment
+            .entry(deployment.to_owned())
+            .or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new_spinner().with_style(style.clone()));
+                bar.set_prefix(deployment.to_owned());
+                bar.enable_steady_tick(Duration::from_millis(100));
+                bar
+            })
+            .clone()
+    };
+    while let Some(event) = events.recv().await {
+        match &event {
+            Event::StageStarted { deployment, host, stage } => {
+                let on = host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
+                bar_for(deployment).set_message(format!("{stage}{on}…"));
+            }
+            Event::SourcePopulated { deployment, source, source_type, report, .. } => {
+                bar_for(deployment)
+                    .set_message(format!("populated {source} ({source_type}){}", describe(report)));
+            }
+            Event::Output { deployment, host, line } => {
+                let _ = bars.println(format!("{} | {line}", at(deployment, host)));
+            }
+            Event::Log { deployment, host, level, message } if *level <= Level::Warn => {
+                let _ = bars.println(format!("{} {message}", at(deployment, host)));
+            }
+            Event::DeploymentFinished { deployment, millis, error } => {
+                // A finished deployment leaves its spinner for a permanent line above the
+                // ones still running; with the last one gone the cursor rests on a clean line.
+                bar_for(deployment).finish_and_clear();
+                let line = match error {
+                    None => format!("✓ {deployment}: done in {millis} ms"),
+                    Some(error) => format!("✗ [{deployment}] error: {error}"),
+                };
+                let _ = bars.println(line);
+            }
+            _ => {}
         }
     }
 }
@@ -105,6 +174,17 @@ fn describe(report: &serde_json::Value) -> String {
     }
 }
 
+/// One line for a possibly long error: its first line, and when that only announces a
+/// child's stderr (ends with ':'), the stderr's last line, which usually says why.
+fn headline(message: &str) -> String {
+    let mut lines = message.lines();
+    let first = lines.next().unwrap_or_default();
+    match (first.ends_with(':'), lines.filter(|l| !l.trim().is_empty()).last()) {
+        (true, Some(last)) => format!("{first} {}", last.trim()),
+        _ => first.to_owned(),
+    }
+}
+
 /// Prints which deployments failed and why; exit status 1 if any did.
 pub fn summary(outcomes: &Outcomes) -> ExitCode {
     let failed: Vec<(&String, &DeployError)> =
@@ -114,8 +194,22 @@ pub fn summary(outcomes: &Outcomes) -> ExitCode {
     }
     eprintln!("krops: {} of {} deployments failed:", failed.len(), outcomes.len());
     for (name, error) in failed {
-        let first_line = error.to_string().lines().next().unwrap_or_default().to_owned();
-        eprintln!("  {name}: {first_line}");
+        eprintln!("  {name}: {}", headline(&error.to_string()));
     }
     ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::headline;
+
+    #[test]
+    fn headline_adds_the_last_stderr_line() {
+        assert_eq!(
+            headline("rsync failed (exit status: 23):\nsome detail\nthe reason\n"),
+            "rsync failed (exit status: 23): the reason"
+        );
+        assert_eq!(headline("missing sentinel file: /x/.populate"), "missing sentinel file: /x/.populate");
+        assert_eq!(headline("failed:"), "failed:");
+    }
 }

@@ -296,3 +296,34 @@ fn eval_prints_the_normalised_configuration() {
     assert_eq!(web["source"]["b"]["file"]["filters"][0]["type"], "exclude");
     assert_eq!(web["source"]["l"]["symlink"]["target"], "a");
 }
+
+/// On a terminal, each deployment gets a spinner line that ends as a ✓ or ✗ line; the
+/// child's stderr and the summary still appear.
+#[test]
+fn progress_on_a_terminal() {
+    let sb = Sandbox::new();
+    sb.target_dir("good");
+    sb.mkdir("bad");
+    sb.write("conf/a", "a");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.good]\ntarget = {:?}\nsource.a.file = \"conf/a\"\n\
+             [deployments.bad]\ntarget = {:?}\nsource.p.pipe = \"echo the reason >&2; exit 4\"\n",
+            sb.path("good").display().to_string(),
+            sb.target_dir("bad").display().to_string()
+        ),
+    );
+    // script(1) runs krops on a pseudo-terminal.
+    let mut command = std::process::Command::new("script");
+    command
+        .args(["-qec", &format!("{} populate", crate::support::krops_bin().display()), "/dev/null"])
+        .current_dir(sb.path(""));
+    let out = crate::support::Outcome::of(command);
+    out.code(1)
+        .stdout_has("✓ good: done in")
+        .stdout_has("✗ [bad] error: populate of source \"p\" failed")
+        .stdout_has("the reason")
+        .stdout_has("bad: populate of source \"p\" failed: /bin/sh failed (exit status: 4): the reason");
+    assert_eq!(sb.read("good/a"), "a");
+}
