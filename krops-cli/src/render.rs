@@ -179,7 +179,7 @@ fn describe(report: &serde_json::Value) -> String {
 fn headline(message: &str) -> String {
     let mut lines = message.lines();
     let first = lines.next().unwrap_or_default();
-    match (first.ends_with(':'), lines.filter(|l| !l.trim().is_empty()).last()) {
+    match (first.ends_with(':'), lines.rfind(|l| !l.trim().is_empty())) {
         (true, Some(last)) => format!("{first} {}", last.trim()),
         _ => first.to_owned(),
     }
