@@ -104,3 +104,134 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// git's smart HTTP protocol on 127.0.0.1: a minimal HTTP/1.1 server that hands every request
+/// to `git http-backend` (CGI) for the repositories below `base`; one request per connection.
+pub struct HttpServer {
+    pub port: u16,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpServer {
+    pub fn start(base: &Path) -> HttpServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let base = base.to_owned();
+        let stop = stopping.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let base = base.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &base);
+                });
+            }
+        });
+        HttpServer { port, stopping }
+    }
+
+    /// `http://127.0.0.1:PORT/<path below base>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(stream: std::net::TcpStream, base: &Path) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or("GET").to_owned(), parts.next().unwrap_or("/").to_owned());
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(length) = header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut cgi = Command::new("git");
+    cgi.arg("http-backend")
+        .env("GIT_PROJECT_ROOT", base)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", header("content-type").unwrap_or_default())
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(protocol) = header("git-protocol") {
+        cgi.env("HTTP_GIT_PROTOCOL", protocol);
+    }
+    if let Some(encoding) = header("content-encoding") {
+        cgi.env("HTTP_CONTENT_ENCODING", encoding);
+    }
+    let mut child = cgi.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&body)?;
+    }
+    let output = child.wait_with_output()?;
+    let split = output.stdout.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let split = split.or_else(|| output.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let (head, content) = match split {
+        Some((i, skip)) => {
+            (String::from_utf8_lossy(&output.stdout[..i]).into_owned(), &output.stdout[i + skip..])
+        }
+        None => (String::new(), &output.stdout[..]),
+    };
+    let mut status = "200 OK".to_owned();
+    let mut response_headers = String::new();
+    for line in head.lines() {
+        match line.split_once(':') {
+            Some((name, value)) if name.eq_ignore_ascii_case("status") => status = value.trim().to_owned(),
+            Some(_) => response_headers.push_str(&format!("{}\r\n", line.trim_end())),
+            None => {}
+        }
+    }
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\n{response_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        content.len()
+    )?;
+    stream.write_all(content)?;
+    stream.flush()
+}

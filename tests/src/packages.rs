@@ -3,10 +3,13 @@
 
 use std::process::Command;
 
-/// (a command that must exist, the Debian package that provides it)
+/// (a command, or an absolute path, that must exist; the Debian package that provides it)
 pub type Requirement = (&'static str, &'static str);
 
 fn have(command: &str) -> bool {
+    if command.starts_with('/') {
+        return std::path::Path::new(command).exists();
+    }
     Command::new("sh")
         .args(["-c", "command -v \"$1\" >/dev/null", "sh", command])
         .status()

@@ -9,6 +9,11 @@ pub fn ensure(requirements: &[Requirement]) -> Result<()> {
     krops_tests::packages::ensure(requirements).map_err(|e| anyhow!(e))
 }
 
+/// What building the workspace needs beyond Rust: the git plugin's http(s) transport links
+/// the system libcurl.
+pub const BUILD: &[Requirement] =
+    &[("/usr/include/x86_64-linux-gnu/curl/curl.h", "libcurl4-openssl-dev"), ("pkg-config", "pkgconf")];
+
 pub const EXAMPLE: &[Requirement] = &[("rsync", "rsync")];
 
 pub const TEST: &[Requirement] = &[

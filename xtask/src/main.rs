@@ -41,6 +41,7 @@ fn main() -> Result<()> {
         },
         Some("bench") => {
             deps::ensure(deps::TEST)?;
+            deps::ensure(deps::BUILD)?;
             run("cargo", &["build", "--workspace", "--release"])?;
             bench::run_all(&workspace_root().join("target/release"))
         }
@@ -70,6 +71,7 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
 
 /// Plugins are cdylibs that `cargo test` does not build; the tests use these builds.
 fn build_workspace() -> Result<()> {
+    deps::ensure(deps::BUILD)?;
     run("cargo", &["build", "--workspace"])
 }
 
@@ -106,6 +108,7 @@ fn test_vm(mode: vm::Mode) -> Result<()> {
 /// `cargo install` installs binaries only; krops needs its plugins beside it, where the
 /// loader looks: `<exe dir>/../lib/krops/plugins`.
 fn install(prefix: &Path) -> Result<()> {
+    deps::ensure(deps::BUILD)?;
     run("cargo", &["build", "--workspace", "--release"])?;
     let release = workspace_root().join("target/release");
     let bin = prefix.join("bin");

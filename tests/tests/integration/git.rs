@@ -250,3 +250,20 @@ fn ssh_urls() {
         assert_eq!(deployed_head(&site), head, "{kind:?}");
     }
 }
+
+/// git's smart HTTP protocol (what https URLs speak, less the TLS): krops resolves the branch
+/// over HTTP with gix, the target fetches over HTTP with its git.
+#[test]
+fn http_urls() {
+    for kind in [Kind::Local, Kind::Root] {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, kind);
+        let served = sb.mkdir("served");
+        let server = krops_tests::git::HttpServer::start(&served);
+        let repo = Repo::init(served.join("repo"));
+        let head = repo.commit("a.nix", "over http");
+        config(&sb, &site, &format!("url = {:?}\nref = \"main\"", server.url("repo")));
+        sb.krops(&["populate"]).success().stderr_has(&format!("commit: {head}"));
+        assert_eq!(deployed_head(&site), head, "{kind:?}");
+    }
+}
