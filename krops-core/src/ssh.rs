@@ -49,11 +49,6 @@ impl Multiplexer {
         })
     }
 
-    /// The control directory (for tests and diagnostics).
-    pub fn dir(&self) -> Option<PathBuf> {
-        self.dir.lock().ok()?.as_ref().map(|d| d.path().to_owned())
-    }
-
     /// Returns `transport` riding on its target's master, starting the master if this is the
     /// target's first use in this run. Local transports are returned unchanged.
     pub fn connect(&self, transport: &Transport) -> Result<Transport, String> {

@@ -114,6 +114,8 @@ impl PopulatorPlugin for Git {
         let mut args =
             vec![destination.as_str(), &attrs.url, commit, flag(attrs.shallow), flag(attrs.fetch_always)];
         args.extend(attrs.clean.exclude.iter().map(String::as_str));
+        // The URL may carry credentials; only the commit is logged.
+        target.debug(&format!("{}: checking out {commit}", request.name));
         let head = target.run_script(POPULATE_SCRIPT, &args, b"")?;
         let head = String::from_utf8_lossy(&head).trim().to_owned();
         if head != commit {

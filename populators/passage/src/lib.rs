@@ -79,6 +79,7 @@ impl PopulatorPlugin for Passage {
         })
         .into_iter()
         .collect::<Result<Vec<_>, String>>()?;
+        target.debug(&format!("{}: {} secrets decrypted", request.name, secrets.len()));
         target.install_secrets(&request.destination(), &secrets)?;
         Ok(serde_json::json!({ "secrets": secrets.len() }))
     }

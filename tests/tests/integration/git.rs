@@ -48,6 +48,8 @@ fn commit_branch_and_tag_refs(kind: Kind) {
 
     config(&sb, &site, &format!("url = {:?}\nref = \"main\"", repo.url()));
     sb.krops(&["populate"]).success().stderr_has(&format!("commit: {second}"));
+    // Plugins log through the host: shown with -v.
+    sb.krops(&["-v", "populate"]).success().stderr_has(&format!("repo: checking out {second}"));
     assert_eq!(deployed_head(&site), second);
 
     config(&sb, &site, &format!("url = {:?}\nref = \"v1\"", repo.url()));
