@@ -67,14 +67,7 @@ pub async fn run(
                 move || deploy_one(&deployment, &action, &registry, &origin, &ssh, &reporter)
             })
             .await
-            .unwrap_or_else(|join_error| {
-                Err(DeployError {
-                    host: None,
-                    stage: Stage::Populate,
-                    source_name: None,
-                    message: format!("internal error: {join_error}"),
-                })
-            });
+            .unwrap_or_else(|join_error| Err(internal_error(join_error)));
             reporter.emit(Event::DeploymentFinished {
                 deployment: reporter.deployment.clone(),
                 millis: started.elapsed().as_millis(),
@@ -86,17 +79,20 @@ pub async fn run(
     }
     let mut outcomes = Vec::new();
     for (name, task) in tasks {
-        let result = task.await.unwrap_or_else(|join_error| {
-            Err(DeployError {
-                host: None,
-                stage: Stage::Populate,
-                source_name: None,
-                message: format!("internal error: {join_error}"),
-            })
-        });
+        let result = task.await.unwrap_or_else(|join_error| Err(internal_error(join_error)));
         outcomes.push((name, result));
     }
     outcomes
+}
+
+/// A deployment whose task died (a krops bug): reported as a failure, never as success.
+fn internal_error(join_error: tokio::task::JoinError) -> DeployError {
+    DeployError {
+        host: None,
+        stage: Stage::Populate,
+        source_name: None,
+        message: format!("internal error: {join_error}"),
+    }
 }
 
 fn deploy_one(
