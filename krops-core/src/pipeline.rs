@@ -179,22 +179,15 @@ fn check_sentinel(host: &Transport, deployment: &Deployment, reporter: &Reporter
     let label = host.host_label();
     reporter.stage_started(&label, Stage::Sentinel);
     let path = host.target.path.clone();
-    if deployment.force {
-        // With backup the sentinel must be a directory (it holds the backup), so force
-        // creates it as one; otherwise as krops does, an empty file.
-        let script = if deployment.backup {
-            r#"mkdir -p -- "$1"; [ -e "$1/.populate" ] || mkdir -- "$1/.populate""#
-        } else {
-            r#"mkdir -p -- "$1"; [ -e "$1/.populate" ] || touch -- "$1/.populate""#
-        };
-        stage_script(host, Stage::Sentinel, script, std::slice::from_ref(&path))?;
-    }
-    let answer = stage_script(
-        host,
-        Stage::Sentinel,
-        r#"if [ -e "$1/.populate" ]; then echo present; fi"#,
-        std::slice::from_ref(&path),
-    )?;
+    // With backup the sentinel must be a directory (it holds the backup), so force creates it
+    // as one; otherwise as krops does, an empty file. Creation and check share one round trip.
+    let create = match (deployment.force, deployment.backup) {
+        (false, _) => "",
+        (true, true) => r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || mkdir -- "$1/.populate"; "#,
+        (true, false) => r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || touch -- "$1/.populate"; "#,
+    };
+    let script = format!(r#"{create}if [ -e "$1/.populate" ]; then echo present; fi"#);
+    let answer = stage_script(host, Stage::Sentinel, &script, std::slice::from_ref(&path))?;
     if answer.trim_ascii() != b"present" {
         return Err(DeployError {
             host: label,
