@@ -73,8 +73,11 @@ impl Daemon {
     pub fn start(base: &Path) -> Daemon {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        // `git daemon` would run git-daemon as its child, which killing `git` leaves behind;
+        // starting git-daemon itself makes the PID we kill the daemon's.
+        let exec_path = git(Path::new("/"), &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
