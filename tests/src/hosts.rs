@@ -94,14 +94,23 @@ fn setup_machine() -> Result<Client, String> {
             .and_then(|()| std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440)))
             .map_err(|e| format!("{sudoers}: {e}"))?;
     }
-    let dir = std::env::temp_dir().join(format!("krops-test-client-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // One test client key for every test process on this machine: made in a private
+    // directory, then moved into place whole, so concurrent processes never see half a key.
+    let dir = std::env::temp_dir().join("krops-test-client");
     let key = dir.join("id_ed25519");
     if !key.exists() {
+        let fresh =
+            tempfile::Builder::new().prefix("krops-test-client.").tempdir().map_err(|e| e.to_string())?;
+        let fresh_key = fresh.path().join("id_ed25519");
         run(
             "ssh-keygen",
-            &["-q", "-t", "ed25519", "-N", "", "-C", "krops-test", "-f", &key.to_string_lossy()],
+            &["-q", "-t", "ed25519", "-N", "", "-C", "krops-test", "-f", &fresh_key.to_string_lossy()],
         )?;
+        // Losing the race to another process is fine: its key serves as well.
+        let made = fresh.keep();
+        if std::fs::rename(&made, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&made);
+        }
     }
     Ok(Client { key })
 }
