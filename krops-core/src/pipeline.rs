@@ -14,7 +14,7 @@ use crate::activation;
 use crate::concurrent;
 use crate::config::Deployment;
 use crate::events::{DeployError, Event, Reporter, Stage};
-use crate::exec::{self, Input, Output, Stream};
+use crate::exec::{self, Argv, Input, Output, Stream};
 use crate::handle::HostHandle;
 use crate::loader::Registry;
 use crate::plugin::{PopulateRequest, PrepareRequest};
@@ -87,12 +87,7 @@ pub async fn run(
 
 /// A deployment whose task died (a krops bug): reported as a failure, never as success.
 fn internal_error(join_error: tokio::task::JoinError) -> DeployError {
-    DeployError {
-        host: None,
-        stage: Stage::Populate,
-        source_name: None,
-        message: format!("internal error: {join_error}"),
-    }
+    failure(&None, Stage::Populate, None, format!("internal error: {join_error}"))
 }
 
 fn deploy_one(
@@ -107,12 +102,8 @@ fn deploy_one(
     let deployment = &prepared;
     let connect = |target: &crate::target::Target| {
         let transport = Transport::new(target.clone(), origin);
-        ssh.connect(&transport).map_err(|message| DeployError {
-            host: transport.host_label(),
-            stage: Stage::Sentinel,
-            source_name: None,
-            message,
-        })
+        ssh.connect(&transport)
+            .map_err(|message| failure(&transport.host_label(), Stage::Sentinel, None, message))
     };
     let target = connect(&deployment.target)?;
     // krops populates the build host too when it differs from the target.
@@ -133,29 +124,40 @@ fn deploy_one(
         Action::Deploy { operation } => {
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
-            activate(host, &activation::deploy_script(deployment, operation), reporter)
+            let script = activation::deploy_script(deployment, operation);
+            activate(host, &host.shell(&script, &[], &[], Tty::No), Io::Forwarded, reporter)
         }
         Action::Build { trace } => {
-            activate(&target, &activation::build_script(&target.target, *trace || deployment.trace), reporter)
+            let script = activation::build_script(&target.target, *trace || deployment.trace);
+            activate(&target, &target.shell(&script, &[], &[], Tty::No), Io::Forwarded, reporter)
         }
         Action::Run { argv } => {
             let script = activation::run_script(deployment, argv.as_deref());
             let env = [("KROPS_TARGET_PATH", target.target.path.as_str())];
             let tty = if deployment.allocate_tty { Tty::Yes } else { Tty::No };
-            let started = Instant::now();
-            let host = target.host_label();
-            reporter.stage_started(&host, Stage::Activate);
-            let argv = target.shell(&script, &[], &env, tty);
-            exec::run(&argv, &[], Input::Inherit, Output::Inherit).map_err(|e| DeployError {
-                host: host.clone(),
-                stage: Stage::Activate,
-                source_name: None,
-                message: e.to_string(),
-            })?;
-            reporter.stage_finished(&host, Stage::Activate, started.elapsed());
-            Ok(())
+            activate(&target, &target.shell(&script, &[], &env, tty), Io::Terminal, reporter)
         }
     }
+}
+
+/// Runs `work` as `stage` on `host` (`None`: before any host), reporting its start and, when
+/// it succeeds, its end.
+fn timed<T>(
+    reporter: &Reporter,
+    host: &Option<String>,
+    stage: Stage,
+    work: impl FnOnce() -> Result<T, DeployError>,
+) -> Result<T, DeployError> {
+    let started = Instant::now();
+    reporter.stage_started(host, stage);
+    let result = work()?;
+    reporter.stage_finished(host, stage, started.elapsed());
+    Ok(result)
+}
+
+/// How `stage` failed on `host`, for a source or the whole stage.
+fn failure(host: &Option<String>, stage: Stage, source: Option<&str>, message: String) -> DeployError {
+    DeployError { host: host.clone(), stage, source_name: source.map(str::to_owned), message }
 }
 
 /// Runs one stage's script on `host`, turning failure into a [`DeployError`].
@@ -166,52 +168,42 @@ fn stage_script(
     args: &[String],
 ) -> Result<Vec<u8>, DeployError> {
     let argv = host.shell(script, args, &[], Tty::No);
-    exec::run(&argv, &[], Input::Null, Output::Capture).map_err(|e| DeployError {
-        host: host.host_label(),
-        stage,
-        source_name: None,
-        message: e.to_string(),
-    })
+    exec::run(&argv, &[], Input::Null, Output::Capture)
+        .map_err(|e| failure(&host.host_label(), stage, None, e.to_string()))
 }
 
 fn check_sentinel(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Result<(), DeployError> {
-    let started = Instant::now();
     let label = host.host_label();
-    reporter.stage_started(&label, Stage::Sentinel);
-    let path = host.target.path.clone();
-    // With backup the sentinel must be a directory (it holds the backup), so force creates it
-    // as one; otherwise as krops does, an empty file. Creation and check share one round trip.
-    let create = match (deployment.force, deployment.backup) {
-        (false, _) => "",
-        (true, true) => r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || mkdir -- "$1/.populate"; "#,
-        (true, false) => r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || touch -- "$1/.populate"; "#,
-    };
-    let script = format!(r#"{create}if [ -e "$1/.populate" ]; then echo present; fi"#);
-    let answer = stage_script(host, Stage::Sentinel, &script, std::slice::from_ref(&path))?;
-    if answer.trim_ascii() != b"present" {
-        return Err(DeployError {
-            host: label,
-            stage: Stage::Sentinel,
-            source_name: None,
-            message: format!("missing sentinel file: {}", host.location(&format!("{path}/.populate"))),
-        });
-    }
-    reporter.stage_finished(&label, Stage::Sentinel, started.elapsed());
-    Ok(())
+    timed(reporter, &label, Stage::Sentinel, || {
+        let path = host.target.path.clone();
+        // With backup the sentinel must be a directory (it holds the backup), so force creates it
+        // as one; otherwise as krops does, an empty file. Creation and check share one round trip.
+        let create = match (deployment.force, deployment.backup) {
+            (false, _) => "",
+            (true, true) => r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || mkdir -- "$1/.populate"; "#,
+            (true, false) => {
+                r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || touch -- "$1/.populate"; "#
+            }
+        };
+        let script = format!(r#"{create}if [ -e "$1/.populate" ]; then echo present; fi"#);
+        let answer = stage_script(host, Stage::Sentinel, &script, std::slice::from_ref(&path))?;
+        if answer.trim_ascii() != b"present" {
+            let missing = format!("missing sentinel file: {}", host.location(&format!("{path}/.populate")));
+            return Err(failure(&label, Stage::Sentinel, None, missing));
+        }
+        Ok(())
+    })
 }
 
 fn backup(host: &Transport, reporter: &Reporter) -> Result<(), DeployError> {
-    let started = Instant::now();
-    let label = host.host_label();
-    reporter.stage_started(&label, Stage::Backup);
     let script = r#"if [ ! -d "$1/.populate" ]; then
   echo "backup needs $1/.populate to be a directory" >&2; exit 1
 fi
 mkdir -p -- "$1/.populate/backup"
 rsync -aAXF --delete --exclude /.populate --link-dest="$1" "$1/" "$1/.populate/backup/""#;
-    stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path))?;
-    reporter.stage_finished(&label, Stage::Backup, started.elapsed());
-    Ok(())
+    timed(reporter, &host.host_label(), Stage::Backup, || {
+        stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path)).map(drop)
+    })
 }
 
 /// Resolves every source (`Populator::prepare`) before any target is touched; returns the
@@ -221,33 +213,27 @@ fn prepare(
     registry: &Registry,
     reporter: &Reporter,
 ) -> Result<Deployment, DeployError> {
-    let started = Instant::now();
-    reporter.stage_started(&None, Stage::Prepare);
-    let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
-    let prepared = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
-        let fail = |message: String| DeployError {
-            host: None,
-            stage: Stage::Prepare,
-            source_name: Some(name.to_string()),
-            message,
-        };
-        let plugin = registry
-            .get(&source.source_type)
-            .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
-        let request = PrepareRequest { name: name.to_string(), attrs: source.attrs.clone() };
-        let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
-        let attrs = plugin
-            .populator
-            .prepare(RStr::from(request.as_str()))
-            .into_result()
-            .map_err(|e| fail(RString::into_string(e)))?;
-        let attrs = serde_json::from_str(&attrs)
-            .map_err(|e| fail(format!("plugin returned malformed attributes: {e}")))?;
-        Ok(((*name).clone(), crate::config::Source { source_type: source.source_type.clone(), attrs }))
-    });
-    let source = prepared.into_iter().collect::<Result<_, DeployError>>()?;
-    reporter.stage_finished(&None, Stage::Prepare, started.elapsed());
-    Ok(Deployment { source, ..deployment.clone() })
+    timed(reporter, &None, Stage::Prepare, || {
+        let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
+        let prepared = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
+            let fail = |message: String| failure(&None, Stage::Prepare, Some(name), message);
+            let plugin = registry
+                .get(&source.source_type)
+                .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
+            let request = PrepareRequest { name: name.to_string(), attrs: source.attrs.clone() };
+            let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
+            let attrs = plugin
+                .populator
+                .prepare(RStr::from(request.as_str()))
+                .into_result()
+                .map_err(|e| fail(RString::into_string(e)))?;
+            let attrs = serde_json::from_str(&attrs)
+                .map_err(|e| fail(format!("plugin returned malformed attributes: {e}")))?;
+            Ok(((*name).clone(), crate::config::Source { source_type: source.source_type.clone(), attrs }))
+        });
+        let source = prepared.into_iter().collect::<Result<_, DeployError>>()?;
+        Ok(Deployment { source, ..deployment.clone() })
+    })
 }
 
 /// How many sources of one host are populated at once. They are independent (each owns
@@ -261,17 +247,14 @@ fn populate(
     registry: &Registry,
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
-    let stage_started = Instant::now();
-    let label = host.host_label();
-    reporter.stage_started(&label, Stage::Populate);
-    let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
-    let results = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
-        populate_source(host, name, source, registry, reporter)
-    });
-    // The first failing source in configuration order, whatever finished first.
-    results.into_iter().collect::<Result<Vec<()>, DeployError>>()?;
-    reporter.stage_finished(&label, Stage::Populate, stage_started.elapsed());
-    Ok(())
+    timed(reporter, &host.host_label(), Stage::Populate, || {
+        let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
+        let results = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
+            populate_source(host, name, source, registry, reporter)
+        });
+        // The first failing source in configuration order, whatever finished first.
+        results.into_iter().collect::<Result<Vec<()>, DeployError>>().map(drop)
+    })
 }
 
 fn populate_source(
@@ -282,12 +265,7 @@ fn populate_source(
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
     let label = host.host_label();
-    let fail = |message: String| DeployError {
-        host: label.clone(),
-        stage: Stage::Populate,
-        source_name: Some(name.to_owned()),
-        message,
-    };
+    let fail = |message: String| failure(&label, Stage::Populate, Some(name), message);
     let plugin = registry
         .get(&source.source_type)
         .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
@@ -315,18 +293,24 @@ fn populate_source(
     Ok(())
 }
 
-fn activate(host: &Transport, script: &str, reporter: &Reporter) -> Result<(), DeployError> {
-    let started = Instant::now();
+/// Where an activation command's input and output go.
+enum Io {
+    /// Output forwarded line by line as events (deploy, build).
+    Forwarded,
+    /// The user's terminal (`run`: the command may be interactive).
+    Terminal,
+}
+
+fn activate(host: &Transport, argv: &Argv, io: Io, reporter: &Reporter) -> Result<(), DeployError> {
     let label = host.host_label();
-    reporter.stage_started(&label, Stage::Activate);
-    let argv = host.shell(script, &[], &[], Tty::No);
-    let forward = |_: Stream, line: &str| reporter.output(&label, line);
-    exec::run(&argv, &[], Input::Null, Output::Lines(&forward)).map_err(|e| DeployError {
-        host: label.clone(),
-        stage: Stage::Activate,
-        source_name: None,
-        message: e.to_string(),
-    })?;
-    reporter.stage_finished(&label, Stage::Activate, started.elapsed());
-    Ok(())
+    timed(reporter, &label, Stage::Activate, || {
+        let forward = |_: Stream, line: &str| reporter.output(&label, line);
+        let (input, output) = match io {
+            Io::Forwarded => (Input::Null, Output::Lines(&forward)),
+            Io::Terminal => (Input::Inherit, Output::Inherit),
+        };
+        exec::run(argv, &[], input, output)
+            .map(drop)
+            .map_err(|e| failure(&label, Stage::Activate, None, e.to_string()))
+    })
 }
