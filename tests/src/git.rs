@@ -7,28 +7,10 @@ use std::time::{Duration, Instant};
 
 /// Runs git with a fixed identity; panics with git's stderr on failure. Returns stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=krops test",
-            "-c",
-            "user.email=test@example.invalid",
-            "-c",
-            "protocol.file.allow=always",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    let identity = ["-c", "user.name=krops test", "-c", "user.email=test@example.invalid"];
+    let mut command = Command::new("git");
+    command.arg("-C").arg(dir).args(identity).args(["-c", "protocol.file.allow=always"]).args(args);
+    crate::command::output(&mut command, None).unwrap_or_else(|e| panic!("{e}")).trim().to_owned()
 }
 
 /// A repository on the deploying machine.

@@ -47,16 +47,7 @@ struct Client {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr)))
-    }
+    crate::command::output(Command::new(program).args(args), None).map(drop)
 }
 
 /// Makes this machine ready for test hosts and for running nix as root without a daemon
@@ -274,12 +265,18 @@ impl TestHost {
             Login::Root => ("root", false),
             Login::Sudo => (SUDO_USER, true),
         };
-        let options: Vec<String> = TestHost::extra_options().iter().map(|o| format!("{o:?}")).collect();
+        let options = quoted(&TestHost::extra_options());
         format!(
             "{{ host = \"127.0.0.1\", port = {port}, user = \"{user}\", path = {path:?}, sudo = {sudo}, extraOptions = [{}] }}",
             options.join(", ")
         )
     }
+}
+
+/// Options as double-quoted strings, for a TOML or Nix list: the options used here are plain
+/// ASCII, for which Rust's escaping is both languages' too.
+pub fn quoted(options: &[String]) -> Vec<String> {
+    options.iter().map(|o| format!("{o:?}")).collect()
 }
 
 impl Drop for TestHost {

@@ -1,6 +1,7 @@
 //! Reusable test infrastructure for krops: real sshd test hosts on loopback ([`hosts`]) and a
 //! latency-adding TCP proxy ([`proxy`]). Used by the integration tests and `cargo xtask bench`.
 
+pub mod command;
 pub mod git;
 pub mod hosts;
 pub mod packages;

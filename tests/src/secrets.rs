@@ -2,22 +2,10 @@
 //! store (a throwaway gpg key in a private GNUPGHOME + pass, as a git repository).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn run(command: &mut Command, input: Option<&[u8]>) -> String {
-    use std::io::Write;
-    let mut child = command
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(bytes).expect("stdin");
-    }
-    let output = child.wait_with_output().expect("wait");
-    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    crate::command::output(command, input).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A passage store below `dir/store` with an identities file `dir/identities`.

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use krops_core::transport::join;
 use krops_tests::hosts::{Login, TestHost};
 use krops_tests::proxy::DelayProxy;
 
@@ -52,7 +53,7 @@ fn report(title: &str, ours: &str, theirs: &str, (k, b): (Duration, Duration)) {
 
 /// `rsync -r DIR/ root@host:/var/src/NAME` as the original's last step, on a fresh connection.
 fn rsync_dir(host: &TestHost, dir: &Path, name: &str) -> Result<()> {
-    let options = TestHost::extra_options().iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(" ");
+    let options = join(&TestHost::extra_options());
     run_quiet(
         Command::new("rsync")
             .args(["-e", &format!("ssh -l root -p {} {options}", host.port), "-rlptD", "--delete"])
@@ -180,11 +181,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn run_quiet(command: &mut Command) -> Result<()> {
-    let output = command.stdin(Stdio::null()).output().context("cannot start benchmark command")?;
-    if !output.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(())
+    krops_tests::command::output(command, None).map(drop).map_err(anyhow::Error::msg)
 }
 
 /// A no-op redeploy (nothing changed) of three file sources, a symlink and a pipe to one host
@@ -233,7 +230,7 @@ fn noop_redeploy(build_dir: &Path, one_way: Duration) -> Result<()> {
         command.args(&ssh_options).args(["-T", "127.0.0.1", remote]);
         command
     };
-    let rsync_e = ssh_options.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(" ");
+    let rsync_e = join(&ssh_options);
     let rsync = |source: String, name: &str| {
         let mut command = Command::new("rsync");
         command.args(["-e", &format!("ssh {rsync_e}"), "-vFrlptD", "--delete-excluded"]);
@@ -248,10 +245,7 @@ fn noop_redeploy(build_dir: &Path, one_way: Duration) -> Result<()> {
         run_quiet(&mut rsync(conf_path("hardware.nix"), "hardware"))?;
         run_quiet(&mut rsync(format!("{}/", conf_path("modules")), "modules"))?;
         run_quiet(&mut ssh("rm -rf /var/src/current; ln -s nixos-config /var/src/current"))?;
-        let pipe = format!(
-            "echo bench | ssh {} -T 127.0.0.1 'cat > /var/src/info'",
-            ssh_options.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(" ")
-        );
+        let pipe = format!("echo bench | ssh {} -T 127.0.0.1 'cat > /var/src/info'", join(&ssh_options));
         run_quiet(Command::new("sh").args(["-c", &pipe]))?;
         Ok(started.elapsed())
     };

@@ -154,11 +154,7 @@ impl Image {
 }
 
 fn run_checked(command: &mut Command) -> Result<String> {
-    let output = command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))?;
-    if !output.status.success() {
-        bail!("{command:?} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    krops_tests::command::output(command, None).map_err(anyhow::Error::msg)
 }
 
 /// Downloads the packages against an empty dpkg status (so apt resolves every dependency),
@@ -415,7 +411,7 @@ fn deploy_and_check(
     let pass = PassStore::create(&work.path().join("pass"));
     pass.insert("vm/api-token", "gpg secret", 1_600_000_000);
     std::fs::write(work.path().join("configuration.nix"), "{ ... }: { krops-test.marker = \"vm\"; }\n")?;
-    let options: Vec<String> = Vm::ssh_options(image).iter().map(|o| format!("{o:?}")).collect();
+    let options = krops_tests::hosts::quoted(&Vm::ssh_options(image));
     let force = mode == Mode::Deploy;
     let config = format!(
         r#"[deployments.vm]

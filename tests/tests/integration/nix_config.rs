@@ -59,8 +59,7 @@ fn a_krops_nix_in_the_original_style_deploys_to_a_test_host() {
     for kind in [Kind::Root, Kind::Sudo] {
         let sb = Sandbox::new();
         let site = Site::ready(&sb, kind);
-        let options: Vec<String> =
-            krops_tests::hosts::TestHost::extra_options().iter().map(|o| format!("{o:?}")).collect();
+        let options = krops_tests::hosts::quoted(&krops_tests::hosts::TestHost::extra_options());
         sb.write(
             "krops.nix",
             &original_style(&site, &format!("[ {} ]", options.join(" ")), kind == Kind::Sudo),

@@ -210,8 +210,7 @@ fn ipv6_targets() {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Sudo);
     let host = site.host().unwrap();
-    let options: Vec<String> =
-        krops_tests::hosts::TestHost::extra_options().iter().map(|o| format!("{o:?}")).collect();
+    let options = krops_tests::hosts::quoted(&krops_tests::hosts::TestHost::extra_options());
     let target = format!(
         "{{ host = \"::1\", port = {}, user = \"{}\", sudo = true, extraOptions = [{}] }}",
         host.port,
