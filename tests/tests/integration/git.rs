@@ -129,9 +129,9 @@ fn clean_spares_excluded_paths(kind: Kind) {
         &format!("url = {:?}\nref = \"main\"\nclean.exclude = [\"/.version-suffix\"]", repo.url()),
     );
     sb.krops(&["populate"]).success();
-    std::fs::write(site.path("repo/.version-suffix"), "pre-1").unwrap();
-    std::fs::write(site.path("repo/junk"), "x").unwrap();
-    std::fs::write(site.path("repo/ignored.out"), "x").unwrap();
+    site.write("repo/.version-suffix", "pre-1");
+    site.write("repo/junk", "x");
+    site.write("repo/ignored.out", "x");
     sb.krops(&["populate"]).success();
     assert_eq!(site.read("repo/.version-suffix"), "pre-1");
     assert!(!site.path("repo/junk").exists());
@@ -158,8 +158,7 @@ fn submodules_and_git_daemon_urls(kind: Kind) {
 fn a_plain_directory_is_replaced(kind: Kind) {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, kind);
-    std::fs::create_dir_all(site.path("repo/old")).unwrap();
-    std::fs::write(site.path("repo/old/file"), "not a work tree").unwrap();
+    site.write("repo/old/file", "not a work tree");
     let repo = Repo::init(sb.path("origin"));
     let head = repo.commit("a.nix", "1");
     config(&sb, &site, &format!("url = {:?}\nref = \"main\"", repo.url()));
@@ -218,7 +217,7 @@ fn a_modified_work_tree_is_reset_and_a_clean_one_left_alone(kind: Kind) {
     assert_eq!(std::fs::read(site.path("repo/.git/index")).unwrap(), index, "a redeploy rewrote the index");
     assert_eq!(std::fs::read(site.path("repo/.git/logs/HEAD")).unwrap(), reflog, "a redeploy reset again");
 
-    std::fs::write(site.path("repo/a.nix"), "edited on the target").unwrap();
+    site.write("repo/a.nix", "edited on the target");
     sb.krops(&["populate"]).success();
     assert_eq!(site.read("repo/a.nix"), "original");
 }

@@ -105,13 +105,19 @@ fn file_filters_apply_in_order(kind: Kind) {
     assert_eq!(site.listing("conf"), ["keep.nix", "sub", "sub/deep.nix"]);
 }
 
-fn delete_excluded_true_removes_excluded_files_on_the_target(kind: Kind) {
+/// A source with one file, and a target that still holds a file since removed from the
+/// source and one the source's filters exclude.
+fn site_with_leftovers(kind: Kind) -> (Sandbox, Site) {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, kind);
     sb.write("conf/a.nix", "a");
-    std::fs::create_dir_all(site.path("conf")).unwrap();
-    std::fs::write(site.path("conf/stale.bak"), "left over").unwrap();
-    std::fs::write(site.path("conf/gone.nix"), "removed from the source").unwrap();
+    site.write("conf/stale.bak", "left over");
+    site.write("conf/gone.nix", "removed from the source");
+    (sb, site)
+}
+
+fn delete_excluded_true_removes_excluded_files_on_the_target(kind: Kind) {
+    let (sb, site) = site_with_leftovers(kind);
     config(
         &sb,
         &site,
@@ -123,12 +129,7 @@ fn delete_excluded_true_removes_excluded_files_on_the_target(kind: Kind) {
 }
 
 fn delete_excluded_false_keeps_target_files(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    sb.write("conf/a.nix", "a");
-    std::fs::create_dir_all(site.path("conf")).unwrap();
-    std::fs::write(site.path("conf/stale.bak"), "left over").unwrap();
-    std::fs::write(site.path("conf/gone.nix"), "removed from the source").unwrap();
+    let (sb, site) = site_with_leftovers(kind);
     config(&sb, &site, "", r#"conf.file = { path = "conf", deleteExcluded = false, exclude = ["*.bak"] }"#);
     sb.krops(&["populate"]).success();
     assert_eq!(site.listing("conf"), ["a.nix", "gone.nix", "stale.bak"]);
@@ -157,8 +158,7 @@ fn use_checksum_catches_same_size_same_mtime_changes(kind: Kind) {
 fn symlink_and_pipe(kind: Kind) {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, kind);
-    std::fs::create_dir_all(site.path("current")).unwrap();
-    std::fs::write(site.path("current/old"), "a directory that the link replaces").unwrap();
+    site.write("current/old", "a directory that the link replaces");
     config(
         &sb,
         &site,

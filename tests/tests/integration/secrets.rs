@@ -131,7 +131,7 @@ fn pass_info_skips_an_unchanged_store_and_removed_secrets_disappear(kind: Kind) 
     store.insert("web/b", "b", 1_600_000_000);
     pass_config(&sb, &site, &store, "web");
     krops_with(&sb, &store, &["populate"]).success();
-    std::fs::write(site.path("secrets/a"), "changed on the target").unwrap();
+    site.write("secrets/a", "changed on the target");
 
     krops_with(&sb, &store, &["populate"]).success().stderr_has("skipped");
     assert_eq!(site.read("secrets/a"), "changed on the target", "an unchanged store is not transferred");

@@ -200,6 +200,13 @@ impl Site {
     pub fn read(&self, relative: &str) -> String {
         std::fs::read_to_string(self.path(relative)).unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
     }
+    /// Puts a file on the target behind krops's back (as a user or an earlier deploy would),
+    /// creating its parents.
+    pub fn write(&self, relative: &str, contents: &str) {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("cannot write {relative}: {e}"));
+    }
 
     /// The target path as krops sees it (what `KROPS_TARGET_PATH` says).
     pub fn target_path(&self) -> String {
