@@ -288,6 +288,11 @@ fn guarded(f: impl FnOnce() -> Result<String, String>) -> RResult<RString, RStri
     }
 }
 
+/// The attributes in the plugin's own type; a mismatch is the user's error, named by type.
+fn typed_attrs<P: PopulatorPlugin>(attrs: serde_json::Value) -> Result<P::Attrs, String> {
+    serde_json::from_value(attrs).map_err(|e| format!("{} source: {e}", P::TYPE))
+}
+
 /// Bridges a [`PopulatorPlugin`] to the stable-ABI [`Populator`] trait.
 pub struct Adapter<P>(P);
 
@@ -301,8 +306,7 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
         guarded(|| {
             let request: ValidateRequest<serde_json::Value> =
                 serde_json::from_str(request.as_str()).map_err(|e| e.to_string())?;
-            let attrs = serde_json::from_value::<P::Attrs>(request.attrs)
-                .map_err(|e| format!("{} source: {e}", P::TYPE))?;
+            let attrs = typed_attrs::<P>(request.attrs)?;
             let normalised = self.0.validate(ValidateRequest {
                 name: request.name,
                 attrs,
@@ -316,8 +320,7 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
         guarded(|| {
             let request: PrepareRequest<serde_json::Value> =
                 serde_json::from_str(request.as_str()).map_err(|e| e.to_string())?;
-            let attrs = serde_json::from_value::<P::Attrs>(request.attrs)
-                .map_err(|e| format!("{} source: {e}", P::TYPE))?;
+            let attrs = typed_attrs::<P>(request.attrs)?;
             let prepared = self.0.prepare(PrepareRequest { name: request.name, attrs })?;
             serde_json::to_string(&prepared).map_err(|e| e.to_string())
         })
@@ -327,8 +330,7 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
         guarded(move || {
             let request: PopulateRequest<serde_json::Value> =
                 serde_json::from_str(request.as_str()).map_err(|e| e.to_string())?;
-            let attrs = serde_json::from_value::<P::Attrs>(request.attrs)
-                .map_err(|e| format!("{} source: {e}", P::TYPE))?;
+            let attrs = typed_attrs::<P>(request.attrs)?;
             let request = PopulateRequest { name: request.name, attrs, target_path: request.target_path };
             let report = self.0.populate(&Target { handle: target }, request)?;
             serde_json::to_string(&report).map_err(|e| e.to_string())
