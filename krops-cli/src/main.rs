@@ -1,5 +1,5 @@
 //! The `krops` command: parse the command line, load plugins and configuration, run the
-//! pipeline, render its events. Everything that deploys lives in krops-core.
+//! pipeline, render its events. Everything that deploys lives in the krops library (lib.rs).
 
 mod render;
 
@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use krops_core::config::{self, check_operation, Config, Deployment};
-use krops_core::loader::{search_dirs, Registry};
-use krops_core::pipeline::{self, Action};
-use krops_core::ssh::Multiplexer;
+use krops::config::{self, check_operation, Config, Deployment};
+use krops::exec;
+use krops::loader::{search_dirs, Registry};
+use krops::pipeline::{self, Action};
+use krops::redact::credentials;
+use krops::ssh::Multiplexer;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(name = "krops", version, about = "Deploy NixOS systems, remotely or locally")]
@@ -32,6 +35,9 @@ struct Cli {
     /// Deployments to run at once
     #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: u16,
+    /// Wait up to SECONDS for another krops run's lock on a target instead of failing
+    #[arg(long = "wait-lock", global = true, value_name = "SECONDS")]
+    wait_lock: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,21 +82,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(UsageError(error)) => {
-            eprintln!("krops: {error:#}");
+            eprintln!("krops: {}", credentials(&format!("{error:#}")));
             ExitCode::from(2)
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode, UsageError> {
-    let registry = Arc::new(load_plugins(&cli.plugin_dirs).map_err(UsageError)?);
+    let registry = Arc::new(load_plugins(&cli.plugin_dirs));
     let load = || load_config(cli.file.as_deref(), registry.clone()).map_err(UsageError);
     let (action, names, config) = match cli.command {
         Command::Plugins => {
             for plugin in registry.plugins() {
                 println!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display());
             }
-            return Ok(ExitCode::SUCCESS);
+            let mut broken = registry.broken().peekable();
+            if broken.peek().is_none() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for error in broken {
+                eprintln!("krops: {}", credentials(&error.to_string()));
+            }
+            return Ok(ExitCode::from(2));
         }
         Command::Eval { names } => {
             let config = load()?;
@@ -101,7 +114,8 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 .collect::<Result<_, serde_json::Error>>()
                 .map_err(|e| UsageError(e.into()))?;
             let json = serde_json::json!({ "deployments": deployments });
-            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| UsageError(e.into()))?);
+            let json = serde_json::to_string_pretty(&json).map_err(|e| UsageError(e.into()))?;
+            println!("{}", credentials(&json));
             return Ok(ExitCode::SUCCESS);
         }
         Command::Deploy { names, operation } => {
@@ -123,41 +137,53 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         .enable_all()
         .build()
         .map_err(|e| UsageError(anyhow!("cannot start the runtime: {e}")))?;
+    let mut signals = runtime
+        .block_on(async { Signals::install() })
+        .map_err(|e| UsageError(anyhow!("cannot handle signals: {e}")))?;
     let ssh = Arc::new(
         Multiplexer::new()
             .map_err(|e| UsageError(anyhow!("cannot create the ssh control directory: {e}")))?,
     );
-    let run = pipeline::Run { action, deployments, jobs: usize::from(cli.jobs) };
-    let outcomes = runtime.block_on(async {
+    let run = pipeline::Run { action, deployments, jobs: usize::from(cli.jobs), wait_lock: cli.wait_lock };
+    let ended = runtime.block_on(async {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let verbosity = render::Verbosity::new(cli.verbose, cli.quiet);
         let renderer = tokio::spawn(render::render(receiver, verbosity, !single));
-        let outcomes = tokio::select! {
-            outcomes = pipeline::run(run, registry, ssh.clone(), sender) => Some(outcomes),
-            _ = tokio::signal::ctrl_c() => None,
-        };
-        if outcomes.is_some() {
-            // The pipeline dropped its senders; the renderer drains what is left and ends.
-            let _ = renderer.await;
+        tokio::select! {
+            outcomes = pipeline::run(run, registry, ssh.clone(), sender) => {
+                // The pipeline dropped its senders; the renderer drains what is left and ends.
+                let _ = renderer.await;
+                Ok(outcomes)
+            }
+            signal = signals.next() => {
+                // Whatever the interrupted deployments report now is noise after the signal.
+                renderer.abort();
+                Err(signal)
+            }
         }
-        outcomes
     });
-    ssh.shutdown();
-    match outcomes {
-        Some(outcomes) => Ok(render::summary(&outcomes)),
-        None => {
-            eprintln!("krops: interrupted; ssh connections closed");
-            // Deployments still running in blocking threads are abandoned, not awaited.
-            std::process::exit(130)
+    match ended {
+        Ok(outcomes) => {
+            ssh.shutdown();
+            Ok(render::summary(&outcomes))
+        }
+        Err(signal) => {
+            // One way out for SIGINT, SIGTERM and SIGHUP: no child starts any more (so no
+            // activation), every running one ends, every ssh master closes. Deployments in
+            // blocking threads are abandoned, not awaited.
+            exec::end_all();
+            ssh.shutdown();
+            eprintln!("krops: interrupted by {}; child processes ended, ssh connections closed", signal.name);
+            std::process::exit(signal.exit_status)
         }
     }
 }
 
-fn load_plugins(cli_dirs: &[PathBuf]) -> anyhow::Result<Registry> {
+fn load_plugins(cli_dirs: &[PathBuf]) -> Registry {
     let exe = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
     let dirs = search_dirs(cli_dirs, std::env::var("KROPS_PLUGIN_PATH").ok().as_deref(), exe.as_deref());
     tracing::debug!(?dirs, "searching populator plugins");
-    Ok(Registry::load(&dirs)?)
+    Registry::load(&dirs)
 }
 
 fn load_config(file: Option<&std::path::Path>, registry: Arc<Registry>) -> anyhow::Result<Config> {
@@ -196,4 +222,37 @@ fn select(config: &Config, names: &[String], single: bool) -> anyhow::Result<Vec
         }
     }
     Ok(selected)
+}
+
+/// A signal that ends the run, and the exit status that says so (128 + its number).
+struct Interruption {
+    name: &'static str,
+    exit_status: i32,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, taken over before any child starts so that none of them kills
+/// krops before it has ended its children and ssh masters.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The first of them to arrive.
+    async fn next(&mut self) -> Interruption {
+        tokio::select! {
+            _ = self.interrupt.recv() => Interruption { name: "SIGINT", exit_status: 130 },
+            _ = self.terminate.recv() => Interruption { name: "SIGTERM", exit_status: 143 },
+            _ = self.hangup.recv() => Interruption { name: "SIGHUP", exit_status: 129 },
+        }
+    }
 }

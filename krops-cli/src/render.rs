@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use krops_core::events::{DeployError, Event, Level};
-use krops_core::pipeline::Outcomes;
+use krops::events::{DeployError, Event, Level};
+use krops::pipeline::Outcomes;
+use krops::redact::credentials;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Clone, Copy)]
@@ -64,7 +65,7 @@ pub async fn render(events: UnboundedReceiver<Event>, verbosity: Verbosity, term
 async fn render_lines(mut events: UnboundedReceiver<Event>, verbosity: Verbosity) {
     while let Some(event) = events.recv().await {
         if let Some(line) = line_for(&event, verbosity) {
-            eprintln!("{line}");
+            eprintln!("{}", credentials(&line));
         }
     }
 }
@@ -91,17 +92,19 @@ async fn render_progress(mut events: UnboundedReceiver<Event>) {
         match &event {
             Event::StageStarted { deployment, host, stage } => {
                 let on = host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
-                bar_for(deployment).set_message(format!("{stage}{on}…"));
+                bar_for(deployment).set_message(credentials(&format!("{stage}{on}…")).into_owned());
             }
             Event::SourcePopulated { deployment, source, source_type, report, .. } => {
-                bar_for(deployment)
-                    .set_message(format!("populated {source} ({source_type}){}", describe(report)));
+                bar_for(deployment).set_message(
+                    credentials(&format!("populated {source} ({source_type}){}", describe(report)))
+                        .into_owned(),
+                );
             }
             Event::Output { deployment, host, line } => {
-                let _ = bars.println(format!("{} | {line}", at(deployment, host)));
+                let _ = bars.println(credentials(&format!("{} | {line}", at(deployment, host))));
             }
             Event::Log { deployment, host, level, message } if *level <= Level::Warn => {
-                let _ = bars.println(format!("{} {message}", at(deployment, host)));
+                let _ = bars.println(credentials(&format!("{} {message}", at(deployment, host))));
             }
             Event::DeploymentFinished { deployment, millis, error } => {
                 // A finished deployment leaves its spinner for a permanent line above the
@@ -111,7 +114,7 @@ async fn render_progress(mut events: UnboundedReceiver<Event>) {
                     None => format!("✓ {deployment}: done in {millis} ms"),
                     Some(error) => format!("✗ [{deployment}] error: {error}"),
                 };
-                let _ = bars.println(line);
+                let _ = bars.println(credentials(&line));
             }
             _ => {}
         }
@@ -194,7 +197,7 @@ pub fn summary(outcomes: &Outcomes) -> ExitCode {
     }
     eprintln!("krops: {} of {} deployments failed:", failed.len(), outcomes.len());
     for (name, error) in failed {
-        eprintln!("  {name}: {}", headline(&error.to_string()));
+        eprintln!("  {name}: {}", credentials(&headline(&error.to_string())));
     }
     ExitCode::from(1)
 }

@@ -1,17 +1,13 @@
-//! krops-core: the configuration model, the stable plugin ABI, target transports and the
-//! stage pipeline. It knows nothing of command-line parsing or terminals.
+//! krops-core: the contract between krops and its populator plugins, and nothing else — the
+//! stable ABI ([`abi`]), the JSON documents that cross it ([`wire`]), what a populator author
+//! writes against ([`plugin`]: the `PopulatorPlugin` trait, the typed target handle,
+//! `export_populator!`), their helpers ([`sdk`]) and a fake target for unit tests
+//! ([`testing`]). No async runtime, no ssh, no configuration, no process spawning: those are
+//! the host's (krops-cli).
 
-pub mod abi;
-pub mod activation;
-pub mod concurrent;
-pub mod config;
-pub mod events;
-pub mod exec;
-pub mod handle;
-pub mod loader;
-pub mod nix;
-pub mod pipeline;
+/// The frozen vtables (the `krops-abi` crate, whose version is the ABI version).
+pub use krops_abi as abi;
 pub mod plugin;
-pub mod ssh;
-pub mod target;
-pub mod transport;
+pub mod sdk;
+pub mod testing;
+pub mod wire;

@@ -1,6 +1,9 @@
 //! Project rules checked as tests, so CI has nothing extra to remember: every module says
-//! what it is for, formatting is `cargo fmt`'s, and the architecture's invariants about
-//! process spawning hold.
+//! what it is for, formatting is `cargo fmt`'s, processes start in one place (clippy), and the
+//! crate boundaries of ARCHITECTURE.md hold (cargo tree).
+
+// Test and build tooling starts its helper programs directly; the exec-only rule is krops's.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,28 +59,67 @@ fn formatting_is_cargo_fmt() {
     );
 }
 
-/// Populators never spawn processes (they act through the target handle), and krops-core
-/// starts processes in exec.rs only.
+/// The product crates: the contract, the host and every built-in populator.
+fn product_crates() -> Vec<String> {
+    let mut crates = vec!["krops-abi".to_owned(), "krops-core".to_owned(), "krops-cli".to_owned()];
+    let populators = std::fs::read_dir(workspace().join("populators")).expect("populators/");
+    let mut names: Vec<String> = populators
+        .flatten()
+        .map(|e| format!("krops-populator-{}", e.file_name().to_string_lossy()))
+        .collect();
+    names.sort();
+    crates.extend(names);
+    crates
+}
+
+/// Populators never spawn processes (they act through the target handle), and krops-cli starts
+/// them in exec.rs only: clippy's `disallowed-methods` (clippy.toml) over the product crates.
 #[test]
 fn processes_are_started_in_one_place() {
-    let offenders: Vec<String> = sources()
-        .into_iter()
-        .filter(|p| {
-            let path = relative(p);
-            (path.starts_with("populators/")
-                || path.starts_with("krops-core/")
-                || path.starts_with("krops-cli/"))
-                && path != "krops-core/src/exec.rs"
-        })
-        .filter(|p| {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            code.contains("Command::new") || code.contains("process::Command")
-        })
-        .map(|p| relative(&p))
-        .collect();
+    let mut command = Command::new("cargo");
+    command.args(["clippy", "--quiet", "--target-dir", "target/tidy-clippy"]);
+    for name in product_crates() {
+        command.args(["-p", &name]);
+    }
+    command.args(["--", "-A", "clippy::all", "-D", "clippy::disallowed_methods"]);
+    let output = command.current_dir(workspace()).output().expect("cargo clippy runs");
     assert!(
-        offenders.is_empty(),
-        "start processes through krops_core::exec (or the target handle): {offenders:?}"
+        output.status.success(),
+        "start processes through krops-cli's exec module (populators: through the target handle):\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The dependencies of `package` (normal edges, the whole tree), by crate name.
+fn dependency_names(package: &str) -> Vec<String> {
+    let output = Command::new("cargo")
+        .args(["tree", "--quiet", "-e", "normal", "--prefix", "none", "--format", "{lib}", "-p", package])
+        .current_dir(workspace())
+        .output()
+        .expect("cargo tree runs");
+    assert!(output.status.success(), "cargo tree -p {package}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// krops-core is the contract and nothing else: no runtime, no ssh, no configuration, no git.
+#[test]
+fn the_contract_crate_stays_small() {
+    let names = dependency_names("krops-core");
+    for heavy in ["tokio", "toml", "gix", "clap", "ssh2", "openssh", "thrussh", "krops"] {
+        assert!(!names.iter().any(|n| n == heavy), "krops-core depends on {heavy}: {names:?}");
+    }
+}
+
+/// Populators link the contract only, never the host's library.
+#[test]
+fn populators_depend_on_the_contract_only() {
+    for name in product_crates().into_iter().filter(|n| n.starts_with("krops-populator-")) {
+        let names = dependency_names(&name);
+        assert!(names.iter().any(|n| n == "krops_core"), "{name} does not use krops-core: {names:?}");
+        assert!(!names.iter().any(|n| n == "krops"), "{name} links krops-cli's library: {names:?}");
+    }
 }

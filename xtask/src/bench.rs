@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use krops_core::transport::join;
+
 use krops_tests::hosts::{Login, TestHost};
 use krops_tests::proxy::DelayProxy;
 
@@ -53,7 +53,7 @@ fn report(title: &str, ours: &str, theirs: &str, (k, b): (Duration, Duration)) {
 
 /// `rsync -r DIR/ root@host:/var/src/NAME` as the original's last step, on a fresh connection.
 fn rsync_dir(host: &TestHost, dir: &Path, name: &str) -> Result<()> {
-    let options = join(&TestHost::extra_options());
+    let options = join(&TestHost::extra_options())?;
     run_quiet(
         Command::new("rsync")
             .args(["-e", &format!("ssh -l root -p {} {options}", host.port), "-rlptD", "--delete"])
@@ -230,7 +230,7 @@ fn noop_redeploy(build_dir: &Path, one_way: Duration) -> Result<()> {
         command.args(&ssh_options).args(["-T", "127.0.0.1", remote]);
         command
     };
-    let rsync_e = join(&ssh_options);
+    let rsync_e = join(&ssh_options)?;
     let rsync = |source: String, name: &str| {
         let mut command = Command::new("rsync");
         command.args(["-e", &format!("ssh {rsync_e}"), "-vFrlptD", "--delete-excluded"]);
@@ -245,7 +245,7 @@ fn noop_redeploy(build_dir: &Path, one_way: Duration) -> Result<()> {
         run_quiet(&mut rsync(conf_path("hardware.nix"), "hardware"))?;
         run_quiet(&mut rsync(format!("{}/", conf_path("modules")), "modules"))?;
         run_quiet(&mut ssh("rm -rf /var/src/current; ln -s nixos-config /var/src/current"))?;
-        let pipe = format!("echo bench | ssh {} -T 127.0.0.1 'cat > /var/src/info'", join(&ssh_options));
+        let pipe = format!("echo bench | ssh {} -T 127.0.0.1 'cat > /var/src/info'", join(&ssh_options)?);
         run_quiet(Command::new("sh").args(["-c", &pipe]))?;
         Ok(started.elapsed())
     };
@@ -260,4 +260,9 @@ fn noop_redeploy(build_dir: &Path, one_way: Duration) -> Result<()> {
     println!("  baseline (one ssh connection per step):   {:>7.0} ms", b.as_secs_f64() * 1000.0);
     println!("  ratio baseline / krops:                   {:>7.2}x", b.as_secs_f64() / k.as_secs_f64());
     Ok(())
+}
+
+/// Options quoted for a shell command line (ssh's `-e` for rsync, a pipeline).
+fn join(words: &[String]) -> Result<String> {
+    Ok(shlex::try_join(words.iter().map(String::as_str))?)
 }

@@ -1,6 +1,9 @@
 //! `cargo xtask`: the project's own tasks. `test` is what CI runs; `example` is a newcomer's
 //! first deploy. Both install the Debian packages they need (as root) before anything else.
 
+// Test and build tooling starts its helper programs directly; the exec-only rule is krops's.
+#![allow(clippy::disallowed_methods)]
+
 mod bench;
 mod deps;
 mod vm;
@@ -80,6 +83,7 @@ fn build_workspace() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     deps::ensure(deps::TEST)?;
     deps::ensure(deps::TEST_VM)?;
+    build_capability_host()?;
     build_workspace()?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
@@ -95,6 +99,19 @@ fn test(extra: &[String]) -> Result<()> {
             "missing sentinel file: 127.0.0.1:/var/src/.populate",
         )?;
     }
+    Ok(())
+}
+
+/// `target/debug/krops-test-capability`: krops as a later release that offers one more
+/// host capability (feature `test-capability`), for the test that plugins built before keep
+/// working. Built with the workspace's feature set, so only krops-cli itself is compiled twice;
+/// the plain build that follows puts the normal `krops` back.
+fn build_capability_host() -> Result<()> {
+    deps::ensure(deps::BUILD)?;
+    run("cargo", &["build", "--workspace", "--features", "krops-cli/test-capability"])?;
+    let debug = workspace_root().join("target/debug");
+    std::fs::copy(debug.join("krops"), debug.join("krops-test-capability"))
+        .context("cannot keep the test-capability build of krops")?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The `derivation` source type: a Nix expression built *on the target*
 //! (`nix-build -E <text> -o <path>/<name>`), so `<path>/<name>` is a link to its output.
 
-use krops_core::plugin::{PopulateRequest, PopulatorPlugin, Target, ValidateRequest};
+use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::wire::{PopulateRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -30,9 +31,15 @@ impl PopulatorPlugin for Derivation {
         target: &Target<'_>,
         request: PopulateRequest<Attrs>,
     ) -> Result<serde_json::Value, String> {
-        // nix-build prints the output path; its errors (on stderr) become ours.
-        let script = r#"nix-build -E "$2" -o "$1""#;
-        let output = target.run_script(script, &[&request.destination(), &request.attrs.text], b"")?;
+        // nix-build prints the output path; its errors (on stderr) become ours. The expression
+        // goes in parentheses (on lines of their own, so a trailing comment cannot swallow the
+        // closing one): nix-build must never read it as an option, whatever it begins with.
+        // An out-link replaces a symlink by itself; anything else at the path makes way first.
+        let script = r#"set -e
+if [ -e "$1" ] && [ ! -L "$1" ]; then rm -rf -- "$1"; fi
+nix-build -E "$2" -o "$1""#;
+        let expression = format!("(\n{}\n)", request.attrs.text);
+        let output = target.run_script(script, &[&request.destination(), &expression], b"")?;
         let store_path = String::from_utf8_lossy(&output).lines().last().unwrap_or_default().to_owned();
         Ok(serde_json::json!({ "output": store_path }))
     }

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use krops_core::plugin::{
-    resolve_path, PopulateRequest, PopulatorPlugin, RsyncRequest, Target, ValidateRequest,
-};
+use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::sdk::resolve_path;
+use krops_core::wire::{PopulateRequest, RsyncRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -72,15 +72,25 @@ impl PopulatorPlugin for File {
         request: PopulateRequest<Attrs>,
     ) -> Result<serde_json::Value, String> {
         let attrs = &request.attrs;
+        let destination = request.destination();
+        let kind = if attrs.path.is_dir() { "-d" } else { "-f" };
+        target.run_script(CLEAR_THE_WAY, &[&destination, kind], b"")?;
         let report = target.rsync(&RsyncRequest {
             source: rsync_source(&attrs.path),
-            destination: request.destination(),
+            destination,
             options: rsync_options(attrs),
         })?;
         let changes = report.itemized.iter().filter(|line| is_change(line)).count();
         Ok(serde_json::json!({ "changes": changes }))
     }
 }
+
+/// rsync writes *into* whatever stands at the destination: through a symlink (deleting, with
+/// `--delete-excluded`, what the link's target holds), or a file into a directory standing there.
+/// So anything that is not already what the source makes (`$2`: `-d` a directory, `-f` a file)
+/// makes way first; a symlink always does, and is removed, not followed.
+const CLEAR_THE_WAY: &str =
+    r#"if [ -L "$1" ] || { [ -e "$1" ] && ! test "$2" "$1"; }; then rm -rf -- "$1"; fi"#;
 
 /// A directory's contents go to the destination, as krops does with a trailing slash.
 fn rsync_source(path: &Path) -> PathBuf {

@@ -3,7 +3,8 @@
 //! resolved here with gix before any target is touched: a branch or tag becomes a commit id,
 //! every target gets the same commit, and a ref that does not exist fails the deployment first.
 
-use krops_core::plugin::{PopulateRequest, PopulatorPlugin, PrepareRequest, Target, ValidateRequest};
+use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -96,7 +97,7 @@ impl PopulatorPlugin for Git {
         Ok(attrs)
     }
 
-    fn prepare(&self, request: PrepareRequest<Attrs>) -> Result<Attrs, String> {
+    fn prepare(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Attrs, String> {
         let mut attrs = request.attrs;
         attrs.commit = Some(resolve(&attrs.url, &attrs.git_ref)?);
         Ok(attrs)
@@ -115,7 +116,7 @@ impl PopulatorPlugin for Git {
             vec![destination.as_str(), &attrs.url, commit, flag(attrs.shallow), flag(attrs.fetch_always)];
         args.extend(attrs.clean.exclude.iter().map(String::as_str));
         // The URL may carry credentials; only the commit is logged.
-        target.debug(&format!("{}: checking out {commit}", request.name));
+        target.log_debug(&format!("{}: checking out {commit}", request.name));
         let head = target.run_script(POPULATE_SCRIPT, &args, b"")?;
         let head = String::from_utf8_lossy(&head).trim().to_owned();
         if head != commit {

@@ -7,11 +7,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use krops_core::plugin::{
-    files_with_extension, mtime, resolve_path, PopulateRequest, PopulatorPlugin, SecretFile, Target,
-    ValidateRequest,
-};
-use krops_core::transport::quote;
+use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::sdk::{files_with_extension, mtime, resolve_path, SecretFile};
+use krops_core::wire::{PopulateRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -57,18 +55,19 @@ impl PopulatorPlugin for Pass {
         let destination = request.destination();
         let in_git = dir.join(".git").exists();
         let pass_info = if in_git {
-            let commit = target.run_local(&format!(
-                "git -C {} log -1 --format=%H -- {}",
-                quote(&dir.to_string_lossy()),
-                quote(name)
-            ))?;
+            let dir = dir.to_string_lossy();
+            let commit =
+                target.run_local(&["git", "-C", &dir, "log", "-1", "--format=%H", "--", name], b"")?;
             Some(format!("{name} {}", String::from_utf8_lossy(&commit).trim()))
         } else {
             None
         };
         if let Some(info) = &pass_info {
-            let deployed =
-                target.run_script(r#"cat -- "$1/.pass_info" 2>/dev/null || true"#, &[&destination], b"")?;
+            let deployed = target.run_script(
+                r#"[ -L "$1" ] || cat -- "$1/.pass_info" 2>/dev/null || true"#,
+                &[&destination],
+                b"",
+            )?;
             if String::from_utf8_lossy(&deployed).trim() == info {
                 return Ok(serde_json::json!({ "skipped": "unchanged since the last deploy" }));
             }
@@ -101,11 +100,9 @@ impl PopulatorPlugin for Pass {
 
 /// The last author date of every file below `name`, from one `git log`.
 fn author_dates(target: &Target<'_>, dir: &Path, name: &str) -> Result<HashMap<String, u64>, String> {
-    let log = target.run_local(&format!(
-        "git -C {} log --format=@%at --name-only -- {}",
-        quote(&dir.to_string_lossy()),
-        quote(name)
-    ))?;
+    let dir = dir.to_string_lossy();
+    let log =
+        target.run_local(&["git", "-C", &dir, "log", "--format=@%at", "--name-only", "--", name], b"")?;
     let mut dates = HashMap::new();
     let mut current = 0;
     for line in String::from_utf8_lossy(&log).lines() {
@@ -121,8 +118,8 @@ fn author_dates(target: &Target<'_>, dir: &Path, name: &str) -> Result<HashMap<S
 
 /// Decrypts every file with gpg, a few processes at once; plaintext stays in memory.
 fn decrypt_all(target: &Target<'_>, files: &[(PathBuf, String)]) -> Result<Vec<Vec<u8>>, String> {
-    krops_core::concurrent::map(files, GPG_AT_ONCE, |(path, _)| {
-        target.run_local(&format!("gpg --batch --quiet --decrypt -- {}", quote(&path.to_string_lossy())))
+    krops_core::sdk::parallel_map(files, GPG_AT_ONCE, |(path, _)| {
+        target.run_local(&["gpg", "--batch", "--quiet", "--decrypt", "--", &path.to_string_lossy()], b"")
     })
     .into_iter()
     .collect()

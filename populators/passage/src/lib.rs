@@ -4,11 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use krops_core::plugin::{
-    files_with_extension, mtime, resolve_path, PopulateRequest, PopulatorPlugin, SecretFile, Target,
-    ValidateRequest,
-};
-use krops_core::transport::quote;
+use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::sdk::{files_with_extension, mtime, resolve_path, SecretFile};
+use krops_core::wire::{PopulateRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -56,18 +54,23 @@ impl PopulatorPlugin for Passage {
         let files = files_with_extension(&attrs.dir, "age")?;
         // Decryption is CPU-bound and independent per secret.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let secrets = krops_core::concurrent::map(&files, cores, |(path, relative)| {
+        let secrets = krops_core::sdk::parallel_map(&files, cores, |(path, relative)| {
             let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
             let encrypted = std::fs::read(path).map_err(|e| fail(&e))?;
             let mtime = mtime(path)?;
             let contents = match (identities.plugin_lines, &attrs.age) {
                 (0, _) => identities.decrypt(&encrypted).map_err(|e| fail(&e))?,
-                (_, Some(age)) => target.run_local(&format!(
-                    "{} -d -i {} -- {}",
-                    quote(&age.to_string_lossy()),
-                    quote(&identities_file.to_string_lossy()),
-                    quote(&path.to_string_lossy())
-                ))?,
+                (_, Some(age)) => target.run_local(
+                    &[
+                        &age.to_string_lossy(),
+                        "-d",
+                        "-i",
+                        &identities_file.to_string_lossy(),
+                        "--",
+                        &path.to_string_lossy(),
+                    ],
+                    b"",
+                )?,
                 (_, None) => {
                     return Err(format!(
                         "{} holds identities of age plugins; set the source's `age` attribute to an age binary that can use them",
@@ -79,7 +82,7 @@ impl PopulatorPlugin for Passage {
         })
         .into_iter()
         .collect::<Result<Vec<_>, String>>()?;
-        target.debug(&format!("{}: {} secrets decrypted", request.name, secrets.len()));
+        target.log_debug(&format!("{}: {} secrets decrypted", request.name, secrets.len()));
         target.install_secrets(&request.destination(), &secrets)?;
         Ok(serde_json::json!({ "secrets": secrets.len() }))
     }

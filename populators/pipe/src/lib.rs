@@ -1,6 +1,7 @@
 //! The `pipe` source type: a local command's standard output, as a file at `<path>/<name>`.
 
-use krops_core::plugin::{PopulateRequest, PopulatorPlugin, Target, ValidateRequest};
+use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::wire::{PopulateRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -30,7 +31,7 @@ impl PopulatorPlugin for Pipe {
         target: &Target<'_>,
         request: PopulateRequest<Attrs>,
     ) -> Result<serde_json::Value, String> {
-        let output = target.run_local(&request.attrs.command)?;
+        let output = target.run_local(&["/bin/sh", "-c", &request.attrs.command], b"")?;
         // krops writes with `cat >`, i.e. the remote umask's usual 0644.
         target.write_file(&request.destination(), 0o644, &output)?;
         Ok(serde_json::json!({ "bytes": output.len() }))

@@ -1,6 +1,7 @@
 //! The `symlink` source type: a symbolic link at `<path>/<name>`, usually to another source.
 
-use krops_core::plugin::{PopulateRequest, PopulatorPlugin, Target, ValidateRequest};
+use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::wire::{PopulateRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -30,12 +31,15 @@ impl PopulatorPlugin for Symlink {
         target: &Target<'_>,
         request: PopulateRequest<Attrs>,
     ) -> Result<serde_json::Value, String> {
-        // As krops: whatever was there (file, directory, old link) makes way for the link.
-        // The new link is made beside it and renamed over, so the name never dangles.
+        // A file or an old link (wherever it points) makes way for the link; a directory is
+        // refused, as krops's `ln -sfT` refuses it. The new link is made beside the old one and
+        // renamed over it (`-T`: never into a directory it points to), so the name never dangles.
         let script = r#"set -e
-rm -rf -- "$1.krops-new"
+if [ -d "$1" ] && [ ! -L "$1" ]; then
+  echo "$1 is a directory; remove it or name the symlink source differently" >&2; exit 1
+fi
+rm -f -- "$1.krops-new"
 ln -s -- "$2" "$1.krops-new"
-if [ -d "$1" ] && [ ! -L "$1" ]; then rm -rf -- "$1"; fi
 mv -fT -- "$1.krops-new" "$1""#;
         target.run_script(script, &[&request.destination(), &request.attrs.target], b"")?;
         Ok(serde_json::json!({ "target": request.attrs.target }))

@@ -54,7 +54,7 @@ fn plugin_for_another_abi_version_is_rejected() {
     let dir = plugin_dir(&sb, "libkrops_populator_old.so", &fixture("plugin_old_abi"));
     sb.krops(&["--plugin-dir", &dir, "plugins"])
         .code(2)
-        .stderr_has("libkrops_populator_old.so: was built for plugin ABI 0, but this krops speaks ABI 1");
+        .stderr_has("libkrops_populator_old.so: was built for plugin ABI 0, but this krops speaks ABI 2");
 }
 
 #[test]
@@ -67,15 +67,126 @@ fn plugin_with_another_layout_gets_a_short_message() {
 }
 
 #[test]
-fn two_plugins_claiming_one_type() {
+fn plugin_named_for_another_type_is_broken() {
     let sb = Sandbox::new();
     let builtin = build_dir().join("libkrops_populator_file.so");
     let dir = plugin_dir(&sb, "libkrops_populator_file2.so", &builtin);
+    sb.krops(&["--plugin-dir", &dir, "plugins"]).code(2).stdout_has("file\t").stderr_has(
+        "libkrops_populator_file2.so: declares source type \"file\" but its file is named for \"file2\"",
+    );
+}
+
+#[test]
+fn an_earlier_plugin_dir_serves_a_type_first() {
+    let sb = Sandbox::new();
+    // The panicky fixture under the symlink type's name: it is broken (it declares another
+    // type), and being first in the search path, it is what serves `symlink` now.
+    let dir = plugin_dir(&sb, "libkrops_populator_symlink.so", &fixture("plugin_panics"));
+    let out = sb.krops(&["--plugin-dir", &dir, "plugins"]);
+    out.code(2).stderr_has(&format!("{dir}/libkrops_populator_symlink.so: declares source type \"panicky\""));
+    assert!(!out.stdout.contains("symlink\t"), "the built-in symlink plugin was not shadowed:\n{out}");
+}
+
+/// Two deployments, `a` using `kind` and `b` using the built-in symlink type.
+fn two_deployments(sb: &Sandbox, kind: &str) {
+    sb.target_dir("a");
+    sb.target_dir("b");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.a]\ntarget = {:?}\nsource.x.{kind} = {{}}\n[deployments.b]\ntarget = {:?}\nsource.l.symlink = \"x\"\n",
+            sb.path("a").display().to_string(),
+            sb.path("b").display().to_string()
+        ),
+    );
+}
+
+#[test]
+fn a_truncated_plugin_fails_only_its_deployments() {
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("plugins");
+    let whole = std::fs::read(fixture("plugin_panics")).unwrap();
+    // dlopen of a library cut short of its segments dies of SIGBUS unless krops checks first.
+    std::fs::write(dir.join("libkrops_populator_panicky.so"), &whole[..whole.len() / 3]).unwrap();
+    let dir = dir.display().to_string();
     sb.krops(&["--plugin-dir", &dir, "plugins"])
         .code(2)
-        .stderr_has("claims source type \"file\", which")
-        .stderr_has(&format!("{}", builtin.display()))
-        .stderr_has("libkrops_populator_file2.so");
+        .stdout_has("symlink\t")
+        .stderr_has("libkrops_populator_panicky.so: cannot be loaded as a shared library: ");
+    two_deployments(&sb, "panicky");
+    sb.krops(&["--plugin-dir", &dir, "populate"])
+        .code(1)
+        .stderr_has("prepare of source \"x\" failed: plugin ")
+        .stderr_has("libkrops_populator_panicky.so: cannot be loaded as a shared library: ")
+        .stderr_has("1 of 2 deployments failed");
+    assert!(sb.path("b/l").is_symlink(), "the other deployment completed");
+    assert_eq!(sb.listing("a"), [".populate"], "nothing touched on the broken type's target");
+}
+
+#[test]
+fn a_fifo_named_like_a_plugin_does_not_hang_krops() {
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("plugins");
+    let fifo = dir.join("libkrops_populator_fifo.so");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(status.success());
+    // Nothing ever writes to the FIFO: opening it for reading would block forever.
+    let mut command = sb.krops_command(&["--plugin-dir", dir.to_str().unwrap(), "plugins"]);
+    command.stdin(std::process::Stdio::null());
+    let started = std::time::Instant::now();
+    crate::support::Outcome::of(command)
+        .code(2)
+        .stderr_has("libkrops_populator_fifo.so: is not a regular file");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "krops hung on the FIFO");
+}
+
+#[test]
+fn a_panicking_constructor_is_reported_and_krops_survives() {
+    let sb = Sandbox::new();
+    let dir = plugin_dir(&sb, "libkrops_populator_panicky.so", &fixture("plugin_panics"));
+    let mut command = sb.krops_command(&["--plugin-dir", &dir, "plugins"]);
+    command.env("KROPS_TEST_PANIC_IN_NEW", "1");
+    crate::support::Outcome::of(command)
+        .code(2)
+        .stdout_has("file\t")
+        .stderr_has("libkrops_populator_panicky.so: cannot start: constructor panicked: the panicky populator panics in its constructor");
+    two_deployments(&sb, "panicky");
+    let mut command = sb.krops_command(&["--plugin-dir", &dir, "populate"]);
+    command.env("KROPS_TEST_PANIC_IN_NEW", "1");
+    crate::support::Outcome::of(command).code(1).stderr_has("1 of 2 deployments failed");
+    assert!(sb.path("b/l").is_symlink(), "the other deployment completed");
+}
+
+/// The capabilities fixture, built against today's ABI, populated by `krops`.
+fn capabilities_seen_by(krops: &std::path::Path) -> String {
+    let sb = Sandbox::new();
+    let dir = plugin_dir(&sb, "libkrops_populator_capabilities.so", &fixture("plugin_capabilities"));
+    sb.target_dir("a");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.a]\ntarget = {:?}\nsource.caps.capabilities = {{}}\n",
+            sb.path("a").display().to_string()
+        ),
+    );
+    let mut command = std::process::Command::new(krops);
+    command.current_dir(sb.path("")).args(["--plugin-dir", &dir, "populate"]);
+    crate::support::Outcome::of(command).success();
+    sb.read("a/caps")
+}
+
+#[test]
+fn a_plugin_keeps_working_when_the_host_gains_a_capability() {
+    let today = capabilities_seen_by(&crate::support::krops_bin());
+    assert_eq!(today, "run_local\nrun_script\nrsync\nwrite_file\n");
+    // `cargo xtask test` also builds krops with the test-only capability (krops-test-capability).
+    let later = build_dir().join("krops-test-capability");
+    assert!(later.is_file(), "{} is not built; run `cargo xtask test`", later.display());
+    let with_more = capabilities_seen_by(&later);
+    assert_eq!(
+        with_more,
+        "run_local\nrun_script\nrsync\nwrite_file\nkrops_test_reverse\nkrops_test_reverse answered reverse\n"
+    );
 }
 
 #[test]
@@ -106,4 +217,85 @@ fn krops_plugin_path_is_searched() {
     let mut command = std::process::Command::new(crate::support::krops_bin());
     command.arg("plugins").env("KROPS_PLUGIN_PATH", format!("relative/ignored::{dir}"));
     crate::support::Outcome::of(command).success().stdout_has("panicky\t0.0.0\t");
+}
+
+/// The authoring path of PLUGINS.md, as a third party walks it: the template copied out of
+/// this workspace, built with plain `cargo build` (and its own unit test, on the fake target,
+/// run with `cargo test`) against a krops-core whose crate version was bumped, then loaded
+/// with `--plugin-dir` and deployed. Compatibility is the ABI version's, not the crate's.
+#[test]
+fn the_template_builds_out_of_tree_against_a_bumped_krops_core_and_deploys() {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned();
+    let sb = Sandbox::new();
+    let core = sb.mkdir("krops-core");
+    copy_tree(&workspace.join("krops-core"), &core);
+    let manifest = std::fs::read_to_string(workspace.join("krops-core/Cargo.toml")).unwrap();
+    std::fs::write(core.join("Cargo.toml"), standalone_manifest(&manifest, "0.99.0")).unwrap();
+    let template = sb.mkdir("template");
+    copy_tree(&workspace.join("examples/populator-template"), &template);
+    let cargo_toml = std::fs::read_to_string(template.join("Cargo.toml")).unwrap();
+    let pointed = cargo_toml
+        .replace("path = \"../../krops-core\"", &format!("path = {:?}", core.display().to_string()));
+    assert_ne!(pointed, cargo_toml, "the template's krops-core dependency moved; update this test");
+    std::fs::write(template.join("Cargo.toml"), pointed).unwrap();
+    // The workspace's lock file: the same dependency versions, already downloaded.
+    std::fs::copy(workspace.join("Cargo.lock"), template.join("Cargo.lock")).unwrap();
+    let target_dir = workspace.join("target/out-of-tree");
+    for step in ["test", "build"] {
+        let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo
+            .args([step, "--offline", "--quiet"])
+            .current_dir(&template)
+            .env("CARGO_TARGET_DIR", &target_dir);
+        crate::support::Outcome::of(cargo).success();
+    }
+    let plugins = target_dir.join("debug").display().to_string();
+    sb.krops(&["--plugin-dir", &plugins, "plugins"]).success().stdout_has("greeting\t0.1.0\t");
+    sb.target_dir("site");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.a]\ntarget = {:?}\nsource.motd.greeting = {{ name = \"world\" }}\n",
+            sb.path("site").display().to_string()
+        ),
+    );
+    sb.krops(&["--plugin-dir", &plugins, "populate"]).success();
+    assert_eq!(sb.read("site/motd"), "hello, world\n");
+    let template_lines =
+        std::fs::read_to_string(workspace.join("examples/populator-template/src/lib.rs")).unwrap();
+    assert!(template_lines.lines().count() <= 60, "the template grew past 60 lines of Rust");
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        if entry.file_name() == "target" {
+            continue;
+        }
+        if path.is_dir() {
+            copy_tree(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// krops-core's manifest without the workspace's inheritance, at `version`.
+fn standalone_manifest(manifest: &str, version: &str) -> String {
+    let inherited = [
+        ("version.workspace = true", format!("version = {version:?}")),
+        ("edition.workspace = true", "edition = \"2021\"".to_owned()),
+        ("license.workspace = true", "license = \"MIT\"".to_owned()),
+        ("abi_stable.workspace = true", "abi_stable = \"0.11.3\"".to_owned()),
+        ("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }".to_owned()),
+        ("serde_json.workspace = true", "serde_json = \"1\"".to_owned()),
+        ("[lints]\nworkspace = true", String::new()),
+    ];
+    let standalone = inherited.iter().fold(manifest.to_owned(), |text, (from, to)| text.replace(from, to));
+    assert!(
+        !standalone.contains("workspace = true"),
+        "krops-core inherits more; update this test:\n{standalone}"
+    );
+    standalone
 }

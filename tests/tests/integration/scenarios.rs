@@ -158,7 +158,7 @@ fn use_checksum_catches_same_size_same_mtime_changes(kind: Kind) {
 fn symlink_and_pipe(kind: Kind) {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, kind);
-    site.write("current/old", "a directory that the link replaces");
+    site.write("current", "a file that the link replaces");
     config(
         &sb,
         &site,

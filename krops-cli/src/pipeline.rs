@@ -5,19 +5,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RStr, RString};
+use krops_core::sdk::parallel_map;
 use tokio::sync::{mpsc::UnboundedSender, Semaphore};
 
-use crate::abi::TargetHandle_TO;
 use crate::activation;
-use crate::concurrent;
 use crate::config::Deployment;
 use crate::events::{DeployError, Event, Reporter, Stage};
 use crate::exec::{self, Argv, Input, Output, Stream};
 use crate::handle::HostHandle;
 use crate::loader::Registry;
-use crate::plugin::{PopulateRequest, PrepareRequest};
 use crate::ssh::Multiplexer;
 use crate::target::Origin;
 use crate::transport::{Transport, Tty};
@@ -36,6 +32,8 @@ pub struct Run {
     pub action: Action,
     pub deployments: Vec<(String, Deployment)>,
     pub jobs: usize,
+    /// `--wait-lock`: how long to wait for another run's lock on a target (None: fail at once).
+    pub wait_lock: Option<u64>,
 }
 
 /// Each deployment's name and outcome, in the order given.
@@ -57,6 +55,7 @@ pub async fn run(
         let origin = origin.clone();
         let ssh = ssh.clone();
         let action = run.action.clone();
+        let wait_lock = run.wait_lock;
         let reporter = Reporter::new(name.clone(), events.clone());
         let task = tokio::spawn(async move {
             let _permit = semaphore.acquire_owned().await;
@@ -64,7 +63,7 @@ pub async fn run(
             // Stages call plugins and wait for child processes: blocking work.
             let result = tokio::task::spawn_blocking({
                 let reporter = reporter.clone();
-                move || deploy_one(&deployment, &action, &registry, &origin, &ssh, &reporter)
+                move || deploy_one(&deployment, &action, wait_lock, &registry, &origin, &ssh, &reporter)
             })
             .await
             .unwrap_or_else(|join_error| Err(internal_error(join_error)));
@@ -93,6 +92,7 @@ fn internal_error(join_error: tokio::task::JoinError) -> DeployError {
 fn deploy_one(
     deployment: &Deployment,
     action: &Action,
+    wait_lock: Option<u64>,
     registry: &Registry,
     origin: &Origin,
     ssh: &Multiplexer,
@@ -112,8 +112,11 @@ fn deploy_one(
         hosts.push(connect(build)?);
     }
     hosts.push(target.clone());
+    // Each host's lock is held until this function returns: through activation, and released
+    // on every way out (the holder's input closes when its `Held` is dropped or released).
+    let mut locks = Locks(Vec::new());
     for host in &hosts {
-        check_sentinel(host, deployment, reporter)?;
+        locks.0.push(lock_with_sentinel(host, deployment, wait_lock, origin, reporter)?);
         if deployment.backup {
             backup(host, reporter)?;
         }
@@ -172,35 +175,93 @@ fn stage_script(
         .map_err(|e| failure(&host.host_label(), stage, None, e.to_string()))
 }
 
-fn check_sentinel(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Result<(), DeployError> {
+/// The locks a deployment holds on its hosts, released when it ends.
+struct Locks(Vec<exec::Held>);
+
+impl Drop for Locks {
+    fn drop(&mut self) {
+        for lock in self.0.drain(..) {
+            lock.release();
+        }
+    }
+}
+
+/// The sentinel stage and the target-side lock, in one round trip that stays open: `$1` path,
+/// `$2` what `force` creates (`file`, `dir` or nothing), `$3` who holds the lock, `$4` how long
+/// to wait for it (empty: not at all). Answers `missing` (nothing was touched), `busy HOLDER`,
+/// or `locked`, then holds `flock` on `<path>/.krops-lock` until its input closes: when krops
+/// releases it, exits, is killed, or its connection drops. The kernel releases a flock with its
+/// holder, so a lock is never stale.
+const LOCK_SCRIPT: &str = r#"set -e
+p=$1 holder=$3 wait=$4
+case $2 in
+  file) mkdir -p -- "$p"; [ -e "$p/.populate" ] || [ -L "$p/.populate" ] || : > "$p/.populate" ;;
+  dir) mkdir -p -- "$p"; [ -e "$p/.populate" ] || [ -L "$p/.populate" ] || mkdir -- "$p/.populate" ;;
+esac
+if [ ! -e "$p/.populate" ]; then echo missing; exit 0; fi
+lock="$p/.krops-lock"
+if [ -L "$lock" ] || { [ -e "$lock" ] && [ ! -f "$lock" ]; }; then rm -rf -- "$lock"; fi
+exec 9>>"$lock"
+if [ -n "$wait" ]; then how="-w $wait"; else how=-n; fi
+if ! flock $how 9; then echo "busy $(cat -- "$lock")"; exit 0; fi
+printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$lock"
+echo locked
+read -r _ || true"#;
+
+fn lock_with_sentinel(
+    host: &Transport,
+    deployment: &Deployment,
+    wait_lock: Option<u64>,
+    origin: &Origin,
+    reporter: &Reporter,
+) -> Result<exec::Held, DeployError> {
     let label = host.host_label();
     timed(reporter, &label, Stage::Sentinel, || {
         let path = host.target.path.clone();
-        // With backup the sentinel must be a directory (it holds the backup), so force creates it
-        // as one; otherwise as krops does, an empty file. Creation and check share one round trip.
+        // With backup the sentinel must be a directory (it holds the backup), so force creates
+        // it as one; otherwise as krops does, an empty file.
         let create = match (deployment.force, deployment.backup) {
             (false, _) => "",
-            (true, true) => r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || mkdir -- "$1/.populate"; "#,
-            (true, false) => {
-                r#"set -e; mkdir -p -- "$1"; [ -e "$1/.populate" ] || touch -- "$1/.populate"; "#
-            }
+            (true, true) => "dir",
+            (true, false) => "file",
         };
-        let script = format!(r#"{create}if [ -e "$1/.populate" ]; then echo present; fi"#);
-        let answer = stage_script(host, Stage::Sentinel, &script, std::slice::from_ref(&path))?;
-        if answer.trim_ascii() != b"present" {
-            let missing = format!("missing sentinel file: {}", host.location(&format!("{path}/.populate")));
-            return Err(failure(&label, Stage::Sentinel, None, missing));
+        let holder = format!("{}@{}", origin.user, origin.host);
+        let wait = wait_lock.map(|s| s.to_string()).unwrap_or_default();
+        let args = [path.clone(), create.to_owned(), holder, wait];
+        let argv = host.shell(LOCK_SCRIPT, &args, &[], Tty::No);
+        let fail = |message: String| failure(&label, Stage::Sentinel, None, message);
+        let (held, answer) = exec::Held::start(&argv).map_err(|e| fail(e.to_string()))?;
+        if answer == "locked" {
+            return Ok(held);
         }
-        Ok(())
+        held.release();
+        match answer.strip_prefix("busy") {
+            Some(holder) => Err(fail(format!(
+                "{} is locked by another krops run ({}){}",
+                host.location(&path),
+                holder.trim(),
+                if wait_lock.is_some() {
+                    "; gave up waiting"
+                } else {
+                    "; wait for it with --wait-lock SECONDS"
+                }
+            ))),
+            None => Err(fail(format!(
+                "missing sentinel file: {}; create it, or set force = true",
+                host.location(&format!("{path}/.populate"))
+            ))),
+        }
     })
 }
 
 fn backup(host: &Transport, reporter: &Reporter) -> Result<(), DeployError> {
-    let script = r#"if [ ! -d "$1/.populate" ]; then
+    // A symlinked sentinel or backup directory would take the snapshot outside the target.
+    let script = r#"if [ -L "$1/.populate" ] || [ ! -d "$1/.populate" ]; then
   echo "backup needs $1/.populate to be a directory" >&2; exit 1
 fi
+if [ -L "$1/.populate/backup" ]; then rm -f -- "$1/.populate/backup"; fi
 mkdir -p -- "$1/.populate/backup"
-rsync -aAXF --delete --exclude /.populate --link-dest="$1" "$1/" "$1/.populate/backup/""#;
+rsync -aAXF --delete --exclude /.populate --exclude '/.krops*' --link-dest="$1" "$1/" "$1/.populate/backup/""#;
     timed(reporter, &host.host_label(), Stage::Backup, || {
         stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path)).map(drop)
     })
@@ -215,20 +276,11 @@ fn prepare(
 ) -> Result<Deployment, DeployError> {
     timed(reporter, &None, Stage::Prepare, || {
         let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
-        let prepared = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
+        let prepared = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
             let fail = |message: String| failure(&None, Stage::Prepare, Some(name), message);
-            let plugin = registry
-                .get(&source.source_type)
-                .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
-            let request = PrepareRequest { name: name.to_string(), attrs: source.attrs.clone() };
-            let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
-            let attrs = plugin
-                .populator
-                .prepare(RStr::from(request.as_str()))
-                .into_result()
-                .map_err(|e| fail(RString::into_string(e)))?;
-            let attrs = serde_json::from_str(&attrs)
-                .map_err(|e| fail(format!("plugin returned malformed attributes: {e}")))?;
+            let plugin = registry.plugin(&source.source_type).map_err(fail)?;
+            let handle = HostHandle::without_target(Some(reporter));
+            let attrs = plugin.prepare(name, source.attrs.clone(), &handle).map_err(fail)?;
             Ok(((*name).clone(), crate::config::Source { source_type: source.source_type.clone(), attrs }))
         });
         let source = prepared.into_iter().collect::<Result<_, DeployError>>()?;
@@ -249,7 +301,7 @@ fn populate(
 ) -> Result<(), DeployError> {
     timed(reporter, &host.host_label(), Stage::Populate, || {
         let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
-        let results = concurrent::map(&sources, SOURCES_AT_ONCE, |(name, source)| {
+        let results = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
             populate_source(host, name, source, registry, reporter)
         });
         // The first failing source in configuration order, whatever finished first.
@@ -266,29 +318,17 @@ fn populate_source(
 ) -> Result<(), DeployError> {
     let label = host.host_label();
     let fail = |message: String| failure(&label, Stage::Populate, Some(name), message);
-    let plugin = registry
-        .get(&source.source_type)
-        .ok_or_else(|| fail(format!("no plugin for source type {:?}", source.source_type)))?;
-    let request = PopulateRequest {
-        name: name.to_owned(),
-        attrs: source.attrs.clone(),
-        target_path: host.target.path.clone(),
-    };
-    let request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
-    let handle = HostHandle { transport: host, reporter };
+    let plugin = registry.plugin(&source.source_type).map_err(fail)?;
+    let handle = HostHandle::for_target(host, reporter);
     let started = Instant::now();
-    let report = plugin
-        .populator
-        .populate(TargetHandle_TO::from_ptr(&handle, TD_Opaque), RStr::from(request.as_str()))
-        .into_result()
-        .map_err(|e| fail(RString::into_string(e)))?;
+    let report = plugin.populate(&handle, name, source.attrs.clone(), &host.target.path).map_err(fail)?;
     reporter.emit(Event::SourcePopulated {
         deployment: reporter.deployment.clone(),
         host: label.clone(),
         source: name.to_owned(),
         source_type: source.source_type.clone(),
         millis: started.elapsed().as_millis(),
-        report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
+        report,
     });
     Ok(())
 }

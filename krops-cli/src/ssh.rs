@@ -38,8 +38,10 @@ impl Multiplexer {
         // Socket paths are limited to ~108 bytes; a long TMPDIR would not fit.
         let base = std::env::temp_dir();
         let base = if base.as_os_str().len() > 60 { PathBuf::from("/tmp") } else { base };
-        // tempfile creates the directory with mode 0700.
         let dir = tempfile::Builder::new().prefix("krops-ssh-").tempdir_in(base)?;
+        // Whoever can reach a control socket can use the authenticated connection: 0700,
+        // whatever the umask and tempfile's defaults.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(Multiplexer {
             dir: Mutex::new(Some(dir)),
             slots: Mutex::new(HashMap::new()),

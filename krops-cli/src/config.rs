@@ -180,7 +180,7 @@ pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, 
     // Lexically normalised, as Nix does with paths: `a/../b.toml` names `b.toml` in messages
     // and resolves relative paths the same way in every syntax.
     let file = std::path::absolute(file)
-        .map(|f| crate::plugin::normalise(&f))
+        .map(|f| krops_core::sdk::normalise(&f))
         .map_err(|e| error(None, e.to_string()))?;
     let syntax = Syntax::of(&file).ok_or_else(|| {
         error(None, "unknown configuration syntax; use a .toml, .json or .nix file".to_owned())
@@ -345,12 +345,19 @@ fn operation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
 #[derive(Default)]
 struct Sources(BTreeMap<String, Source>);
 
-/// Source names are one path component: they become `<path>/<name>` on the target.
+/// Source names are one path component: they become `<path>/<name>` on the target. Names
+/// krops uses itself beside the sources are reserved: the sentinel `.populate` (which holds
+/// the backups), and every name starting with `.krops` or holding `.krops-` (the lock and
+/// the temporary entries made beside a source while it is replaced, `NAME.krops-…`).
 pub fn check_source_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         Err(format!("source name {name:?} must be one path component (not empty, no '/', not '.' or '..')"))
     } else if name.chars().any(char::is_control) {
         Err(format!("source name {name:?} contains a control character"))
+    } else if name == ".populate" || name.starts_with(".krops") || name.contains(".krops-") {
+        Err(format!(
+            "source name {name:?} is reserved: krops keeps .populate, .krops* and *.krops-* beside the sources"
+        ))
     } else {
         Ok(())
     }

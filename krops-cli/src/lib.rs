@@ -1,0 +1,17 @@
+//! krops's orchestration, as a library under the `krops` binary: configuration model and
+//! loaders, the plugin loader and its typed façade, the stage pipeline, target transports,
+//! the ssh multiplexer, process execution, activation builders and events. It knows nothing of
+//! clap or terminals; `main.rs` parses, runs and renders.
+
+pub mod activation;
+pub mod config;
+pub mod events;
+pub mod exec;
+pub mod handle;
+pub mod loader;
+pub mod nix;
+pub mod pipeline;
+pub mod redact;
+pub mod ssh;
+pub mod target;
+pub mod transport;

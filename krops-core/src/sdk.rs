@@ -1,0 +1,140 @@
+//! Helpers a populator author uses beside the trait: secret trees packed for
+//! [`Target::install_secrets`](crate::plugin::Target::install_secrets), walking a secret store,
+//! resolving user-written paths, and bounded fan-out for independent per-file work.
+
+use std::path::{Path, PathBuf};
+
+/// One file of a secret tree.
+pub struct SecretFile {
+    /// Relative to the tree's root, `/`-separated, without `..`.
+    pub path: String,
+    pub contents: Vec<u8>,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+}
+
+pub(crate) const INSTALL_SECRETS_SCRIPT: &str = r#"set -eu
+umask 077
+dest=$1 staging="$1.krops-staging" old="$1.krops-old"
+rm -rf -- "$staging" "$old"
+mkdir -- "$staging"
+tar -x -p --no-same-owner -f - -C "$staging"
+chmod 700 -- "$staging"
+if [ -e "$dest" ] || [ -L "$dest" ]; then mv -- "$dest" "$old"; fi
+mv -- "$staging" "$dest"
+rm -rf -- "$old""#;
+
+/// A tar stream of `files`: directories 0700, files 0600, owned by root.
+pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut directories = std::collections::BTreeSet::new();
+    for file in files {
+        let mut parent = std::path::Path::new(&file.path).parent();
+        let mut missing = Vec::new();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            if directories.insert(dir.to_owned()) {
+                missing.push(dir.to_owned());
+            }
+            parent = dir.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o700);
+            header.set_mtime(file.mtime);
+            header.set_size(0);
+            builder.append_data(&mut header, &dir, std::io::empty())?;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o600);
+        header.set_mtime(file.mtime);
+        header.set_size(file.contents.len() as u64);
+        builder.append_data(&mut header, &file.path, &file.contents[..])?;
+    }
+    builder.into_inner()
+}
+
+/// Every file below `root` whose name ends in `.EXTENSION` (`.git` directories passed over),
+/// sorted, each with its path relative to `root` without the extension: a secret store's
+/// layout turned into the names of the files to install.
+pub fn files_with_extension(root: &Path, extension: &str) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", current.display()))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
+            if kind.is_dir() && entry.file_name() != ".git" {
+                pending.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == extension) {
+                let relative = path.strip_prefix(root).map_err(|e| e.to_string())?.with_extension("");
+                found.push((path.clone(), relative.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A local file's modification time, in seconds since the epoch.
+pub fn mtime(path: &Path) -> Result<u64, String> {
+    let modified =
+        std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Resolves a user-written path: `~/` against `$HOME`, relative paths against `config_dir`.
+pub fn resolve_path(config_dir: &Path, path: &str) -> PathBuf {
+    let expanded = match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    };
+    normalise(&if expanded.is_absolute() { expanded } else { config_dir.join(expanded) })
+}
+
+/// Drops `.` and resolves `..` lexically, as Nix does with paths, so that a path reads the
+/// same in `krops eval` whichever syntax it was written in.
+pub fn normalise(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
+/// Runs `work` on every item, at most `limit` at once, and returns the results in the items'
+/// order.
+pub fn parallel_map<I: Sync, T: Send>(items: &[I], limit: usize, work: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..limit.min(items.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(item) = items.get(index) else { break };
+                        done.push((index, work(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        // A panic in `work` is a krops bug; let it reach the deployment's task as one.
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}

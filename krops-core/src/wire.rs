@@ -1,0 +1,132 @@
+//! The JSON documents that cross the ABI, shared by host and plugins so both sides agree on
+//! them. Adding an optional field or a new method/capability name is compatible; changing the
+//! meaning of an existing one bumps [`crate::abi::ABI_VERSION`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Every error for a method or capability the other side does not know starts with this, so
+/// a caller can tell "not offered" from "failed".
+pub const UNSUPPORTED: &str = "unsupported:";
+
+/// The methods a populator answers through [`crate::abi::Populator::call`].
+pub mod method {
+    /// [`super::ValidateRequest`] → the normalised attributes.
+    pub const VALIDATE: &str = "validate";
+    /// [`super::PrepareRequest`] → the attributes to populate with.
+    pub const PREPARE: &str = "prepare";
+    /// [`super::PopulateRequest`] → a report object.
+    pub const POPULATE: &str = "populate";
+}
+
+/// The capabilities a host offers through [`crate::abi::TargetHandle::call`].
+pub mod capability {
+    /// [`super::RunScriptRequest`], input = stdin → stdout.
+    pub const RUN_SCRIPT: &str = "run_script";
+    /// [`super::RunLocalRequest`], input = stdin → stdout.
+    pub const RUN_LOCAL: &str = "run_local";
+    /// [`super::RsyncRequest`] → [`super::RsyncReport`] as JSON.
+    pub const RSYNC: &str = "rsync";
+    /// [`super::WriteFileRequest`], input = contents → nothing.
+    pub const WRITE_FILE: &str = "write_file";
+}
+
+/// `describe`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Description {
+    #[serde(rename = "type")]
+    pub source_type: String,
+    pub version: String,
+    /// The methods this plugin answers.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// What the host says about the target it lends, and what it can do there.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// `None` outside `populate` (validate, prepare): there is no target yet.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub local: bool,
+    #[serde(default)]
+    pub sudo: bool,
+    /// The capability names this host offers for this call.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// `validate`'s request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateRequest<A = serde_json::Value> {
+    pub name: String,
+    pub attrs: A,
+    /// The directory of the configuration file, for relative paths.
+    pub config_dir: PathBuf,
+}
+
+/// `prepare`'s request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareRequest<A = serde_json::Value> {
+    pub name: String,
+    pub attrs: A,
+}
+
+/// `populate`'s request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PopulateRequest<A = serde_json::Value> {
+    pub name: String,
+    pub attrs: A,
+    /// The deployment's path on the target; the source goes to `<targetPath>/<name>`.
+    pub target_path: String,
+}
+
+impl<A> PopulateRequest<A> {
+    /// `<targetPath>/<name>`, where this source lands.
+    pub fn destination(&self) -> String {
+        format!("{}/{}", self.target_path.trim_end_matches('/'), self.name)
+    }
+}
+
+/// `run_script`: `/bin/sh -c SCRIPT sh ARGS...` on the target, under sudo for sudo targets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunScriptRequest {
+    pub script: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// `run_local`: a program on the deploying machine, as argv (never a shell string).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunLocalRequest {
+    pub argv: Vec<String>,
+}
+
+/// `rsync`: copies a local path to the target; the host adds the transport options (`-e`,
+/// `--rsync-path`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RsyncRequest {
+    pub source: PathBuf,
+    pub destination: String,
+    pub options: Vec<String>,
+}
+
+/// `rsync`'s answer: rsync's list of changed items (`--itemize-changes`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RsyncReport {
+    pub itemized: Vec<String>,
+}
+
+/// `write_file`: the file is created with `mode` before any byte is written, then moved into
+/// place.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteFileRequest {
+    pub path: String,
+    pub mode: u32,
+}
