@@ -12,6 +12,7 @@ mod nix;
 mod nix_config;
 mod plugins;
 mod remote;
+mod safety;
 mod scenarios;
 mod secrets;
 mod support;

@@ -1,0 +1,338 @@
+//! SPEC's "Safety", each case reproduced first as a user or a second admin would bring it:
+//! leftovers and symlinks on the target (a victim directory outside the target must survive),
+//! reserved names, two runs at once, signals and kills at random points, credentials in URLs,
+//! and values that could be read as options.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use krops_tests::secrets::PassageStore;
+
+use crate::on_every_site;
+use crate::support::{Kind, Outcome, Sandbox, Site};
+
+on_every_site!(
+    file_source_replaces_a_symlink_instead_of_writing_through_it,
+    pipe_source_replaces_a_symlink_to_a_directory,
+    secrets_replace_a_symlink_to_a_directory,
+    file_source_replaces_a_directory_by_a_file,
+    symlink_source_refuses_an_existing_directory,
+    a_second_run_reports_the_lock_and_wait_lock_waits,
+    sigterm_sighup_and_sigint_end_every_child_and_activate_nothing,
+);
+
+fn config(sb: &Sandbox, site: &Site, sources: &str) {
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.site]\ntarget = {}\n[deployments.site.source]\n{sources}\n", site.target()),
+    );
+}
+
+/// A directory outside every target, with one file that must survive every scenario.
+fn victim(sb: &Sandbox) -> std::path::PathBuf {
+    let dir = sb.mkdir("victim");
+    std::fs::write(dir.join("keep"), "precious").unwrap();
+    dir
+}
+
+fn assert_victim_intact(victim: &Path) {
+    let names: Vec<String> = std::fs::read_dir(victim)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["keep"], "something was written into or deleted from {}", victim.display());
+    assert_eq!(std::fs::read_to_string(victim.join("keep")).unwrap(), "precious");
+}
+
+fn file_source_replaces_a_symlink_instead_of_writing_through_it(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let victim = victim(&sb);
+    // What a switch from `x.symlink = …` to `x.file = …` leaves behind.
+    std::os::unix::fs::symlink(&victim, site.path("x")).unwrap();
+    sb.write("conf/a.nix", "a");
+    config(&sb, &site, "x.file = \"conf\"");
+    sb.krops(&["populate"]).success();
+    assert_victim_intact(&victim);
+    assert!(!site.path("x").is_symlink(), "the link is gone");
+    assert_eq!(site.read("x/a.nix"), "a");
+    // And a second run (deleteExcluded) changes nothing outside either.
+    sb.krops(&["populate"]).success();
+    assert_victim_intact(&victim);
+}
+
+fn pipe_source_replaces_a_symlink_to_a_directory(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let victim = victim(&sb);
+    std::os::unix::fs::symlink(&victim, site.path("info")).unwrap();
+    config(&sb, &site, "info.pipe = \"echo hello\"");
+    sb.krops(&["populate"]).success();
+    assert_victim_intact(&victim);
+    assert!(!site.path("info").is_symlink());
+    assert_eq!(site.read("info"), "hello\n");
+}
+
+fn secrets_replace_a_symlink_to_a_directory(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let victim = victim(&sb);
+    std::os::unix::fs::symlink(&victim, site.path("secrets")).unwrap();
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    store.insert("token", b"s3cret\n");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n",
+            site.target(),
+            store.store.display().to_string(),
+            store.identities.display().to_string()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    assert_victim_intact(&victim);
+    assert!(!site.path("secrets").is_symlink());
+    assert_eq!(site.read("secrets/token"), "s3cret\n");
+}
+
+fn file_source_replaces_a_directory_by_a_file(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    site.write("conf.nix/leftover", "from an earlier directory source");
+    sb.write("conf.nix", "{ }");
+    config(&sb, &site, "\"conf.nix\".file = \"conf.nix\"");
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("conf.nix"), "{ }", "a file now, not a file inside the old directory");
+}
+
+fn symlink_source_refuses_an_existing_directory(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    site.write("current/old", "kept");
+    config(&sb, &site, "current.symlink = \"nixos-config\"");
+    sb.krops(&["populate"])
+        .code(1)
+        .stderr_has("populate of source \"current\"")
+        .stderr_has(&format!("{}/current is a directory", site.target_path()));
+    assert_eq!(site.read("current/old"), "kept");
+}
+
+/// Two runs against one target at once: the second reports the lock and touches nothing; with
+/// `--wait-lock` it waits and then succeeds. Ten trials, each with its own content.
+fn a_second_run_reports_the_lock_and_wait_lock_waits(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    for trial in 0..10 {
+        let wait = trial % 5 == 4;
+        for run in ["first", "second"] {
+            sb.write(
+                &format!("{run}.toml"),
+                &format!(
+                    "[deployments.site]\ntarget = {}\n[deployments.site.source]\n\
+                     a.pipe = \"echo {run} {trial}\"\nslow.pipe = \"sleep 0.6; echo {run} {trial}\"\nb.pipe = \"echo {run} {trial}\"\n",
+                    site.target()
+                ),
+            );
+        }
+        let first =
+            sb.krops_command(&["-f", "first.toml", "populate"]).stderr(Stdio::piped()).spawn().unwrap();
+        // The first holds the lock once its sentinel stage is done; give it a head start.
+        std::thread::sleep(Duration::from_millis(250));
+        let mut args = vec!["-f", "second.toml", "populate"];
+        if wait {
+            args.extend(["--wait-lock", "30"]);
+        }
+        let second = Outcome::of(sb.krops_command(&args));
+        let first = first.wait_with_output().unwrap();
+        assert!(
+            first.status.success(),
+            "trial {trial}: the first run failed: {}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        let winner = if wait {
+            second.success();
+            "second"
+        } else {
+            second.code(1).stderr_has(&format!(
+                "{}{} is locked by another krops run (",
+                site.host_prefix(),
+                site.target_path()
+            ));
+            "first"
+        };
+        for name in ["a", "slow", "b"] {
+            assert_eq!(site.read(name), format!("{winner} {trial}\n"), "trial {trial}: {name} mixes runs");
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !cmdline.contains("cargo") {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// krops with TMPDIR in the sandbox (its ssh control directory becomes ours to inspect).
+fn krops_in(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut command = sb.krops_command(args);
+    command.env("TMPDIR", sb.mkdir("tmp"));
+    command
+}
+
+fn sigterm_sighup_and_sigint_end_every_child_and_activate_nothing(kind: Kind) {
+    for (signal, status) in [("TERM", 143), ("HUP", 129), ("INT", 130)] {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, kind);
+        let activated = sb.path("activated");
+        sb.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {}\ncommand = \"touch {}\"\n[deployments.site.source]\n\
+                 slow.pipe = \"exec sleep 7.{}\"\n",
+                site.target(),
+                activated.display(),
+                std::process::id()
+            ),
+        );
+        let sleeper = format!("sleep 7.{}", std::process::id());
+        let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        wait_until("the slow pipe command runs", || !processes_mentioning(&sleeper).is_empty());
+        let sent =
+            Command::new("kill").args([&format!("-{signal}"), &krops.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let started = Instant::now();
+        let exit = krops.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(krops.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(exit.code(), Some(status), "SIG{signal}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(5), "SIG{signal} took {:?}", started.elapsed());
+        assert!(
+            stderr.trim_end().ends_with("ssh connections closed"),
+            "nothing after the final message:\n{stderr}"
+        );
+        assert!(
+            processes_mentioning(&sleeper).is_empty(),
+            "SIG{signal}: {:?}",
+            processes_mentioning(&sleeper)
+        );
+        let tmp = sb.path("tmp").display().to_string();
+        wait_until("every ssh process of the run is gone", || processes_mentioning(&tmp).is_empty());
+        let leftovers: Vec<_> =
+            std::fs::read_dir(sb.path("tmp")).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(leftovers.is_empty(), "control directory left behind: {leftovers:?}");
+        assert!(!activated.exists(), "SIG{signal}: the command ran after the signal");
+        // The lock went with the run: the next one gets it at once.
+        sb.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {}\n[deployments.site.source]\nslow.pipe = \"echo done\"\n",
+                site.target()
+            ),
+        );
+        sb.krops(&["populate"]).success();
+        assert_eq!(site.read("slow"), "done\n");
+    }
+}
+
+#[test]
+fn reserved_names_are_configuration_errors_and_touch_nothing() {
+    for name in
+        [".populate", "x.krops-old", "x.krops-staging", ".krops-lock", ".krops", "nixos-config.krops-new"]
+    {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, Kind::Local);
+        config(&sb, &site, &format!("{name:?}.pipe = \"echo hi\""));
+        sb.krops(&["populate"]).code(2).stderr_has("krops.toml:").stderr_has("is reserved");
+        assert_eq!(site.listing(""), [".populate"], "{name}");
+    }
+}
+
+#[test]
+fn credentials_in_urls_are_never_printed() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    config(
+        &sb,
+        &site,
+        "repo.git = { url = \"http://deploy:S3CRET-TOKEN@127.0.0.1:9/repo\", ref = \"main\" }",
+    );
+    for verbosity in ["-q", "-v", "-vvv"] {
+        let out = sb.krops(&[verbosity, "populate"]);
+        out.code(1).stderr_has("http://***@127.0.0.1:9/repo");
+        assert!(!out.stderr.contains("S3CRET") && !out.stdout.contains("S3CRET"), "{out}");
+    }
+    let out = sb.krops(&["eval"]);
+    out.success().stdout_has("http://***@127.0.0.1:9/repo");
+    assert!(!out.stdout.contains("S3CRET"), "{out}");
+}
+
+#[test]
+fn the_ssh_control_directory_is_private() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    config(&sb, &site, "slow.pipe = \"sleep 1; echo x\"");
+    let mut krops = krops_in(&sb, &["populate"]).stderr(Stdio::null()).spawn().unwrap();
+    let control_dir = || std::fs::read_dir(sb.path("tmp")).unwrap().flatten().map(|e| e.path()).next();
+    wait_until("the control directory exists", || control_dir().is_some());
+    let mode = crate::support::mode(&control_dir().unwrap());
+    assert!(krops.wait().unwrap().success());
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// A lock is never stale: killing krops (SIGKILL, no cleanup of its own) or its ssh master (a
+/// dropped connection) releases it.
+#[test]
+fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
+    for victim in ["krops", "master"] {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, Kind::Root);
+        let sleeper = format!("sleep 9.{}", std::process::id());
+        config(&sb, &site, &format!("slow.pipe = \"exec {sleeper}\""));
+        let mut krops = krops_in(&sb, &["populate"]).stderr(Stdio::null()).spawn().unwrap();
+        wait_until("the slow pipe command runs", || !processes_mentioning(&sleeper).is_empty());
+        let pid = match victim {
+            "krops" => krops.id().to_string(),
+            _ => {
+                let tmp = sb.path("tmp").display().to_string();
+                let master = processes_mentioning(&tmp)
+                    .into_iter()
+                    .find(|p| p.contains(" -M "))
+                    .expect("an ssh master");
+                master.split(':').next().unwrap().to_owned()
+            }
+        };
+        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        let _ = krops.wait();
+        config(&sb, &site, "slow.pipe = \"echo after\"");
+        // The target notices the end of the connection within moments; never waits for a timeout.
+        let started = Instant::now();
+        Outcome::of(krops_in(&sb, &["--wait-lock", "20", "populate"])).success();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{victim}: lock held for {:?}",
+            started.elapsed()
+        );
+        assert_eq!(site.read("slow"), "after\n");
+        let tmp = sb.path("tmp").display().to_string();
+        wait_until("krops's own processes are gone", || {
+            processes_mentioning(&tmp).is_empty() && processes_mentioning(&sleeper).is_empty()
+        });
+    }
+}
