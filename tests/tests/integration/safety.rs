@@ -336,3 +336,198 @@ fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
         });
     }
 }
+
+/// Ten runs against a root ssh target, each interrupted at a random point by SIGINT, SIGTERM,
+/// SIGKILL of krops or SIGKILL of its ssh master. Afterwards no process of the run remains,
+/// the secrets directory is absent or whole, nothing was activated (unless the run had already
+/// finished), and an uninterrupted rerun converges.
+#[test]
+fn interrupted_at_random_points_nothing_half_done_remains() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    for i in 0..100 {
+        store.insert(&format!("dir{}/secret-{i:03}", i % 4), format!("value {i}\n").as_bytes());
+    }
+    for i in 0..30 {
+        sb.write(&format!("conf/file-{i}.nix"), &format!("{{ n = {i}; }}"));
+    }
+    let sleeper = format!("sleep 0.3{}", std::process::id());
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\ncommand = \"touch /var/src/.activated\"\n\
+             [deployments.site.source]\nconf.file = \"conf\"\nlink.symlink = \"conf\"\n\
+             slow.pipe = \"{sleeper}; echo slow\"\n\
+             [deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n",
+            site.target(),
+            store.store.display().to_string(),
+            store.identities.display().to_string()
+        ),
+    );
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let tmp = sb.mkdir("tmp").display().to_string();
+    let modes = ["INT", "TERM", "KILL", "master"];
+    for trial in 0..10u32 {
+        // A small linear congruential step per trial: random enough, and printed for a rerun.
+        let delay_ms = u64::from(seed.wrapping_mul(2_654_435_761).wrapping_add(trial * 40_503) % 1200);
+        let mode = modes[trial as usize % modes.len()];
+        let context = format!("trial {trial} (seed {seed}): {mode} after {delay_ms} ms");
+        let krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = match mode {
+            "master" => processes_mentioning(&tmp)
+                .into_iter()
+                .find(|p| p.contains(" -M "))
+                .map(|p| p.split(':').next().unwrap().to_owned()),
+            _ => Some(krops.id().to_string()),
+        };
+        if let Some(pid) = pid {
+            let signal = if mode == "master" { "KILL" } else { mode };
+            let _ = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        }
+        let finished = krops.wait_with_output().unwrap();
+        wait_until(&format!("{context}: no process of the run remains"), || {
+            processes_mentioning(&tmp).is_empty() && processes_mentioning(&sleeper).is_empty()
+        });
+        let secrets = site.path("secrets");
+        if secrets.exists() {
+            let count = walk_files(&secrets);
+            assert_eq!(count, 100, "{context}: a partially installed secrets directory");
+        }
+        if !finished.status.success() {
+            assert!(!site.path(".activated").exists(), "{context}: activated after an interruption");
+        }
+        let _ = std::fs::remove_file(site.path(".activated"));
+        Outcome::of(krops_in(&sb, &["--wait-lock", "20", "run"])).success();
+        assert!(site.path(".activated").exists(), "{context}: the rerun activates");
+        assert_eq!(walk_files(&secrets), 100, "{context}");
+        assert_eq!(walk_files(&site.path("conf")), 30, "{context}");
+        assert_eq!(site.read("slow"), "slow\n", "{context}");
+        std::fs::remove_file(site.path(".activated")).unwrap();
+    }
+}
+
+fn walk_files(dir: &Path) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            count += walk_files(&entry.path());
+        } else if kind.is_file() {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Injection attempts, each aiming to create `marker` if any program or shell ever reads it as
+/// code or as an option.
+fn payloads(marker: &Path) -> Vec<String> {
+    let m = marker.display();
+    vec![
+        format!("-oProxyCommand=touch {m}"),
+        format!("$(touch {m})"),
+        format!("`touch {m}`"),
+        format!(";touch {m}"),
+        format!("|touch {m}"),
+        format!("--upload-pack=touch {m}"),
+        format!("-e touch {m}"),
+        format!("'\"; touch {m}; #"),
+        format!("x\ntouch {m}"),
+        format!("&& touch {m}"),
+        "--version".to_owned(),
+        "-".to_owned(),
+    ]
+}
+
+/// A TOML (basic) string: JSON's escaping is valid TOML.
+fn toml_str(value: &str) -> String {
+    serde_json::to_string(value).unwrap()
+}
+
+/// Each field a user writes, with `{}` where the hostile value goes, and whether krops must
+/// reject every such value as a configuration error (exit 2).
+const FIELDS: [(&str, &str, bool); 11] = [
+    ("host", "target = {root_at}", true),
+    ("user", "target = {at_host}", true),
+    ("port", "target = {host_port}", true),
+    ("path", "target = {{ path = {} }}", true),
+    ("name", "target = {site}\nsource.{}.symlink = \"x\"", false),
+    ("url", "target = {site}\nsource.r.git = {{ url = {}, ref = \"main\" }}", false),
+    ("ref", "target = {site}\nsource.r.git = {{ url = {repo}, ref = {} }}", false),
+    ("derivation", "target = {site}\nsource.d.derivation = {}", false),
+    ("filter", "target = {site}\nsource.c.file = {{ path = \"conf\", filters = [{{ type = \"exclude\", pattern = {} }}] }}", false),
+    ("symlink target", "target = {site}\nsource.l.symlink = {}", false),
+    ("pass name", "target = {site}\nsource.p.pass = {{ dir = \"store\", name = {} }}", false),
+];
+
+/// More than a hundred hostile values in every field a configuration has, against a local
+/// target: no marker is ever created, nothing outside the target changes, and the values that
+/// must be rejected exit 2 without touching the target.
+#[test]
+fn hostile_values_never_execute_and_never_touch_outside() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let victim = victim(&sb);
+    let marker = sb.path("pwned");
+    sb.write("conf/a.nix", "a");
+    std::fs::create_dir_all(sb.path("store/web")).unwrap();
+    let repo = krops_tests::git::Repo::init(sb.path("repo"));
+    repo.commit("a.nix", "a");
+    let site_toml = toml_str(&site.target_path());
+    let mut tried = 0;
+    for (field, template, rejected) in FIELDS {
+        for payload in payloads(&marker) {
+            let value = toml_str(&payload);
+            let deployment = template
+                .replace("{root_at}", &toml_str(&format!("root@{payload}:22/var/src")))
+                .replace("{at_host}", &toml_str(&format!("{payload}@web1/var/src")))
+                .replace("{host_port}", &toml_str(&format!("web1:{payload}/var/src")))
+                .replace("{site}", &site_toml)
+                .replace("{repo}", &toml_str(&repo.url()))
+                .replace("{{", "{")
+                .replace("}}", "}")
+                .replace("{}", &value);
+            sb.write("krops.toml", &format!("[deployments.hostile]\n{deployment}\n"));
+            let before = site.listing("");
+            let out = sb.krops(&["populate"]);
+            tried += 1;
+            let context = format!("{field} = {payload:?}\n{out}");
+            assert!(!marker.exists(), "executed: {context}");
+            assert_victim_intact(&victim);
+            if rejected {
+                assert_eq!(out.code, Some(2), "not rejected: {context}");
+            }
+            if out.code == Some(2) {
+                assert_eq!(site.listing(""), before, "a configuration error touched the target: {context}");
+                assert!(out.stderr.contains("krops.toml"), "the error names no file: {context}");
+            }
+            if field == "symlink target" && out.code == Some(0) {
+                assert_eq!(
+                    std::fs::read_link(site.path("l")).unwrap().to_str(),
+                    Some(payload.as_str()),
+                    "{context}"
+                );
+            }
+        }
+    }
+    // Secret names in a passage store: file names are data, never arguments.
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    for payload in payloads(&marker).into_iter().filter(|p| !p.contains('/') && !p.contains('\n')) {
+        store.insert(&payload, b"value\n");
+        tried += 1;
+    }
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.hostile]\ntarget = {site_toml}\n[deployments.hostile.source.s.passage]\ndir = {}\nidentities_file = {}\n",
+            toml_str(&store.store.display().to_string()),
+            toml_str(&store.identities.display().to_string())
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    assert!(!marker.exists());
+    assert_victim_intact(&victim);
+    assert!(tried >= 100, "only {tried} hostile values");
+}
