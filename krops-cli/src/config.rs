@@ -187,15 +187,34 @@ pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, 
     })?;
     let text = match syntax {
         Syntax::Nix => crate::nix::evaluate(&file).map_err(|message| error(None, message))?,
-        _ => std::fs::read_to_string(&file).map_err(|e| error(None, format!("cannot read: {e}")))?,
+        _ => {
+            let bytes = std::fs::read(&file).map_err(|e| error(None, format!("cannot read: {e}")))?;
+            String::from_utf8(bytes).map_err(|e| {
+                let offset = e.utf8_error().valid_up_to();
+                let valid = String::from_utf8_lossy(&e.as_bytes()[..offset]).into_owned();
+                error(Some(line_column(&valid, offset)), format!("not valid UTF-8 at byte {offset}"))
+            })?
+        }
     };
+    parse(&file, syntax, &text, validator)
+}
+
+/// Parses and validates a configuration's text; `file` names it in errors and anchors
+/// relative paths.
+pub fn parse(
+    file: &Path,
+    syntax: Syntax,
+    text: &str,
+    validator: Arc<dyn SourceValidator>,
+) -> Result<Config, ConfigError> {
+    let error = |position, message: String| ConfigError { file: file.to_owned(), position, message };
     let config_dir = file.parent().unwrap_or(Path::new("/")).to_owned();
     let raw = with_context(validator, config_dir, || match syntax {
-        Syntax::Toml => toml::from_str::<RawConfig>(&text).map_err(|e| {
-            let position = e.span().map(|span| line_column(&text, span.start));
+        Syntax::Toml => toml::from_str::<RawConfig>(text).map_err(|e| {
+            let position = e.span().map(|span| line_column(text, span.start));
             error(position, e.message().trim_end().to_owned())
         }),
-        Syntax::Json => serde_json::from_str::<RawConfig>(&text).map_err(|e| {
+        Syntax::Json => serde_json::from_str::<RawConfig>(text).map_err(|e| {
             let message = e.to_string();
             // serde_json appends " at line L column C"; we show the position up front instead.
             let message = match message.rfind(" at line ") {
@@ -206,7 +225,7 @@ pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, 
         }),
         Syntax::Nix => {
             // The JSON comes from nix, not from the user: its positions would mislead.
-            serde_json::from_str::<RawConfig>(&text).map_err(|e| {
+            serde_json::from_str::<RawConfig>(text).map_err(|e| {
                 let message = e.to_string();
                 let message = match message.rfind(" at line ") {
                     Some(i) => message[..i].to_owned(),
@@ -216,11 +235,15 @@ pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, 
             })
         }
     })?;
-    Ok(Config { file: file.clone(), deployments: raw.deployments.0 })
+    Ok(Config { file: file.to_owned(), deployments: raw.deployments.0 })
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -532,6 +555,63 @@ mod tests {
             let e =
                 load_text("k.toml", &format!("[deployments.a]\ntarget = \"/tmp/x\"\n{text}\n")).unwrap_err();
             assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_named_by_file_line_and_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, b"[deployments.a]\ntarget = \"/tmp/\xff\"\n").unwrap();
+        let e = load(&file, Arc::new(AcceptAll)).unwrap_err();
+        assert_eq!(e.to_string(), format!("{}:2:16: not valid UTF-8 at byte 31", file.display()));
+    }
+
+    /// Pieces that real configurations are made of, so that random documents get past the
+    /// first character and into the deeper checks (names, type keys, targets, shorthands).
+    fn fragment() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("[deployments.a]\n".to_owned()),
+            Just("[deployments.a.source]\n".to_owned()),
+            Just("target = ".to_owned()),
+            Just("source.".to_owned()),
+            Just(".file = ".to_owned()),
+            Just(".git = { url = ".to_owned()),
+            Just("buildTarget = { host = ".to_owned()),
+            Just("port = ".to_owned()),
+            Just("\"".to_owned()),
+            Just("{".to_owned()),
+            Just("}".to_owned()),
+            Just("\n".to_owned()),
+            Just("[".to_owned()),
+            Just("]".to_owned()),
+            Just(", ".to_owned()),
+            "[ -~]{0,12}",
+            "\\PC{0,6}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..Default::default() })]
+
+        /// Whatever the bytes, parsing answers Ok or an error naming the file: never a panic.
+        #[test]
+        fn configuration_parsing_never_panics(
+            pieces in proptest::collection::vec(fragment(), 0..24),
+            json in proptest::bool::ANY,
+        ) {
+            let text = pieces.concat();
+            let (syntax, name) = if json { (Syntax::Json, "/x/k.json") } else { (Syntax::Toml, "/x/k.toml") };
+            if let Err(e) = parse(Path::new(name), syntax, &text, Arc::new(AcceptAll)) {
+                proptest::prop_assert!(e.to_string().starts_with(name));
+            }
+        }
+
+        #[test]
+        fn target_parsing_never_panics(input in "\\PC{0,40}|[-@:/\\[\\]0-9a-z.]{0,24}") {
+            let origin = crate::target::Origin { user: "alice".into(), host: "deployer".into() };
+            let _ = crate::target::Target::parse(&input, &origin);
         }
     }
 
