@@ -69,7 +69,13 @@ pub enum ExecError {
     #[error("cannot start {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
     #[error("{program} failed ({status}){}", stderr_suffix(stderr))]
-    Failed { program: String, status: ExitStatus, stderr: String },
+    Failed {
+        program: String,
+        status: ExitStatus,
+        stderr: String,
+        /// What it printed before failing, when its output was captured.
+        stdout: Vec<u8>,
+    },
     #[error("{program}: {source}")]
     Io { program: String, source: std::io::Error },
 }
@@ -265,7 +271,7 @@ pub fn run(
     if status.success() {
         Ok(stdout)
     } else {
-        Err(ExecError::Failed { program, status, stderr })
+        Err(ExecError::Failed { program, status, stderr, stdout })
     }
 }
 
@@ -309,7 +315,7 @@ impl Background {
                 // Let the reader thread catch the last lines.
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-                Some(ExecError::Failed { program: self.program.clone(), status, stderr })
+                Some(ExecError::Failed { program: self.program.clone(), status, stderr, stdout: Vec::new() })
             }
             Err(source) => Some(ExecError::Io { program: self.program.clone(), source }),
         }
@@ -357,7 +363,7 @@ impl Held {
             }
             let status =
                 wait(&mut held.child).map_err(|source| ExecError::Io { program: program.clone(), source })?;
-            return Err(ExecError::Failed { program, status, stderr });
+            return Err(ExecError::Failed { program, status, stderr, stdout: Vec::new() });
         }
         Ok((held, first.trim().to_owned()))
     }

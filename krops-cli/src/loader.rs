@@ -2,12 +2,15 @@
 //! typed methods (`validate`, `prepare`, `populate`) are the façade every stage uses, so no
 //! stage touches abi_stable.
 //!
-//! Loading never crashes or hangs krops: a file is checked to be a regular file and a
-//! complete ELF object (a truncated library would SIGBUS inside `dlopen`) before it is mapped,
-//! then its ABI version symbol is read (libloading), then abi_stable's layout check runs. A file
-//! that fails any step is kept as a *broken* plugin for the type its file name names: only the
+//! Loading never crashes or hangs krops. Loading a library runs its code, and a damaged one
+//! (a flipped byte in its dynamic section) kills the process that loads it; so every file is
+//! first loaded by a *probe*: krops itself, started as a child in probe mode
+//! ([`PROBE_ARGUMENT`]), which reports file by file. Only files the probe loaded completely
+//! are loaded into krops. Before `dlopen`, each file is checked to be a regular file and a
+//! complete ELF shared object for this machine (a truncated library would SIGBUS), then its
+//! ABI version symbol is read (libloading), then abi_stable's layout check runs. A file that
+//! fails any step is kept as a *broken* plugin for the type its file name names: only the
 //! deployments that use that type fail, and `krops plugins` lists it with its error.
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -20,7 +23,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::SourceValidator;
+use crate::exec::{self, Argv, Input, Output};
 use crate::handle::HostHandle;
+
+/// `krops PROBE_ARGUMENT FILE...` loads each file as a plugin and reports on stdout, one line
+/// each: `loading\tN` before file N is touched, then `ok\tN` or `error\tN\tMESSAGE`.
+pub const PROBE_ARGUMENT: &str = "__krops-probe-plugins";
 
 /// File names that are populator plugins: `libkrops_populator_<type>.so`.
 pub const FILE_PREFIX: &str = "libkrops_populator_";
@@ -28,7 +36,7 @@ pub const FILE_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
 
 /// A plugin file that could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("plugin {}: {message}", file.display())]
+#[error("plugin {}: {}", printable(&file.display().to_string()), printable(message))]
 pub struct PluginError {
     pub file: PathBuf,
     pub message: String,
@@ -123,27 +131,51 @@ pub fn search_dirs(plugin_dirs: &[PathBuf], plugin_path: Option<&str>, exe: Opti
 
 impl Registry {
     /// Loads every plugin file in `dirs`. A type is served by the first directory that has a
-    /// file for it, as with `PATH`; a file that cannot be used is recorded as broken.
-    pub fn load(dirs: &[PathBuf]) -> Registry {
+    /// file for it, as with `PATH`; a file that cannot be used is recorded as broken. `probe`
+    /// is the krops executable to check the files with first (see the module documentation).
+    pub fn load(dirs: &[PathBuf], probe: Option<&Path>) -> Registry {
         let mut registry = Registry { searched: dirs.to_vec(), ..Registry::default() };
+        let mut candidates: BTreeMap<String, PathBuf> = BTreeMap::new();
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
-            let mut files: Vec<(String, PathBuf)> = entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter_map(|path| Some((type_of_file(&path)?, path)))
-                .collect();
+            let mut files: Vec<(String, PathBuf)> = Vec::new();
+            for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+                match type_of_file(&path) {
+                    FileName::Plugin(source_type) => files.push((source_type, path)),
+                    FileName::NotUtf8 => {
+                        let error = PluginError {
+                            file: path.clone(),
+                            message: "has a name that is not UTF-8".into(),
+                        };
+                        registry.broken.insert(format!("{}", path.display()), error);
+                    }
+                    FileName::Other => {}
+                }
+            }
             files.sort();
             for (source_type, file) in files {
-                if registry.plugins.contains_key(&source_type) || registry.broken.contains_key(&source_type) {
+                if candidates.contains_key(&source_type) {
                     tracing::debug!(file = %file.display(), "shadowed by an earlier plugin directory");
                     continue;
                 }
-                match load_plugin(&file, &source_type) {
-                    Ok(plugin) => registry.plugins.insert(source_type, plugin).map(drop),
-                    Err(error) => registry.broken.insert(source_type, error).map(drop),
-                };
+                candidates.insert(source_type, file);
             }
+        }
+        let files: Vec<PathBuf> = candidates.values().cloned().collect();
+        let probed = match probe {
+            Some(krops) => probe_in_child(krops, &files),
+            None => BTreeMap::new(),
+        };
+        for (source_type, file) in candidates {
+            let loaded = match probed.get(&file) {
+                Some(Err(message)) => Err(PluginError { file: file.clone(), message: message.clone() }),
+                // Loaded completely by the probe (or no probe could run): safe to load here.
+                _ => load_plugin(&file, &source_type),
+            };
+            match loaded {
+                Ok(plugin) => registry.plugins.insert(source_type, plugin).map(drop),
+                Err(error) => registry.broken.insert(source_type, error).map(drop),
+            };
         }
         registry
     }
@@ -158,10 +190,9 @@ impl Registry {
         }
         let available: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
         if available.is_empty() {
-            let searched: Vec<String> = self.searched.iter().map(|d| d.display().to_string()).collect();
             Err(format!(
                 "unknown source type {source_type:?}: no populator plugins were found (searched {})",
-                searched.join(", ")
+                self.searched()
             ))
         } else {
             Err(format!("unknown source type {source_type:?}; available types: {}", available.join(", ")))
@@ -174,6 +205,11 @@ impl Registry {
 
     pub fn broken(&self) -> impl Iterator<Item = &PluginError> {
         self.broken.values()
+    }
+
+    /// The directories searched, for messages.
+    pub fn searched(&self) -> String {
+        self.searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -198,11 +234,120 @@ impl SourceValidator for Registry {
     }
 }
 
-/// `<type>` of `libkrops_populator_<type>.so`, for files named like plugins.
-fn type_of_file(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let source_type = name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?;
-    (!source_type.is_empty()).then(|| source_type.to_owned())
+/// What a directory entry's name says about it.
+enum FileName {
+    /// `libkrops_populator_<type>.so`.
+    Plugin(String),
+    /// Not UTF-8: it cannot name a type, but it may be meant as a plugin; reported.
+    NotUtf8,
+    Other,
+}
+
+fn type_of_file(path: &Path) -> FileName {
+    let Some(name) = path.file_name() else { return FileName::Other };
+    let Some(name) = name.to_str() else {
+        let lossy = name.to_string_lossy();
+        return if lossy.starts_with(FILE_PREFIX) { FileName::NotUtf8 } else { FileName::Other };
+    };
+    match name.strip_prefix(FILE_PREFIX).and_then(|n| n.strip_suffix(FILE_SUFFIX)) {
+        Some(source_type) if !source_type.is_empty() => FileName::Plugin(source_type.to_owned()),
+        _ => FileName::Other,
+    }
+}
+
+/// Runs the probe on `files` until every file has an answer: when the probe dies on a file
+/// (a signal, an abort in the dynamic loader), that file is broken, and the probe starts again
+/// after it. Answers are by file; a file missing from the answer could not be probed.
+fn probe_in_child(krops: &Path, files: &[PathBuf]) -> BTreeMap<PathBuf, Result<(), String>> {
+    let mut answers = BTreeMap::new();
+    let mut next = 0;
+    while next < files.len() {
+        let mut argv = vec![krops.display().to_string(), PROBE_ARGUMENT.to_owned()];
+        argv.extend(files[next..].iter().map(|f| f.display().to_string()));
+        let (stdout, death) = match exec::run(&Argv(argv), &[], Input::Null, Output::Capture) {
+            Ok(stdout) => (stdout, None),
+            Err(exec::ExecError::Failed { status, stderr, stdout, .. }) => {
+                (stdout, Some(describe_death(status, &stderr)))
+            }
+            Err(other) => {
+                tracing::warn!("cannot probe plugins ({other}); loading them unprobed");
+                return answers;
+            }
+        };
+        let mut loading = None;
+        for line in String::from_utf8_lossy(&stdout).lines() {
+            let mut fields = line.splitn(3, '\t');
+            let (kind, index) = (fields.next(), fields.next().and_then(|i| i.parse::<usize>().ok()));
+            let Some(file) = index.and_then(|i| files.get(next + i)) else { continue };
+            match kind {
+                Some("loading") => loading = index,
+                Some("ok") => drop(answers.insert(file.clone(), Ok(()))),
+                Some("error") => {
+                    drop(answers.insert(file.clone(), Err(fields.next().unwrap_or_default().to_owned())))
+                }
+                _ => {}
+            }
+        }
+        match (death, loading) {
+            (Some(death), Some(index)) if !answers.contains_key(&files[next + index]) => {
+                answers.insert(
+                    files[next + index].clone(),
+                    Err(format!("crashed the process loading it ({death})")),
+                );
+                next += index + 1;
+            }
+            // Every file answered (or the probe died before touching any: load unprobed).
+            _ => break,
+        }
+    }
+    answers
+}
+
+/// How a probe ended: its signal or status, and the last line it printed.
+fn describe_death(status: std::process::ExitStatus, stderr: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match (status.signal(), status.code()) {
+        (Some(signal), _) => format!("signal {signal}"),
+        (None, Some(code)) => format!("exit status {code}"),
+        _ => status.to_string(),
+    };
+    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!("{how}: {}", printable(last.trim())),
+        None => how,
+    }
+}
+
+/// The probe itself (`krops __krops-probe-plugins FILE...`): loads each file in turn.
+pub fn probe_main(files: &[String]) -> std::process::ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    for (index, file) in files.iter().enumerate() {
+        let path = Path::new(file);
+        // Said before the attempt, so that if loading kills this process the parent knows which file did it.
+        let _ = writeln!(stdout, "loading\t{index}").and_then(|()| stdout.flush());
+        let source_type = match type_of_file(path) {
+            FileName::Plugin(source_type) => source_type,
+            _ => String::new(),
+        };
+        let line = match load_plugin(path, &source_type) {
+            Ok(plugin) => {
+                // Keep it mapped until the process ends: unloading runs more of its code.
+                std::mem::forget(plugin);
+                format!("ok\t{index}")
+            }
+            Err(error) => format!("error\t{index}\t{}", error.message.replace(['\n', '\t'], " ")),
+        };
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Control characters (a newline in a file name, a NUL in abi_stable's report) shown escaped,
+/// so that a message can never forge or garble the lines around it.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect()
 }
 
 fn load_plugin(file: &Path, source_type: &str) -> Result<Plugin, PluginError> {
@@ -234,24 +379,51 @@ fn load_plugin(file: &Path, source_type: &str) -> Result<Plugin, PluginError> {
 /// segment and section table lies within the file goes on to `dlopen`.
 fn check_complete_elf(file: &Path) -> Result<(), String> {
     use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+    use object::Object;
     let metadata = std::fs::metadata(file).map_err(|e| format!("cannot be read: {e}"))?;
     if !metadata.is_file() {
         return Err("is not a regular file".to_owned());
     }
-    let data = std::fs::read(file).map_err(|e| format!("cannot be read: {e}"))?;
-    let not_library = |detail: String| format!("cannot be loaded as a shared library: {detail}");
-    let elf = ElfFile64::<object::Endianness>::parse(&*data).map_err(|e| not_library(e.to_string()))?;
+    let length = metadata.len();
+    let not_library = |detail: &str| format!("is not a shared library for this machine: {detail}");
+    // Smaller than an ELF header: empty, truncated, or a kernel file of no size (/proc/…),
+    // which must not be read at all (reading /proc/kmsg blocks, /proc/self/pagemap never ends).
+    if length < 64 {
+        return Err(not_library(&format!("{length} bytes, too short for an ELF header")));
+    }
+    // Read lazily: only the headers, however big (or sparse) the file is.
+    let opened = std::fs::File::open(file).map_err(|e| format!("cannot be read: {e}"))?;
+    let cache = object::ReadCache::new(opened);
+    let magic =
+        object::ReadRef::read_bytes_at(&cache, 0, 5).map_err(|()| not_library("unreadable header"))?;
+    match magic {
+        [0x7f, b'E', b'L', b'F', 2] => {}
+        [0x7f, b'E', b'L', b'F', _] => return Err(not_library("a 32-bit ELF file")),
+        _ => return Err(not_library("not an ELF file")),
+    }
+    let elf = ElfFile64::<object::Endianness, _>::parse(&cache).map_err(|e| not_library(&e.to_string()))?;
+    let host = match std::env::consts::ARCH {
+        "x86_64" => Some(object::Architecture::X86_64),
+        "aarch64" => Some(object::Architecture::Aarch64),
+        _ => None,
+    };
+    if host.is_some_and(|host| elf.architecture() != host) {
+        return Err(not_library(&format!(
+            "built for {:?}, this machine is {}",
+            elf.architecture(),
+            std::env::consts::ARCH
+        )));
+    }
     let (header, endian) = (elf.elf_header(), elf.endian());
-    let length = data.len() as u64;
     for segment in elf.elf_program_headers() {
         let end = Into::<u64>::into(segment.p_offset(endian)).checked_add(segment.p_filesz(endian).into());
         if end.is_none_or(|end| end > length) {
-            return Err(not_library(format!("truncated ({length} bytes, a segment ends beyond)")));
+            return Err(not_library(&format!("truncated ({length} bytes, a segment ends beyond)")));
         }
     }
     let sections = u64::from(header.e_shnum(endian)) * u64::from(header.e_shentsize(endian));
     if header.e_shoff(endian).checked_add(sections).is_none_or(|end| end > length) {
-        return Err(not_library(format!("truncated ({length} bytes, the section table ends beyond)")));
+        return Err(not_library(&format!("truncated ({length} bytes, the section table ends beyond)")));
     }
     Ok(())
 }
@@ -311,9 +483,13 @@ mod tests {
 
     #[test]
     fn plugin_file_names_name_their_type() {
-        assert_eq!(type_of_file(Path::new("/x/libkrops_populator_file.so")).as_deref(), Some("file"));
-        assert_eq!(type_of_file(Path::new("/x/libkrops_core.so")), None);
-        assert_eq!(type_of_file(Path::new("/x/libkrops_populator_.so")), None);
-        assert_eq!(type_of_file(Path::new("/x/libkrops_populator_file.rlib")), None);
+        let type_of = |p: &str| match type_of_file(Path::new(p)) {
+            FileName::Plugin(t) => Some(t),
+            _ => None,
+        };
+        assert_eq!(type_of("/x/libkrops_populator_file.so").as_deref(), Some("file"));
+        assert_eq!(type_of("/x/libkrops_core.so"), None);
+        assert_eq!(type_of("/x/libkrops_populator_.so"), None);
+        assert_eq!(type_of("/x/libkrops_populator_file.rlib"), None);
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use krops::config::{self, check_operation, Config, Deployment};
 use krops::exec;
-use krops::loader::{search_dirs, Registry};
+use krops::loader::{self, search_dirs, Registry};
 use krops::pipeline::{self, Action};
 use krops::redact::credentials;
 use krops::ssh::Multiplexer;
@@ -77,6 +77,10 @@ enum Command {
 struct UsageError(anyhow::Error);
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(loader::PROBE_ARGUMENT) {
+        return loader::probe_main(&args[2..]);
+    }
     let cli = Cli::parse();
     render::init_tracing(cli.verbose, cli.quiet);
     match run(cli) {
@@ -89,6 +93,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, UsageError> {
+    if let Some(dir) = cli.plugin_dirs.iter().find(|d| !d.is_dir()) {
+        return Err(UsageError(anyhow!("--plugin-dir {}: not a directory", dir.display())));
+    }
     let registry = Arc::new(load_plugins(&cli.plugin_dirs));
     let load = || load_config(cli.file.as_deref(), registry.clone()).map_err(UsageError);
     let (action, names, config) = match cli.command {
@@ -98,6 +105,12 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             }
             let mut broken = registry.broken().peekable();
             if broken.peek().is_none() {
+                if registry.plugins().next().is_none() {
+                    return Err(UsageError(anyhow!(
+                        "no populator plugins found (searched {})",
+                        registry.searched()
+                    )));
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             for error in broken {
@@ -183,7 +196,7 @@ fn load_plugins(cli_dirs: &[PathBuf]) -> Registry {
     let exe = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
     let dirs = search_dirs(cli_dirs, std::env::var("KROPS_PLUGIN_PATH").ok().as_deref(), exe.as_deref());
     tracing::debug!(?dirs, "searching populator plugins");
-    Registry::load(&dirs)
+    Registry::load(&dirs, exe.as_deref())
 }
 
 fn load_config(file: Option<&std::path::Path>, registry: Arc<Registry>) -> anyhow::Result<Config> {

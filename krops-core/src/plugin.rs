@@ -216,6 +216,9 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
 /// The constructor behind [`export_populator!`](crate::export_populator): a panic in the
 /// plugin's `Default` becomes an error the host reports.
 pub fn new_populator<P: PopulatorPlugin>() -> RResult<PopulatorBox, RString> {
+    // This library's own copy of std would print every caught panic to krops's stderr; the
+    // message reaches the user once, in krops's error for the source.
+    std::panic::set_hook(Box::new(|_| {}));
     guarded(|| Ok(Populator_TO::from_value(Adapter(P::default()), TD_Opaque)))
         .map_err(|message| RString::from(format!("constructor {message}")))
         .into()

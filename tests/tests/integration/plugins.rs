@@ -32,7 +32,7 @@ fn garbage_library_is_rejected() {
     std::fs::write(dir.join("libkrops_populator_garbage.so"), b"\x7fELF but not really").unwrap();
     sb.krops(&["--plugin-dir", dir.to_str().unwrap(), "plugins"])
         .code(2)
-        .stderr_has("libkrops_populator_garbage.so: cannot be loaded as a shared library");
+        .stderr_has("libkrops_populator_garbage.so: is not a shared library for this machine: 19 bytes, too short");
 }
 
 #[test]
@@ -112,12 +112,12 @@ fn a_truncated_plugin_fails_only_its_deployments() {
     sb.krops(&["--plugin-dir", &dir, "plugins"])
         .code(2)
         .stdout_has("symlink\t")
-        .stderr_has("libkrops_populator_panicky.so: cannot be loaded as a shared library: ");
+        .stderr_has("libkrops_populator_panicky.so: is not a shared library for this machine: ");
     two_deployments(&sb, "panicky");
     sb.krops(&["--plugin-dir", &dir, "populate"])
         .code(1)
         .stderr_has("prepare of source \"x\" failed: plugin ")
-        .stderr_has("libkrops_populator_panicky.so: cannot be loaded as a shared library: ")
+        .stderr_has("libkrops_populator_panicky.so: is not a shared library for this machine: ")
         .stderr_has("1 of 2 deployments failed");
     assert!(sb.path("b/l").is_symlink(), "the other deployment completed");
     assert_eq!(sb.listing("a"), [".populate"], "nothing touched on the broken type's target");
@@ -298,4 +298,57 @@ fn standalone_manifest(manifest: &str, version: &str) -> String {
         "krops-core inherits more; update this test:\n{standalone}"
     );
     standalone
+}
+
+/// A library whose dynamic section points nowhere: complete, so it passes every file check,
+/// but `dlopen` dies of it. The probe dies instead of krops, and only its type fails.
+#[test]
+fn a_library_that_crashes_the_loader_fails_only_its_type() {
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("plugins");
+    let mut bytes = std::fs::read(fixture("plugin_panics")).unwrap();
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(&bytes, 0x36), u16_at(&bytes, 0x38));
+    let dynamic = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|at| u32::from_le_bytes(bytes[*at..*at + 4].try_into().unwrap()) == 2)
+        .expect("a PT_DYNAMIC header");
+    // p_vaddr of PT_DYNAMIC, far outside every mapping.
+    bytes[dynamic + 0x10..dynamic + 0x18].copy_from_slice(&0x7fff_0000_0000u64.to_le_bytes());
+    std::fs::write(dir.join("libkrops_populator_panicky.so"), &bytes).unwrap();
+    let dir = dir.display().to_string();
+    sb.krops(&["--plugin-dir", &dir, "plugins"])
+        .code(2)
+        .stdout_has("symlink\t")
+        .stderr_has("libkrops_populator_panicky.so: crashed the process loading it (");
+    two_deployments(&sb, "panicky");
+    sb.krops(&["--plugin-dir", &dir, "populate"]).code(1).stderr_has("1 of 2 deployments failed");
+    assert!(sb.path("b/l").is_symlink(), "the other deployment completed");
+    assert_eq!(sb.listing("a"), [".populate"]);
+}
+
+#[test]
+fn a_huge_sparse_file_and_kernel_files_are_rejected_quickly() {
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("plugins");
+    let sparse = std::fs::File::create(dir.join("libkrops_populator_sparse.so")).unwrap();
+    sparse.set_len(4 << 30).unwrap();
+    std::os::unix::fs::symlink("/proc/self/pagemap", dir.join("libkrops_populator_pagemap.so")).unwrap();
+    std::os::unix::fs::symlink("/proc/kmsg", dir.join("libkrops_populator_kmsg.so")).unwrap();
+    let started = std::time::Instant::now();
+    sb.krops(&["--plugin-dir", dir.to_str().unwrap(), "plugins"])
+        .code(2)
+        .stderr_has("libkrops_populator_sparse.so: is not a shared library for this machine: not an ELF file")
+        .stderr_has("libkrops_populator_pagemap.so: is not a shared library for this machine: 0 bytes")
+        .stderr_has("libkrops_populator_kmsg.so: is not a shared library for this machine: 0 bytes");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_missing_plugin_dir_is_a_usage_error() {
+    let sb = Sandbox::new();
+    sb.krops(&["--plugin-dir", "/nonexistent/plugins", "plugins"])
+        .code(2)
+        .stderr_has("--plugin-dir /nonexistent/plugins: not a directory");
 }
