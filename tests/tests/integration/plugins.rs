@@ -30,9 +30,9 @@ fn garbage_library_is_rejected() {
     let sb = Sandbox::new();
     let dir = sb.mkdir("plugins");
     std::fs::write(dir.join("libkrops_populator_garbage.so"), b"\x7fELF but not really").unwrap();
-    sb.krops(&["--plugin-dir", dir.to_str().unwrap(), "plugins"])
-        .code(2)
-        .stderr_has("libkrops_populator_garbage.so: is not a shared library for this machine: 19 bytes, too short");
+    sb.krops(&["--plugin-dir", dir.to_str().unwrap(), "plugins"]).code(2).stderr_has(
+        "libkrops_populator_garbage.so: is not a shared library for this machine: 19 bytes, too short",
+    );
 }
 
 #[test]
