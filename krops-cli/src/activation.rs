@@ -93,6 +93,8 @@ mod tests {
             trace: false,
             command: None,
             allocate_tty: false,
+            tags: Vec::new(),
+            kind: None,
             source: BTreeMap::new(),
         }
     }

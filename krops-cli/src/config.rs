@@ -49,7 +49,31 @@ pub struct Deployment {
     pub command: Option<String>,
     #[serde(rename = "allocateTTY")]
     pub allocate_tty: bool,
+    /// Selects the deployment with `@TAG`.
+    pub tags: Vec<String>,
+    /// The one command this deployment serves (`writeDeploy`/`writeTest`/`writeCommand` in the
+    /// original); `None` serves every command.
+    pub kind: Option<Kind>,
     pub source: BTreeMap<String, Source>,
+}
+
+/// What a deployment is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Deploy,
+    Build,
+    Run,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Deploy => "deploy",
+            Kind::Build => "build",
+            Kind::Run => "run",
+        }
+    }
 }
 
 /// One source: its type key and the attributes the type's plugin normalised.
@@ -324,6 +348,10 @@ struct RawDeployment {
     #[serde(default, rename = "allocateTTY")]
     allocate_tty: bool,
     #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    kind: Option<Kind>,
+    #[serde(default)]
     source: Sources,
 }
 
@@ -343,6 +371,8 @@ impl From<RawDeployment> for Deployment {
             trace: raw.trace,
             command: raw.command,
             allocate_tty: raw.allocate_tty,
+            tags: raw.tags,
+            kind: raw.kind,
             source: raw.source.0,
         }
     }
@@ -351,13 +381,16 @@ impl From<RawDeployment> for Deployment {
 /// nixos-rebuild actions are lowercase words joined by '-'; anything else (notably a leading
 /// '-') would change nixos-rebuild's meaning.
 pub fn check_operation(op: &str) -> Result<(), String> {
-    let valid = op.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()));
-    if valid {
+    if OPERATIONS.contains(&op) {
         Ok(())
     } else {
-        Err(format!("operation {op:?} is not a nixos-rebuild action (such as switch, boot, test)"))
+        Err(format!("operation {op:?} is not a nixos-rebuild action; use one of {}", OPERATIONS.join(", ")))
     }
 }
+
+/// nixos-rebuild's actions.
+pub const OPERATIONS: [&str; 8] =
+    ["switch", "boot", "test", "build", "dry-build", "dry-activate", "build-vm", "build-vm-with-bootloader"];
 
 fn operation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let op = String::deserialize(d)?;

@@ -30,8 +30,8 @@ impl std::fmt::Display for Stage {
     }
 }
 
-/// Why a deployment failed: where (host, stage, source) and the underlying message, which
-/// includes the failed child's stderr.
+/// Why a deployment failed: where (host, stage, source), which program, and the message,
+/// which includes the failed child's stderr unless that was already shown line by line.
 #[derive(Debug, Clone, Serialize, thiserror::Error)]
 pub struct DeployError {
     /// `None` for a local target.
@@ -39,20 +39,68 @@ pub struct DeployError {
     pub stage: Stage,
     #[serde(rename = "source")]
     pub source_name: Option<String>,
+    /// The program that failed (`nixos-rebuild`, `nix-build`, `rsync`, `git`, the user's
+    /// command…), when one did.
+    pub program: Option<String>,
+    /// The one line that says why: the first `error:` line of the message, else its last line.
+    pub headline: String,
     pub message: String,
+    /// The exit status of the program, when it ran and failed (`run` exits with it).
+    #[serde(skip)]
+    pub exit_status: Option<i32>,
+}
+
+impl DeployError {
+    pub fn new(
+        host: Option<String>,
+        stage: Stage,
+        source_name: Option<String>,
+        program: Option<String>,
+        message: String,
+    ) -> DeployError {
+        let headline = headline(&message);
+        DeployError { host, stage, source_name, program, headline, message, exit_status: None }
+    }
+
+    /// Where it failed, without the message: `activate on web1`.
+    pub fn place(&self) -> String {
+        let mut place = self.stage.to_string();
+        if let Some(source) = &self.source_name {
+            place.push_str(&format!(" of source {source:?}"));
+        }
+        if let Some(host) = &self.host {
+            place.push_str(&format!(" on {host}"));
+        }
+        place
+    }
+
+    /// One line for summaries: `activate on web1 failed: nixos-rebuild: error: …`.
+    pub fn summary(&self) -> String {
+        match &self.program {
+            Some(program) if !self.headline.starts_with(program.as_str()) => {
+                format!("{} failed: {program}: {}", self.place(), self.headline)
+            }
+            _ => format!("{} failed: {}", self.place(), self.headline),
+        }
+    }
 }
 
 impl std::fmt::Display for DeployError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.stage)?;
-        if let Some(source) = &self.source_name {
-            write!(f, " of source {source:?}")?;
-        }
-        if let Some(host) = &self.host {
-            write!(f, " on {host}")?;
-        }
-        write!(f, " failed: {}", self.message)
+        write!(f, "{} failed: {}", self.place(), self.message)
     }
+}
+
+/// The first line holding `error:` (nix's and most tools' way of saying why), else the last
+/// non-empty line, else the first.
+pub fn headline(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .iter()
+        .find(|l| l.starts_with("error:") || l.contains(" error: ") || l.starts_with("fatal:"))
+        .or(lines.last())
+        .map(|l| l.to_string())
+        .unwrap_or_default()
 }
 
 /// Severity of a [`Event::Log`].
@@ -116,6 +164,13 @@ pub enum Event {
         deployment: String,
         millis: u128,
         error: Option<DeployError>,
+    },
+    /// An ssh connection to `host` is being set up (`done: false`) or is up or failed (`done:
+    /// true`). In between, ssh may ask the user something on the terminal.
+    Connecting {
+        deployment: String,
+        host: String,
+        done: bool,
     },
 }
 

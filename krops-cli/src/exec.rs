@@ -48,6 +48,11 @@ pub enum Output<'a> {
 pub struct Argv(pub Vec<String>);
 
 impl Argv {
+    /// The command line as a shell would read it (for `-vv`; secrets never travel in argv).
+    pub fn display(&self) -> String {
+        crate::transport::join(&self.0)
+    }
+
     pub fn program(&self) -> &str {
         self.0.first().map_or("", String::as_str)
     }

@@ -102,7 +102,7 @@ impl<'a> HostHandle<'a> {
 
     fn run(&self, argv: &Argv, input: Input<'_>) -> Result<Vec<u8>, String> {
         if let Some(reporter) = self.reporter {
-            reporter.log(&self.host_label(), Level::Trace, format!("running {}", argv.program()));
+            reporter.log(&self.host_label(), Level::Trace, format!("running {}", argv.display()));
         }
         exec::run(argv, &[], input, Output::Capture).map_err(|e| e.to_string())
     }

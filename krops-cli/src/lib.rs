@@ -12,6 +12,7 @@ pub mod loader;
 pub mod nix;
 pub mod pipeline;
 pub mod redact;
+pub mod select;
 pub mod ssh;
 pub mod target;
 pub mod transport;

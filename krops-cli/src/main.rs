@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
-use clap::{Parser, Subcommand};
-use krops::config::{self, check_operation, Config, Deployment};
+use anyhow::{anyhow, Context};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use krops::config::{self, check_operation, Config, Kind};
 use krops::exec;
 use krops::loader::{self, search_dirs, Registry};
 use krops::pipeline::{self, Action};
 use krops::redact::credentials;
+use krops::select::{select, Purpose};
 use krops::ssh::Multiplexer;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -26,14 +27,20 @@ struct Cli {
     /// Also look for populator plugins in DIR (searched first)
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
     plugin_dirs: Vec<PathBuf>,
-    /// More output (-v, -vv, -vvv)
+    /// More output: -v each stage, -vv each command krops runs
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// Only errors and the summary of failures
+    /// Only errors and the summary
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
-    /// Deployments to run at once
-    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Machine-readable output: one JSON object per line on stdout (schema in the README)
+    #[arg(long, global = true)]
+    json: bool,
+    /// Colours: auto (on a terminal, unless NO_COLOR is set), always, never
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto", value_parser = ["auto", "always", "never"])]
+    color: String,
+    /// Deployments to run at once (the work is network-bound)
+    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: u16,
     /// Wait up to SECONDS for another krops run's lock on a target instead of failing
     #[arg(long = "wait-lock", global = true, value_name = "SECONDS")]
@@ -42,35 +49,73 @@ struct Cli {
     command: Command,
 }
 
+/// nixos-rebuild's actions, for `--operation`.
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "kebab-case")]
+enum Operation {
+    Switch,
+    Boot,
+    Test,
+    Build,
+    DryBuild,
+    DryActivate,
+    BuildVm,
+    BuildVmWithBootloader,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Populate, then nixos-rebuild OPERATION on the build host
     Deploy {
+        /// Deployments: names, globs (web-*) or @TAG; none: every deployment of kind deploy
+        #[arg(value_name = "NAME")]
         names: Vec<String>,
         /// nixos-rebuild action (default: the configuration's, else switch)
         #[arg(long, value_name = "OP")]
-        operation: Option<String>,
+        operation: Option<Operation>,
     },
-    /// Populate, then nix-build the system without activating it
+    /// Populate, then nix-build the system without activating anything
+    ///
+    /// `krops test` is this command, as in the original krops (its writeTest). It is not
+    /// `nixos-rebuild test`, which activates: use `krops deploy --operation test` for that.
     #[command(alias = "test")]
     Build {
+        /// Deployments: names, globs (web-*) or @TAG; none: every deployment of kind build
+        #[arg(value_name = "NAME")]
         names: Vec<String>,
         /// Pass --show-trace to nix-build
         #[arg(long)]
         trace: bool,
     },
-    /// Populate, then run the deployment's command (or CMD) on the target
+    /// Populate, then run the deployment's command (or CMD) on the target; exits with its status
     Run {
+        /// The deployment; may be left out when only one fits run
         name: Option<String>,
         #[arg(last = true, value_name = "CMD")]
         argv: Vec<String>,
     },
     /// Populate only
-    Populate { names: Vec<String> },
-    /// Print the normalised configuration as JSON
-    Eval { names: Vec<String> },
-    /// List the populator plugins found
+    Populate {
+        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Print the normalised configuration as JSON; touches no target
+    Eval {
+        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// List the populator plugins found: type, version, file (broken ones on stderr, exit 2)
     Plugins,
+    /// Print a shell completion script on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout; `cargo xtask install` installs it
+    #[command(hide = true)]
+    Man,
 }
 
 /// A failure before anything was touched: usage or configuration (exit 2).
@@ -82,7 +127,7 @@ fn main() -> ExitCode {
         return loader::probe_main(&args[2..]);
     }
     let cli = Cli::parse();
-    render::init_tracing(cli.verbose, cli.quiet);
+    render::init_tracing(cli.verbose, cli.quiet, render::colors(&cli.color));
     match run(cli) {
         Ok(code) => code,
         Err(UsageError(error)) => {
@@ -96,9 +141,28 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     if let Some(dir) = cli.plugin_dirs.iter().find(|d| !d.is_dir()) {
         return Err(UsageError(anyhow!("--plugin-dir {}: not a directory", dir.display())));
     }
+    let style = render::Style {
+        verbosity: render::Verbosity::new(cli.verbose, cli.quiet),
+        json: cli.json,
+        color: render::colors(&cli.color),
+    };
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "krops", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| UsageError(anyhow!("cannot write the man page: {e}")))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let registry = Arc::new(load_plugins(&cli.plugin_dirs));
     let load = || load_config(cli.file.as_deref(), registry.clone()).map_err(UsageError);
-    let (action, names, config) = match cli.command {
+    let (action, names, purpose, config) = match cli.command {
+        Command::Completions { .. } | Command::Man => return Ok(ExitCode::SUCCESS),
         Command::Plugins => {
             for plugin in registry.plugins() {
                 println!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display());
@@ -120,7 +184,8 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         }
         Command::Eval { names } => {
             let config = load()?;
-            let selected = select(&config, &names, false).map_err(UsageError)?;
+            let selected =
+                select(&config, &names, Purpose::Any, false).map_err(|e| UsageError(anyhow!(e)))?;
             let deployments: serde_json::Map<String, serde_json::Value> = selected
                 .into_iter()
                 .map(|(name, d)| Ok((name, serde_json::to_value(d)?)))
@@ -132,20 +197,24 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Deploy { names, operation } => {
+            let operation = operation.map(|op| op.to_possible_value().map(|v| v.get_name().to_owned()));
+            let operation = operation.flatten();
             if let Some(op) = &operation {
                 check_operation(op).map_err(|e| UsageError(anyhow!("--operation: {e}")))?;
             }
-            (Action::Deploy { operation }, names, load()?)
+            (Action::Deploy { operation }, names, Purpose::Activate(Kind::Deploy), load()?)
         }
-        Command::Build { names, trace } => (Action::Build { trace }, names, load()?),
+        Command::Build { names, trace } => {
+            (Action::Build { trace }, names, Purpose::Activate(Kind::Build), load()?)
+        }
         Command::Run { name, argv } => {
             let argv = (!argv.is_empty()).then_some(argv);
-            (Action::Run { argv }, name.into_iter().collect(), load()?)
+            (Action::Run { argv }, name.into_iter().collect(), Purpose::Activate(Kind::Run), load()?)
         }
-        Command::Populate { names } => (Action::Populate, names, load()?),
+        Command::Populate { names } => (Action::Populate, names, Purpose::Any, load()?),
     };
     let single = matches!(action, Action::Run { .. });
-    let deployments = select(&config, &names, single).map_err(UsageError)?;
+    let deployments = select(&config, &names, purpose, single).map_err(|e| UsageError(anyhow!(e)))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,11 +226,12 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         Multiplexer::new()
             .map_err(|e| UsageError(anyhow!("cannot create the ssh control directory: {e}")))?,
     );
+    let names: Vec<String> = deployments.iter().map(|(n, _)| n.clone()).collect();
+    let progress = render::Progress::new(&names);
     let run = pipeline::Run { action, deployments, jobs: usize::from(cli.jobs), wait_lock: cli.wait_lock };
     let ended = runtime.block_on(async {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let verbosity = render::Verbosity::new(cli.verbose, cli.quiet);
-        let renderer = tokio::spawn(render::render(receiver, verbosity, !single));
+        let renderer = tokio::spawn(render::render(receiver, style, !single, progress.clone()));
         tokio::select! {
             outcomes = pipeline::run(run, registry, ssh.clone(), sender) => {
                 // The pipeline dropped its senders; the renderer drains what is left and ends.
@@ -178,7 +248,14 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     match ended {
         Ok(outcomes) => {
             ssh.shutdown();
-            Ok(render::summary(&outcomes))
+            let code = render::summary(&outcomes, style);
+            // `run` of one deployment exits as ssh does: with its command's status.
+            match outcomes.as_slice() {
+                [(_, Err(error))] if single && error.stage == krops::events::Stage::Activate => {
+                    Ok(error.exit_status.and_then(|s| u8::try_from(s).ok()).map_or(code, ExitCode::from))
+                }
+                _ => Ok(code),
+            }
         }
         Err(signal) => {
             // One way out for SIGINT, SIGTERM and SIGHUP: no child starts any more (so no
@@ -186,6 +263,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             // blocking threads are abandoned, not awaited.
             exec::end_all();
             ssh.shutdown();
+            render::interrupted(&progress, signal.name, style);
             eprintln!("krops: interrupted by {}; child processes ended, ssh connections closed", signal.name);
             std::process::exit(signal.exit_status)
         }
@@ -210,31 +288,6 @@ fn load_config(file: Option<&std::path::Path>, registry: Arc<Registry>) -> anyho
         }
     };
     Ok(config::load(&file, registry)?)
-}
-
-/// The deployments named (all when none are), in the file's order. `single` is `run`'s rule:
-/// one deployment, which may go unnamed only when the file holds just one.
-fn select(config: &Config, names: &[String], single: bool) -> anyhow::Result<Vec<(String, Deployment)>> {
-    let available = || config.deployments.keys().cloned().collect::<Vec<_>>().join(", ");
-    if config.deployments.is_empty() {
-        bail!("{}: defines no deployments", config.file.display());
-    }
-    if names.is_empty() {
-        if single && config.deployments.len() > 1 {
-            bail!("{} holds several deployments ({}); name one", config.file.display(), available());
-        }
-        return Ok(config.deployments.iter().map(|(n, d)| (n.clone(), d.clone())).collect());
-    }
-    let mut selected = Vec::new();
-    for name in names {
-        let deployment = config.deployments.get(name).ok_or_else(|| {
-            anyhow!("{}: no deployment named {name:?}; available: {}", config.file.display(), available())
-        })?;
-        if !selected.iter().any(|(n, _)| n == name) {
-            selected.push((name.clone(), deployment.clone()));
-        }
-    }
-    Ok(selected)
 }
 
 /// A signal that ends the run, and the exit status that says so (128 + its number).

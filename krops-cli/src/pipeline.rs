@@ -10,7 +10,7 @@ use tokio::sync::{mpsc::UnboundedSender, Semaphore};
 
 use crate::activation;
 use crate::config::Deployment;
-use crate::events::{DeployError, Event, Reporter, Stage};
+use crate::events::{DeployError, Event, Level, Reporter, Stage};
 use crate::exec::{self, Argv, Input, Output, Stream};
 use crate::handle::HostHandle;
 use crate::loader::Registry;
@@ -102,8 +102,15 @@ fn deploy_one(
     let deployment = &prepared;
     let connect = |target: &crate::target::Target| {
         let transport = Transport::new(target.clone(), origin);
-        ssh.connect(&transport)
-            .map_err(|message| failure(&transport.host_label(), Stage::Sentinel, None, message))
+        let Some(host) = transport.host_label() else { return Ok(transport) };
+        let connecting =
+            |done| Event::Connecting { deployment: reporter.deployment.clone(), host: host.clone(), done };
+        reporter.emit(connecting(false));
+        let connected = ssh.connect(&transport);
+        reporter.emit(connecting(true));
+        connected.map_err(|message| {
+            DeployError::new(Some(host.clone()), Stage::Sentinel, None, Some("ssh".to_owned()), message)
+        })
     };
     let target = connect(&deployment.target)?;
     // krops populates the build host too when it differs from the target.
@@ -128,17 +135,23 @@ fn deploy_one(
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
             let script = activation::deploy_script(deployment, operation);
-            activate(host, &host.shell(&script, &[], &[], Tty::No), Io::Forwarded, reporter)
+            activate(host, &host.shell(&script, &[], &[], Tty::No), "nixos-rebuild", Io::Forwarded, reporter)
         }
         Action::Build { trace } => {
             let script = activation::build_script(&target.target, *trace || deployment.trace);
-            activate(&target, &target.shell(&script, &[], &[], Tty::No), Io::Forwarded, reporter)
+            activate(&target, &target.shell(&script, &[], &[], Tty::No), "nix-build", Io::Forwarded, reporter)
         }
         Action::Run { argv } => {
             let script = activation::run_script(deployment, argv.as_deref());
             let env = [("KROPS_TARGET_PATH", target.target.path.as_str())];
             let tty = if deployment.allocate_tty { Tty::Yes } else { Tty::No };
-            activate(&target, &target.shell(&script, &[], &env, tty), Io::Terminal, reporter)
+            let program = match (argv, &deployment.command) {
+                (Some(argv), _) => argv.first().cloned(),
+                (None, Some(command)) => command.split_whitespace().next().map(str::to_owned),
+                (None, None) => None,
+            };
+            let program = program.unwrap_or_else(|| "nixos-rebuild".to_owned());
+            activate(&target, &target.shell(&script, &[], &env, tty), &program, Io::Terminal, reporter)
         }
     }
 }
@@ -160,7 +173,47 @@ fn timed<T>(
 
 /// How `stage` failed on `host`, for a source or the whole stage.
 fn failure(host: &Option<String>, stage: Stage, source: Option<&str>, message: String) -> DeployError {
-    DeployError { host: host.clone(), stage, source_name: source.map(str::to_owned), message }
+    DeployError::new(host.clone(), stage, source.map(str::to_owned), None, message)
+}
+
+/// A failed child as a [`DeployError`] naming `program`: what the command line ran (through
+/// `/bin/sh`, ssh or sudo, which say nothing). ssh's own failures (exit status 255: the
+/// connection) are ssh's.
+fn exec_failure(host: &Option<String>, stage: Stage, program: &str, error: exec::ExecError) -> DeployError {
+    let status = match &error {
+        exec::ExecError::Failed { status, .. } => status.code(),
+        _ => None,
+    };
+    let program = match (&error, status) {
+        (exec::ExecError::Failed { program: ssh, .. }, Some(255)) if ssh == "ssh" => "ssh",
+        _ => program,
+    };
+    let mut failed = DeployError::new(host.clone(), stage, None, Some(program.to_owned()), error.to_string());
+    failed.exit_status = status;
+    failed
+}
+
+/// The program a plugin's error is about, from its first words (`rsync failed (…)`), where
+/// the host ran it; a script run through ssh or a shell is named by its source type instead.
+fn program_of_plugin_error(source: &crate::config::Source, message: &str) -> Option<String> {
+    let ran = message.split_once(" failed (").map(|(program, _)| program).filter(|p| !p.contains(' '));
+    let command =
+        source.attrs.get("command").and_then(|c| c.as_str()).and_then(|c| c.split_whitespace().next());
+    match ran {
+        Some("ssh" | "sudo" | "/bin/sh") | None => match source.source_type.as_str() {
+            "pipe" => command,
+            "git" => Some("git"),
+            "derivation" => Some("nix-build"),
+            "file" => Some("rsync"),
+            "symlink" => Some("ln"),
+            "pass" => Some("gpg"),
+            "passage" => Some("age"),
+            _ => None,
+        }
+        .filter(|_| ran.is_some())
+        .map(str::to_owned),
+        Some(program) => Some(program.to_owned()),
+    }
 }
 
 /// Runs one stage's script on `host`, turning failure into a [`DeployError`].
@@ -169,10 +222,12 @@ fn stage_script(
     stage: Stage,
     script: &str,
     args: &[String],
+    reporter: &Reporter,
 ) -> Result<Vec<u8>, DeployError> {
     let argv = host.shell(script, args, &[], Tty::No);
+    reporter.log(&host.host_label(), Level::Trace, format!("running {}", argv.display()));
     exec::run(&argv, &[], Input::Null, Output::Capture)
-        .map_err(|e| failure(&host.host_label(), stage, None, e.to_string()))
+        .map_err(|e| exec_failure(&host.host_label(), stage, "sh", e))
 }
 
 /// The locks a deployment holds on its hosts, released when it ends.
@@ -229,6 +284,7 @@ fn lock_with_sentinel(
         let wait = wait_lock.map(|s| s.to_string()).unwrap_or_default();
         let args = [path.clone(), create.to_owned(), holder, wait];
         let argv = host.shell(LOCK_SCRIPT, &args, &[], Tty::No);
+        reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
         let fail = |message: String| failure(&label, Stage::Sentinel, None, message);
         let (held, answer) = exec::Held::start(&argv).map_err(|e| fail(e.to_string()))?;
         if answer == "locked" {
@@ -263,7 +319,7 @@ if [ -L "$1/.populate/backup" ]; then rm -f -- "$1/.populate/backup"; fi
 mkdir -p -- "$1/.populate/backup"
 rsync -aAXF --delete --exclude /.populate --exclude '/.krops*' --link-dest="$1" "$1/" "$1/.populate/backup/""#;
     timed(reporter, &host.host_label(), Stage::Backup, || {
-        stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path)).map(drop)
+        stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path), reporter).map(drop)
     })
 }
 
@@ -317,7 +373,10 @@ fn populate_source(
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
     let label = host.host_label();
-    let fail = |message: String| failure(&label, Stage::Populate, Some(name), message);
+    let fail = |message: String| {
+        let program = program_of_plugin_error(source, &message);
+        DeployError::new(label.clone(), Stage::Populate, Some(name.to_owned()), program, message)
+    };
     let plugin = registry.plugin(&source.source_type).map_err(fail)?;
     let handle = HostHandle::for_target(host, reporter);
     let started = Instant::now();
@@ -341,16 +400,41 @@ enum Io {
     Terminal,
 }
 
-fn activate(host: &Transport, argv: &Argv, io: Io, reporter: &Reporter) -> Result<(), DeployError> {
+/// Runs the activation command (`program` names it in errors). With forwarded output the
+/// child's stderr was shown line by line already: the error keeps only its headline.
+fn activate(
+    host: &Transport,
+    argv: &Argv,
+    program: &str,
+    io: Io,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
     let label = host.host_label();
     timed(reporter, &label, Stage::Activate, || {
         let forward = |_: Stream, line: &str| reporter.output(&label, line);
+        let forwarded = matches!(io, Io::Forwarded);
         let (input, output) = match io {
             Io::Forwarded => (Input::Null, Output::Lines(&forward)),
             Io::Terminal => (Input::Inherit, Output::Inherit),
         };
-        exec::run(argv, &[], input, output)
-            .map(drop)
-            .map_err(|e| failure(&label, Stage::Activate, None, e.to_string()))
+        reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
+        exec::run(argv, &[], input, output).map(drop).map_err(|error| {
+            let stderr = match &error {
+                exec::ExecError::Failed { stderr, status, .. } if forwarded => {
+                    Some((stderr.clone(), *status))
+                }
+                _ => None,
+            };
+            let mut failed = exec_failure(&label, Stage::Activate, program, error);
+            if let Some((stderr, status)) = stderr {
+                let program = failed.program.clone().unwrap_or_default();
+                failed.message = format!("{program} failed ({status}); its output is above");
+                failed.headline = match crate::events::headline(&stderr) {
+                    line if line.is_empty() => failed.message.clone(),
+                    line => line,
+                };
+            }
+            failed
+        })
     })
 }

@@ -1,18 +1,27 @@
-//! Turns pipeline events into what the user sees on stderr: on a terminal, a spinner line per
-//! deployment with its current stage; otherwise (and with -v or -q) plain lines, each prefixed
-//! with its deployment so that concurrent deployments stay readable. Prints the final summary.
+//! Turns pipeline events into what the user sees. Three forms:
+//! - on a terminal, a live line per deployment with its current stage, ending as ✓/✗; it is
+//!   hidden whenever a child may talk to the user (an ssh master connecting), so that a host
+//!   key question or a passphrase prompt is never overwritten;
+//! - otherwise (and with -v or -q) plain lines on stderr, each prefixed with its deployment;
+//! - with `--json`, one JSON object per line on stdout (schema in the README, `"v": 1`).
+//!
+//! Every line passes through `redact::credentials`. Also prints the final summary.
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use krops::events::{DeployError, Event, Level};
+use krops::events::{DeployError, Event, Level, Stage};
 use krops::pipeline::Outcomes;
 use krops::redact::credentials;
+use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
+
+/// The version of the `--json` schema, on every line.
+const JSON_VERSION: u32 = 1;
 
 #[derive(Clone, Copy)]
 pub struct Verbosity {
@@ -31,8 +40,26 @@ impl Verbosity {
     }
 }
 
+/// How output looks, decided once from the flags and the terminal.
+#[derive(Clone, Copy)]
+pub struct Style {
+    pub verbosity: Verbosity,
+    pub json: bool,
+    pub color: bool,
+}
+
+/// `--color`: colours on a terminal unless `NO_COLOR` is set, or as forced.
+pub fn colors(choice: &str) -> bool {
+    match choice {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    }
+}
+
 /// krops's own diagnostics (plugin search and the like) go through tracing, to stderr.
-pub fn init_tracing(verbose: u8, quiet: bool) {
+pub fn init_tracing(verbose: u8, quiet: bool, color: bool) {
+    console::set_colors_enabled_stderr(color);
     let level = match (quiet, verbose) {
         (true, _) => tracing::Level::ERROR,
         (false, 0) => tracing::Level::WARN,
@@ -43,60 +70,171 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .without_time()
         .with_target(false)
         .init();
 }
 
-/// Renders until the pipeline drops its senders. `terminal_free` says whether krops owns the
-/// terminal (not so for `run`, whose command writes to it).
-pub async fn render(events: UnboundedReceiver<Event>, verbosity: Verbosity, terminal_free: bool) {
-    let progress = terminal_free
-        && !verbosity.quiet
-        && verbosity.level == Level::Info
-        && std::io::stderr().is_terminal();
-    if progress {
-        render_progress(events).await
-    } else {
-        render_lines(events, verbosity).await
+/// What each deployment is doing, kept for the summary of an interrupted run.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<Mutex<BTreeMap<String, State>>>);
+
+#[derive(Clone)]
+enum State {
+    Waiting,
+    Running,
+    Done(Result<u128, DeployError>),
+}
+
+impl Progress {
+    pub fn new(names: &[String]) -> Progress {
+        Progress(Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), State::Waiting)).collect())))
+    }
+
+    fn note(&self, event: &Event) {
+        let Ok(mut states) = self.0.lock() else { return };
+        match event {
+            Event::StageStarted { deployment, .. } => {
+                if let Some(state @ State::Waiting) = states.get_mut(deployment) {
+                    *state = State::Running;
+                }
+            }
+            Event::DeploymentFinished { deployment, millis, error } => {
+                let result = error.clone().map_or(Ok(*millis), Err);
+                states.insert(deployment.clone(), State::Done(result));
+            }
+            _ => {}
+        }
     }
 }
 
-async fn render_lines(mut events: UnboundedReceiver<Event>, verbosity: Verbosity) {
+/// Renders until the pipeline drops its senders. `terminal_free` says whether krops owns the
+/// terminal (not so for `run`, whose command writes to it).
+pub async fn render(events: UnboundedReceiver<Event>, style: Style, terminal_free: bool, progress: Progress) {
+    let live = !style.json
+        && terminal_free
+        && !style.verbosity.quiet
+        && style.verbosity.level == Level::Info
+        && std::io::stderr().is_terminal();
+    match (style.json, live) {
+        (true, _) => render_json(events, progress).await,
+        (false, true) => render_live(events, style, progress).await,
+        (false, false) => render_lines(events, style.verbosity, progress).await,
+    }
+}
+
+async fn render_lines(mut events: UnboundedReceiver<Event>, verbosity: Verbosity, progress: Progress) {
     while let Some(event) = events.recv().await {
+        progress.note(&event);
         if let Some(line) = line_for(&event, verbosity) {
             eprintln!("{}", credentials(&line));
         }
     }
 }
 
+async fn render_json(mut events: UnboundedReceiver<Event>, progress: Progress) {
+    while let Some(event) = events.recv().await {
+        progress.note(&event);
+        print_json(json_of(&event));
+    }
+}
+
+/// One `--json` line on stdout: the object with `v` and `time` added, credentials hidden.
+pub fn print_json(mut object: Value) {
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("v".into(), json!(JSON_VERSION));
+        fields.insert("time".into(), json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()));
+    }
+    let line = credentials(&object.to_string()).into_owned();
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+fn json_of(event: &Event) -> Value {
+    match event {
+        Event::StageStarted { deployment, host, stage } => {
+            json!({ "event": "stage_started", "deployment": deployment, "host": host, "stage": stage })
+        }
+        Event::StageFinished { deployment, host, stage, millis } => json!({
+            "event": "stage_finished", "deployment": deployment, "host": host, "stage": stage,
+            "duration_ms": millis,
+        }),
+        Event::SourcePopulated { deployment, host, source, source_type, millis, report } => json!({
+            "event": "source_populated", "deployment": deployment, "host": host, "stage": Stage::Populate,
+            "source": source, "type": source_type, "duration_ms": millis, "report": report,
+        }),
+        Event::Output { deployment, host, line } => json!({
+            "event": "output", "deployment": deployment, "host": host, "stage": Stage::Activate, "line": line,
+        }),
+        Event::Log { deployment, host, level, message } => json!({
+            "event": "log", "deployment": deployment, "host": host, "level": level, "message": message,
+        }),
+        Event::Connecting { deployment, host, .. } => {
+            json!({ "event": "connecting", "deployment": deployment, "host": host })
+        }
+        Event::DeploymentFinished { deployment, millis, error } => json!({
+            "event": "deployment_finished", "deployment": deployment, "duration_ms": millis,
+            "status": if error.is_some() { "failed" } else { "ok" },
+            "error": error.as_ref().map(error_json),
+        }),
+    }
+}
+
+fn error_json(error: &DeployError) -> Value {
+    json!({
+        "message": error.headline, "detail": error.message, "program": error.program,
+        "host": error.host, "stage": error.stage, "source": error.source_name,
+    })
+}
+
 /// One spinner per deployment showing where it is; activation output and warnings scroll
 /// above the spinners; each spinner ends with the deployment's outcome.
-async fn render_progress(mut events: UnboundedReceiver<Event>) {
+async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progress: Progress) {
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let template =
+        if style.color { "{spinner} {prefix:.bold} {wide_msg}" } else { "{spinner} {prefix} {wide_msg}" };
+    let spinner = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut by_deployment: HashMap<String, ProgressBar> = HashMap::new();
     let mut bar_for = |deployment: &str| {
         by_deployment
             .entry(deployment.to_owned())
             .or_insert_with(|| {
-                let bar = bars.add(ProgressBar::new_spinner().with_style(style.clone()));
+                let bar = bars.add(ProgressBar::new_spinner().with_style(spinner.clone()));
                 bar.set_prefix(deployment.to_owned());
                 bar.enable_steady_tick(Duration::from_millis(100));
                 bar
             })
             .clone()
     };
+    // Masters authenticating right now: while any is, the display stays off the terminal.
+    let mut connecting = 0usize;
     while let Some(event) = events.recv().await {
+        progress.note(&event);
         match &event {
+            Event::Connecting { deployment, host, done } => {
+                if *done {
+                    connecting = connecting.saturating_sub(1);
+                    if connecting == 0 {
+                        bars.set_draw_target(ProgressDrawTarget::stderr());
+                    }
+                } else {
+                    bar_for(deployment).set_message(format!("connecting to {host}…"));
+                    if connecting == 0 {
+                        // Erase the spinners and stop drawing: ssh may ask on the terminal now.
+                        let _ = bars.clear();
+                        bars.set_draw_target(ProgressDrawTarget::hidden());
+                    }
+                    connecting += 1;
+                }
+            }
             Event::StageStarted { deployment, host, stage } => {
                 let on = host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
                 bar_for(deployment).set_message(credentials(&format!("{stage}{on}…")).into_owned());
             }
             Event::SourcePopulated { deployment, source, source_type, report, .. } => {
                 bar_for(deployment).set_message(
-                    credentials(&format!("populated {source} ({source_type}){}", describe(report)))
+                    credentials(&format!("populate {source} ({source_type}){}", describe(report)))
                         .into_owned(),
                 );
             }
@@ -110,9 +248,11 @@ async fn render_progress(mut events: UnboundedReceiver<Event>) {
                 // A finished deployment leaves its spinner for a permanent line above the
                 // ones still running; with the last one gone the cursor rests on a clean line.
                 bar_for(deployment).finish_and_clear();
+                let (ok, failed) =
+                    if style.color { ("\x1b[32m✓\x1b[0m", "\x1b[31m✗\x1b[0m") } else { ("✓", "✗") };
                 let line = match error {
-                    None => format!("✓ {deployment}: done in {millis} ms"),
-                    Some(error) => format!("✗ [{deployment}] error: {error}"),
+                    None => format!("{ok} {deployment}: done in {}", human(*millis)),
+                    Some(error) => format!("{failed} [{deployment}] error: {error}"),
                 };
                 let _ = bars.println(credentials(&line));
             }
@@ -128,6 +268,15 @@ fn at(deployment: &str, host: &Option<String>) -> String {
     }
 }
 
+/// `42 ms`, `1.3 s`, `2 min 05 s`.
+fn human(millis: u128) -> String {
+    match millis {
+        0..=999 => format!("{millis} ms"),
+        1_000..=59_999 => format!("{:.1} s", millis as f64 / 1000.0),
+        _ => format!("{} min {:02} s", millis / 60_000, millis % 60_000 / 1000),
+    }
+}
+
 fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
     let chatty = !verbosity.quiet;
     let detailed = chatty && verbosity.level >= Level::Debug;
@@ -135,13 +284,17 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         Event::StageStarted { deployment, host, stage } if detailed => {
             Some(format!("{} {stage}: started", at(deployment, host)))
         }
+        Event::Connecting { deployment, host, done: false } if detailed => {
+            Some(format!("[{deployment}] connecting to {host}"))
+        }
         Event::StageFinished { deployment, host, stage, millis } if chatty => {
-            Some(format!("{} {stage}: done in {millis} ms", at(deployment, host)))
+            Some(format!("{} {stage}: done in {}", at(deployment, host), human(*millis)))
         }
         Event::SourcePopulated { deployment, host, source, source_type, millis, report } if chatty => {
             Some(format!(
-                "{} populate: {source} ({source_type}) in {millis} ms{}",
+                "{} populate: {source} ({source_type}) in {}{}",
                 at(deployment, host),
+                human(*millis),
                 describe(report)
             ))
         }
@@ -154,7 +307,7 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
             Some(format!("{} {message}", at(deployment, host)))
         }
         Event::DeploymentFinished { deployment, millis, error: None } if chatty => {
-            Some(format!("[{deployment}] finished in {millis} ms"))
+            Some(format!("[{deployment}] finished in {}", human(*millis)))
         }
         Event::DeploymentFinished { deployment, error: Some(error), .. } => {
             Some(format!("[{deployment}] error: {error}"))
@@ -164,12 +317,12 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
 }
 
 /// A source's report, compactly: `, changes: 3`.
-fn describe(report: &serde_json::Value) -> String {
+fn describe(report: &Value) -> String {
     match report.as_object() {
         Some(fields) if !fields.is_empty() => fields
             .iter()
             .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!(", {k}: {s}"),
+                Value::String(s) => format!(", {k}: {s}"),
                 other => format!(", {k}: {other}"),
             })
             .collect(),
@@ -177,42 +330,79 @@ fn describe(report: &serde_json::Value) -> String {
     }
 }
 
-/// One line for a possibly long error: its first line, and when that only announces a
-/// child's stderr (ends with ':'), the stderr's last line, which usually says why.
-fn headline(message: &str) -> String {
-    let mut lines = message.lines();
-    let first = lines.next().unwrap_or_default();
-    match (first.ends_with(':'), lines.rfind(|l| !l.trim().is_empty())) {
-        (true, Some(last)) => format!("{first} {}", last.trim()),
-        _ => first.to_owned(),
+/// The summary of a finished run: which deployments failed and why (the program and its
+/// `error:` line); exit status 1 if any did. With `--json`, the summary line.
+pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
+    let failed: Vec<(&String, &DeployError)> =
+        outcomes.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| (name, e))).collect();
+    if style.json {
+        let deployments: serde_json::Map<String, Value> = outcomes
+            .iter()
+            .map(|(name, result)| {
+                let entry = match result {
+                    Ok(()) => json!({ "status": "ok" }),
+                    Err(error) => json!({ "status": "failed", "error": error_json(error) }),
+                };
+                (name.clone(), entry)
+            })
+            .collect();
+        print_json(json!({ "event": "summary", "deployments": deployments, "failed": failed.len() }));
+    } else if !failed.is_empty() {
+        eprintln!("krops: {} of {} deployments failed:", failed.len(), outcomes.len());
+        for (name, error) in &failed {
+            eprintln!("  {name}: {}", credentials(&error.summary()));
+        }
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
-/// Prints which deployments failed and why; exit status 1 if any did.
-pub fn summary(outcomes: &Outcomes) -> ExitCode {
-    let failed: Vec<(&String, &DeployError)> =
-        outcomes.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| (name, e))).collect();
-    if failed.is_empty() {
-        return ExitCode::SUCCESS;
+/// The summary of a run ended by `signal`: finished deployments as they ended, running ones
+/// failed (interrupted), waiting ones skipped.
+pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
+    let states = progress.0.lock().map(|s| s.clone()).unwrap_or_default();
+    if style.json {
+        let deployments: serde_json::Map<String, Value> = states
+            .iter()
+            .map(|(name, state)| {
+                let entry = match state {
+                    State::Waiting => json!({ "status": "skipped" }),
+                    State::Running => {
+                        json!({ "status": "failed", "error": { "message": format!("interrupted by {signal}") } })
+                    }
+                    State::Done(Ok(_)) => json!({ "status": "ok" }),
+                    State::Done(Err(error)) => json!({ "status": "failed", "error": error_json(error) }),
+                };
+                (name.clone(), entry)
+            })
+            .collect();
+        print_json(json!({ "event": "summary", "deployments": deployments, "interrupted": signal }));
     }
-    eprintln!("krops: {} of {} deployments failed:", failed.len(), outcomes.len());
-    for (name, error) in failed {
-        eprintln!("  {name}: {}", credentials(&headline(&error.to_string())));
-    }
-    ExitCode::from(1)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::headline;
+    use super::*;
 
     #[test]
-    fn headline_adds_the_last_stderr_line() {
-        assert_eq!(
-            headline("rsync failed (exit status: 23):\nsome detail\nthe reason\n"),
-            "rsync failed (exit status: 23): the reason"
+    fn durations_read_as_durations() {
+        assert_eq!(human(42), "42 ms");
+        assert_eq!(human(1_340), "1.3 s");
+        assert_eq!(human(125_000), "2 min 05 s");
+    }
+
+    #[test]
+    fn summaries_name_the_program_and_its_error_line() {
+        let error = DeployError::new(
+            Some("web1".into()),
+            Stage::Activate,
+            None,
+            Some("nix-build".into()),
+            "nix-build failed (exit status: 1):\nbuilding…\nerror: undefined variable 'foo'\n(use '--show-trace' to show detailed location information)\n".into(),
         );
-        assert_eq!(headline("missing sentinel file: /x/.populate"), "missing sentinel file: /x/.populate");
-        assert_eq!(headline("failed:"), "failed:");
+        assert_eq!(error.summary(), "activate on web1 failed: nix-build: error: undefined variable 'foo'");
     }
 }

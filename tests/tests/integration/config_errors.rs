@@ -97,9 +97,11 @@ fn unknown_deployment_name_and_bad_flags() {
         "krops.toml",
         &format!("[deployments.site]\ntarget = {:?}\n", sb.path("site").display().to_string()),
     );
-    sb.krops(&["populate", "nope"]).code(2).stderr_has("no deployment named \"nope\"; available: site");
+    sb.krops(&["populate", "nope"]).code(2).stderr_has("no deployment matches \"nope\"; deployments: site");
     sb.krops(&["deploy", "--operation", "--flake"]).code(2);
-    sb.krops(&["deploy", "--operation=-x"]).code(2).stderr_has("not a nixos-rebuild action");
+    sb.krops(&["deploy", "--operation=-x"]).code(2).stderr_has("invalid value '-x' for '--operation <OP>'");
+    sb.krops(&["deploy", "--operation", "swtich"]).code(2).stderr_has("a similar value exists: 'switch'");
+    sb.krops(&["deplyo"]).code(2).stderr_has("a similar subcommand exists: 'deploy'");
     sb.krops(&["populate", "--jobs", "0"]).code(2);
     sb.krops(&["frobnicate"]).code(2);
     assert_eq!(sb.listing("site"), [".populate"]);

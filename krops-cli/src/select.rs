@@ -1,0 +1,200 @@
+//! Which deployments a command acts on: NAMEs that are exact names, globs (`web-*`) or tags
+//! (`@eu`), filtered by the deployments' `kind`. A NAME that selects nothing is an error with
+//! the closest names suggested.
+
+use crate::config::{Config, Deployment, Kind};
+
+/// The commands, as far as selection cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A command with activation: only deployments of this kind (or of none) fit.
+    Activate(Kind),
+    /// populate, eval, diff, status: every deployment fits.
+    Any,
+}
+
+impl Purpose {
+    fn fits(self, deployment: &Deployment) -> bool {
+        match (self, deployment.kind) {
+            (Purpose::Any, _) | (_, None) => true,
+            (Purpose::Activate(wanted), Some(kind)) => wanted == kind,
+        }
+    }
+}
+
+/// The deployments `names` select for `purpose`, in the order named (a glob's or tag's matches
+/// in the file's order), each once. `single` is `run`'s rule: exactly one deployment, which may
+/// go unnamed when it is the only one that fits (or the only one of kind run).
+pub fn select(
+    config: &Config,
+    names: &[String],
+    purpose: Purpose,
+    single: bool,
+) -> Result<Vec<(String, Deployment)>, String> {
+    let file = config.file.display();
+    if config.deployments.is_empty() {
+        return Err(format!("{file}: defines no deployments"));
+    }
+    let mut selected: Vec<(String, Deployment)> = Vec::new();
+    if names.is_empty() {
+        selected = config
+            .deployments
+            .iter()
+            .filter(|(_, d)| purpose.fits(d))
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .collect();
+        if single && selected.len() > 1 {
+            let of_kind: Vec<_> =
+                selected.iter().filter(|(_, d)| d.kind == Some(Kind::Run)).cloned().collect();
+            if of_kind.len() != 1 {
+                let names: Vec<&str> = selected.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(format!(
+                    "{file} holds several deployments for run ({}); name one",
+                    names.join(", ")
+                ));
+            }
+            selected = of_kind;
+        }
+        if selected.is_empty() {
+            return Err(format!("{file}: no deployment fits this command (their kinds: {})", kinds(config)));
+        }
+        return Ok(selected);
+    }
+    for name in names {
+        let matches = matching(config, name)?;
+        if matches.is_empty() {
+            return Err(format!("{file}: no deployment matches {name:?}{}", suggestion(config, name)));
+        }
+        let fitting: Vec<&String> =
+            matches.iter().copied().filter(|n| purpose.fits(&config.deployments[*n])).collect();
+        if fitting.is_empty() {
+            let kind = config.deployments[matches[0]].kind.map_or("another", Kind::name);
+            return Err(format!(
+                "{file}: {name:?} selects only deployments of kind {kind}; use `krops {kind} {name}` (or `krops populate`)"
+            ));
+        }
+        for found in fitting {
+            if !selected.iter().any(|(n, _)| n == found) {
+                selected.push((found.clone(), config.deployments[found].clone()));
+            }
+        }
+    }
+    if single && selected.len() != 1 {
+        return Err(format!("run acts on one deployment; {} are selected", selected.len()));
+    }
+    Ok(selected)
+}
+
+/// Deployment names that `pattern` selects: `@TAG`, a glob, or an exact name.
+fn matching<'c>(config: &'c Config, pattern: &str) -> Result<Vec<&'c String>, String> {
+    if let Some(tag) = pattern.strip_prefix('@') {
+        return Ok(config
+            .deployments
+            .iter()
+            .filter(|(_, d)| d.tags.iter().any(|t| t == tag))
+            .map(|(n, _)| n)
+            .collect());
+    }
+    if pattern.contains(['*', '?', '[']) {
+        let glob =
+            glob::Pattern::new(pattern).map_err(|e| format!("{pattern:?} is not a valid glob: {e}"))?;
+        return Ok(config.deployments.keys().filter(|n| glob.matches(n)).collect());
+    }
+    Ok(config.deployments.get_key_value(pattern).map(|(n, _)| n).into_iter().collect())
+}
+
+/// `; did you mean "web1", "web2"?` for the names (and tags) closest to `wanted`.
+fn suggestion(config: &Config, wanted: &str) -> String {
+    let tags = config.deployments.values().flat_map(|d| d.tags.iter().map(|t| format!("@{t}")));
+    let candidates: Vec<String> = config.deployments.keys().cloned().chain(tags).collect();
+    let mut scored: Vec<(f64, &String)> = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(wanted, c), c))
+        .filter(|(score, _)| *score > 0.7)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    let close: Vec<String> = scored.iter().take(3).map(|(_, c)| format!("{c:?}")).collect();
+    if close.is_empty() {
+        let names: Vec<&str> = config.deployments.keys().map(String::as_str).collect();
+        format!("; deployments: {}", names.join(", "))
+    } else {
+        format!("; did you mean {}?", close.join(", "))
+    }
+}
+
+fn kinds(config: &Config) -> String {
+    let kinds: Vec<String> = config
+        .deployments
+        .iter()
+        .map(|(n, d)| format!("{n}: {}", d.kind.map_or("any", Kind::name)))
+        .collect();
+    kinds.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, SourceValidator, Syntax};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    struct AnySource;
+    impl SourceValidator for AnySource {
+        fn knows(&self, _: &str) -> bool {
+            true
+        }
+        fn validate(
+            &self,
+            _: &str,
+            _: &str,
+            attrs: serde_json::Value,
+            _: &Path,
+        ) -> Result<serde_json::Value, String> {
+            Ok(attrs)
+        }
+    }
+
+    fn config() -> Config {
+        let text = r#"
+            [deployments.web-1]
+            target = "/tmp/w1"
+            tags = ["eu", "web"]
+            [deployments.web-2]
+            target = "/tmp/w2"
+            tags = ["us", "web"]
+            [deployments.db]
+            target = "/tmp/db"
+            tags = ["eu"]
+            [deployments.check]
+            target = "/tmp/c"
+            kind = "build"
+            [deployments.shell]
+            target = "/tmp/s"
+            kind = "run"
+        "#;
+        parse(Path::new("/x/krops.toml"), Syntax::Toml, text, Arc::new(AnySource)).unwrap()
+    }
+
+    fn names(selected: Result<Vec<(String, Deployment)>, String>) -> Vec<String> {
+        selected.unwrap().into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn globs_tags_and_kinds() {
+        let c = config();
+        let deploy = Purpose::Activate(Kind::Deploy);
+        let all = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(select(&c, &[], deploy, false)), ["db", "web-1", "web-2"]);
+        assert_eq!(names(select(&c, &[], Purpose::Any, false)).len(), 5);
+        assert_eq!(names(select(&c, &all(&["web-*"]), deploy, false)), ["web-1", "web-2"]);
+        assert_eq!(names(select(&c, &all(&["@eu"]), deploy, false)), ["db", "web-1"]);
+        assert_eq!(names(select(&c, &all(&["@web", "web-1"]), deploy, false)), ["web-1", "web-2"]);
+        assert_eq!(names(select(&c, &[], Purpose::Activate(Kind::Run), true)), ["shell"]);
+        let wrong_kind = select(&c, &all(&["check"]), deploy, false).unwrap_err();
+        assert!(wrong_kind.contains("use `krops build check`"), "{wrong_kind}");
+        let unknown = select(&c, &all(&["web1"]), deploy, false).unwrap_err();
+        assert!(unknown.contains("did you mean \"web-1\""), "{unknown}");
+        assert!(select(&c, &all(&["@asia"]), deploy, false).unwrap_err().contains("no deployment matches"));
+    }
+}
