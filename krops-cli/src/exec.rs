@@ -373,9 +373,12 @@ impl Held {
         Ok((held, first.trim().to_owned()))
     }
 
-    /// Closes the child's input and waits for it to end (killing it after a grace period).
+    /// Tells the child `done`, closes its input and waits for it to end (killing it after a
+    /// grace period). A child whose input closes without `done` knows krops did not end well.
     pub fn release(mut self) {
-        self.stdin.take();
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"done\n");
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
             match self.child.try_wait() {

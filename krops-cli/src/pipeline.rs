@@ -116,7 +116,11 @@ fn deploy_one(
     // krops populates the build host too when it differs from the target.
     let mut hosts = Vec::new();
     if let (Action::Deploy { .. }, Some(build)) = (action, &deployment.build_target) {
-        hosts.push(connect(build)?);
+        let build = connect(build)?;
+        // The same place written another way (`localhost/…`, a trailing slash) is no build host.
+        if !build.same_place(&target) {
+            hosts.push(build);
+        }
     }
     hosts.push(target.clone());
     // Each host's lock is held until this function returns: through activation, and released
@@ -241,7 +245,8 @@ impl Drop for Locks {
     }
 }
 
-/// The sentinel stage and the target-side lock, in one round trip that stays open: `$1` path,
+/// The sentinel stage and the target-side lock, in one round trip that stays open: `$0` the
+/// run's marker, `$1` path,
 /// `$2` what `force` creates (`file`, `dir` or nothing), `$3` who holds the lock, `$4` how long
 /// to wait for it (empty: not at all). Answers `missing` (nothing was touched), `busy HOLDER`,
 /// or `locked`, then holds `flock` on `<path>/.krops-lock` until its input closes: when krops
@@ -249,19 +254,46 @@ impl Drop for Locks {
 /// holder, so a lock is never stale.
 const LOCK_SCRIPT: &str = r#"set -e
 p=$1 holder=$3 wait=$4
+# force: a dangling symlink makes way for the sentinel; anything else there stays.
+if [ -n "$2" ]; then
+  mkdir -p -- "$p"
+  if [ -L "$p/.populate" ] && [ ! -e "$p/.populate" ]; then rm -f -- "$p/.populate"; fi
+fi
 case $2 in
-  file) mkdir -p -- "$p"; [ -e "$p/.populate" ] || [ -L "$p/.populate" ] || : > "$p/.populate" ;;
-  dir) mkdir -p -- "$p"; [ -e "$p/.populate" ] || [ -L "$p/.populate" ] || mkdir -- "$p/.populate" ;;
+  file) [ -e "$p/.populate" ] || : > "$p/.populate" ;;
+  dir) [ -e "$p/.populate" ] || mkdir -- "$p/.populate" ;;
 esac
 if [ ! -e "$p/.populate" ]; then echo missing; exit 0; fi
-lock="$p/.krops-lock"
+lock="$p/.krops-lock" who="$p/.krops-holder"
 if [ -L "$lock" ] || { [ -e "$lock" ] && [ ! -f "$lock" ]; }; then rm -rf -- "$lock"; fi
+# Opened for appending and never written: even a hard link planted there keeps its content.
 exec 9>>"$lock"
 if [ -n "$wait" ]; then how="-w $wait"; else how=-n; fi
-if ! flock $how 9; then echo "busy $(cat -- "$lock")"; exit 0; fi
-printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$lock"
+if ! flock $how 9; then echo "busy $(cat -- "$who" 2>/dev/null)"; exit 0; fi
+# Who holds it, written beside and renamed into place: never half-written, never through a link.
+tmp=$(mktemp -- "$who.XXXXXX")
+printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp"
+mv -fT -- "$tmp" "$who"
 echo locked
-read -r _ || true"#;
+# krops says `done` when it releases the lock. Without it (krops was killed, its connection
+# dropped), work of this run may still be going on here (a nix-build, an activation): the lock
+# is held until every process of the run, named by the run's marker ($0), has ended.
+line=
+read -r line || true
+if [ "$line" != done ]; then
+  # This shell's ancestors (sudo, a login shell) carry the marker too: they are not work.
+  mine=" " p=$$
+  while [ "${p:-0}" -gt 1 ]; do mine="$mine$p " p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status"); done
+  while :; do
+    busy=
+    for d in /proc/[0-9]*; do
+      case $mine in *" ${d#/proc/} "*) continue ;; esac
+      case $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) in *" $0 "*|*" $0") busy=1; break ;; esac
+    done
+    [ -n "$busy" ] || break
+    sleep 0.2
+  done
+fi"#;
 
 fn lock_with_sentinel(
     host: &Transport,
@@ -317,7 +349,9 @@ fn backup(host: &Transport, reporter: &Reporter) -> Result<(), DeployError> {
 fi
 if [ -L "$1/.populate/backup" ]; then rm -f -- "$1/.populate/backup"; fi
 mkdir -p -- "$1/.populate/backup"
-rsync -aAXF --delete --exclude /.populate --exclude '/.krops*' --link-dest="$1" "$1/" "$1/.populate/backup/""#;
+# The excludes come first: a `.rsync-filter` among the sources (read through -F) must not
+# bring the backup (or krops's lock) into the backup.
+rsync --exclude /.populate --exclude '/.krops*' -aAXF --delete --link-dest="$1" "$1/" "$1/.populate/backup/""#;
     timed(reporter, &host.host_label(), Stage::Backup, || {
         stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path), reporter).map(drop)
     })

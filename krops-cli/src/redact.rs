@@ -16,9 +16,10 @@ pub fn credentials(text: &str) -> Cow<'_, str> {
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        let authority_end = after
-            .find(|c: char| c == '/' || c.is_whitespace() || "\"'<>?#`".contains(c))
-            .unwrap_or(after.len());
+        // Quotes and the like may be part of a password: the authority ends only where a URL's
+        // does (the path, query or fragment) or at white space.
+        let authority_end =
+            after.find(|c: char| c == '/' || c.is_whitespace() || "?#".contains(c)).unwrap_or(after.len());
         let authority = &after[..authority_end];
         match authority.rfind('@') {
             Some(user_end) => {
@@ -48,6 +49,7 @@ mod tests {
             "fatal: 'http://***@h:8080/x' and ssh://***@h/y"
         );
         assert_eq!(credentials("url = \"https://a:b@c\""), "url = \"https://***@c\"");
+        assert_eq!(credentials("http://user:ab'S3\"CR<ET@127.0.0.1:9/x"), "http://***@127.0.0.1:9/x");
         assert_eq!(
             credentials("root@web1:/var/src and https://host/p@x"),
             "root@web1:/var/src and https://host/p@x"

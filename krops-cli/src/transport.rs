@@ -17,6 +17,17 @@ pub fn join<S: AsRef<str>>(words: &[S]) -> String {
     words.iter().map(|w| quote(w.as_ref())).collect::<Vec<_>>().join(" ")
 }
 
+/// `krops-run-PID-NANOS`: names this run's shells on every target (as their `$0`).
+pub fn run_marker() -> &'static str {
+    static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARKER.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("krops-run-{}-{nanos}", std::process::id())
+    })
+}
+
 /// A target plus the way to reach it.
 #[derive(Debug, Clone)]
 pub struct Transport {
@@ -38,6 +49,15 @@ impl Transport {
     pub fn new(target: Target, origin: &Origin) -> Self {
         let local = target.is_local(origin);
         Transport { target, local, control_socket: None }
+    }
+
+    /// Whether both reach the same directory: both local with one path, or one login to one
+    /// host and port with one path.
+    pub fn same_place(&self, other: &Transport) -> bool {
+        let (a, b) = (&self.target, &other.target);
+        a.path.trim_end_matches('/') == b.path.trim_end_matches('/')
+            && self.local == other.local
+            && (self.local || (a.user == b.user && a.host == b.host && a.port == b.port))
     }
 
     /// The host as shown in messages: `None` for a local target.
@@ -64,11 +84,10 @@ impl Transport {
             remote.push("env".into());
             remote.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
         }
-        remote.extend(["/bin/sh".into(), "-c".into(), script.into()]);
-        if !args.is_empty() {
-            remote.push("sh".into());
-            remote.extend(args.iter().cloned());
-        }
+        // `$0` is the run's marker: the lock holder on the target waits for every process of
+        // its run to end before it lets the lock go (see `pipeline::LOCK_SCRIPT`).
+        remote.extend(["/bin/sh".into(), "-c".into(), script.into(), run_marker().to_owned()]);
+        remote.extend(args.iter().cloned());
         if self.local {
             return Argv(remote);
         }
@@ -160,7 +179,7 @@ mod tests {
     fn local_shell_is_plain_argv() {
         let t = transport("/tmp/site");
         let argv = t.shell("test -e \"$1\"", &["/tmp/site/.populate".into()], &[], Tty::No);
-        assert_eq!(argv.0, ["/bin/sh", "-c", "test -e \"$1\"", "sh", "/tmp/site/.populate"]);
+        assert_eq!(argv.0, ["/bin/sh", "-c", "test -e \"$1\"", run_marker(), "/tmp/site/.populate"]);
     }
 
     #[test]
@@ -182,7 +201,7 @@ mod tests {
                 "-T",
                 "--",
                 "web1",
-                "sudo -- env 'K=v w' /bin/sh -c 'echo \"$1\"' sh \"it's \"'$(x)'"
+                &format!("sudo -- env 'K=v w' /bin/sh -c 'echo \"$1\"' {} \"it's \"'$(x)'", run_marker())
             ]
         );
     }

@@ -485,7 +485,7 @@ echo "backup=$(test -d .populate/backup && echo yes)""#,
 
     // Everything but krops's own bookkeeping: the sentinel and the lock (which names its
     // last holder and when).
-    let snapshot_script = r#"cd /var/src && find . \( -path ./.populate -o -path ./.krops-lock \) -prune -o -printf '%p %m %y %l\n' | sort && find . \( -path ./.populate -o -path ./.krops-lock \) -prune -o -type f -print0 | sort -z | xargs -0 sha256sum"#;
+    let snapshot_script = r#"cd /var/src && find . \( -path ./.populate -o -path './.krops*' \) -prune -o -printf '%p %m %y %l\n' | sort && find . \( -path ./.populate -o -path './.krops*' \) -prune -o -type f -print0 | sort -z | xargs -0 sha256sum"#;
     let before = vm.ssh(image, snapshot_script)?;
     let started = Instant::now();
     krops(krops_bin, work.path(), &env, &["deploy"], Duration::from_secs(300))?;

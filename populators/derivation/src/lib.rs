@@ -34,9 +34,14 @@ impl PopulatorPlugin for Derivation {
         // nix-build prints the output path; its errors (on stderr) become ours. The expression
         // goes in parentheses (on lines of their own, so a trailing comment cannot swallow the
         // closing one): nix-build must never read it as an option, whatever it begins with.
-        // An out-link replaces a symlink by itself; anything else at the path makes way first.
+        // An out-link replaces an earlier out-link by itself; anything else at the path (a
+        // symlink elsewhere, which nix-build refuses to replace, a file, a directory) makes way.
         let script = r#"set -e
-if [ -e "$1" ] && [ ! -L "$1" ]; then rm -rf -- "$1"; fi
+if [ -L "$1" ]; then
+  case $(readlink -- "$1") in /nix/store/*) ;; *) rm -f -- "$1" ;; esac
+elif [ -e "$1" ]; then
+  rm -rf -- "$1"
+fi
 nix-build -E "$2" -o "$1""#;
         let expression = format!("(\n{}\n)", request.attrs.text);
         let output = target.run_script(script, &[&request.destination(), &expression], b"")?;

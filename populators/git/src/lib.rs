@@ -39,10 +39,18 @@ pub struct Clean {
 const POPULATE_SCRIPT: &str = r#"set -efu
 dest=$1 url=$2 commit=$3 shallow=$4 fetch_always=$5
 shift 5
-# Anything at the path that is not the top of a work tree makes way, as in krops.
+# Configuration found on the target never runs code or reaches elsewhere: no hooks, no
+# fsmonitor, no ext:: transport, the standard upload-pack.
+git() {
+  command git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c protocol.ext.allow=never \
+    -c remote.origin.uploadpack=git-upload-pack -c core.sshCommand=ssh "$@"
+}
+# Anything at the path that is not the top of a work tree of its own makes way, as in krops:
+# its .git must be a real directory inside it (not a symlink or a `gitdir:` file, which would
+# lead git to a repository elsewhere).
 if [ -e "$dest" ] || [ -L "$dest" ]; then
   top=$(git -C "$dest" rev-parse --show-toplevel 2>/dev/null || true)
-  if [ -L "$dest" ] || [ "$top" != "$(cd -- "$dest" && pwd -P)" ]; then
+  if [ -L "$dest" ] || [ -L "$dest/.git" ] || [ ! -d "$dest/.git" ] || [ "$top" != "$(cd -- "$dest" && pwd -P)" ]; then
     rm -rf -- "$dest"
   fi
 fi
@@ -88,6 +96,8 @@ impl PopulatorPlugin for Git {
         let attrs = request.attrs;
         check_word("url", &attrs.url)?;
         check_word("ref", &attrs.git_ref)?;
+        gix::url::parse(gix::bstr::BStr::new(attrs.url.as_bytes()))
+            .map_err(|e| format!("git url {:?} is not a URL git can use: {e}", attrs.url))?;
         if attrs.commit.is_some() {
             return Err(
                 "unknown field `commit`, expected one of `url`, `ref`, `shallow`, `fetchAlways`, `clean`"

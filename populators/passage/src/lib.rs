@@ -40,6 +40,8 @@ impl PopulatorPlugin for Passage {
         if !identities_file.is_file() {
             return Err(format!("identities file {} does not exist", identities_file.display()));
         }
+        // Unreadable identities are the configuration's fault: found now, before any target.
+        Identities::read(&identities_file)?;
         Ok(Attrs { dir, identities_file: Some(identities_file), age: attrs.age.map(|a| resolve(&a)) })
     }
 

@@ -38,7 +38,7 @@ impl PopulatorPlugin for Symlink {
 if [ -d "$1" ] && [ ! -L "$1" ]; then
   echo "$1 is a directory; remove it or name the symlink source differently" >&2; exit 1
 fi
-rm -f -- "$1.krops-new"
+rm -rf -- "$1.krops-new"
 ln -s -- "$2" "$1.krops-new"
 mv -fT -- "$1.krops-new" "$1""#;
         target.run_script(script, &[&request.destination(), &request.attrs.target], b"")?;

@@ -531,3 +531,114 @@ fn hostile_values_never_execute_and_never_touch_outside() {
     assert_victim_intact(&victim);
     assert!(tried >= 100, "only {tried} hostile values");
 }
+
+/// A work tree whose `.git` leads elsewhere (a symlink, or a `gitdir:` file) is not krops's:
+/// it is replaced, and the repository it points to is left alone.
+#[test]
+fn a_git_source_never_follows_a_planted_git_dir() {
+    for planted in ["symlink", "gitfile"] {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, Kind::Local);
+        let repo = krops_tests::git::Repo::init(sb.path("repo"));
+        repo.commit("a.nix", "wanted");
+        let outside = krops_tests::git::Repo::init(sb.path("outside"));
+        let outside_head = outside.commit("b.nix", "someone else's work");
+        std::fs::create_dir_all(site.path("r")).unwrap();
+        let outside_git = sb.path("outside/.git");
+        match planted {
+            "symlink" => std::os::unix::fs::symlink(&outside_git, site.path("r/.git")).unwrap(),
+            _ => std::fs::write(site.path("r/.git"), format!("gitdir: {}\n", outside_git.display())).unwrap(),
+        }
+        let config_before = std::fs::read_to_string(outside_git.join("config")).unwrap();
+        sb.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {}\nsource.r.git = {{ url = {:?}, ref = \"main\" }}\n",
+                site.target(),
+                repo.url()
+            ),
+        );
+        sb.krops(&["populate"]).success();
+        assert_eq!(outside.head(), outside_head, "{planted}: the outside repository was reset");
+        assert_eq!(std::fs::read_to_string(outside_git.join("config")).unwrap(), config_before, "{planted}");
+        assert!(site.path("r/.git").is_dir() && !site.path("r/.git").is_symlink(), "{planted}");
+        assert_eq!(site.read("r/a.nix"), "wanted");
+    }
+}
+
+/// The lock file is only ever opened, never written: a hard link planted there keeps the
+/// content of the file it shares.
+#[test]
+fn a_hard_link_at_the_lock_file_is_not_written_through() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let victim = victim(&sb);
+    std::fs::hard_link(victim.join("keep"), site.path(".krops-lock")).unwrap();
+    config(&sb, &site, "info.pipe = \"echo hi\"");
+    sb.krops(&["populate"]).success();
+    sb.krops(&["populate"]).success();
+    assert_victim_intact(&victim);
+    assert!(site.read(".krops-holder").contains(" since "), "who held the lock is kept beside it");
+}
+
+/// A `.rsync-filter` among the sources must not pull the backup into the backup.
+#[test]
+fn a_source_named_rsync_filter_does_not_nest_backups() {
+    let sb = Sandbox::new();
+    let site = Site::new(&sb, Kind::Local);
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\nforce = true\nbackup = true\n[deployments.site.source]\n\
+             \".rsync-filter\".pipe = \"printf '+ /.populate\\\\n+ /.krops-lock\\\\n'\"\n",
+            site.target()
+        ),
+    );
+    for _ in 0..3 {
+        sb.krops(&["populate"]).success();
+    }
+    assert!(!site.path(".populate/backup/.populate").exists(), "{:?}", site.listing(".populate"));
+    assert!(!site.path(".populate/backup/.krops-lock").exists());
+}
+
+/// Work a run left on the target (krops was killed during a remote command) keeps the lock
+/// until it ends: the next run waits for it instead of running alongside.
+#[test]
+fn the_lock_is_held_while_a_killed_runs_remote_work_goes_on() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\ncommand = \"sleep 2; touch /var/src/.after\"\n\
+             [deployments.site.source]\ninfo.pipe = \"echo hi\"\n",
+            site.target()
+        ),
+    );
+    let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("the run reaches activation", || site.path("info").exists());
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill").args(["-KILL", &krops.id().to_string()]).status().unwrap();
+    let _ = krops.wait();
+    assert!(!site.path(".after").exists(), "the remote command had not finished yet");
+    Outcome::of(krops_in(&sb, &["--wait-lock", "30", "populate"])).success();
+    assert!(site.path(".after").exists(), "the second run started before the first run's remote work ended");
+}
+
+/// A symlink pointing elsewhere at a derivation's name makes way for the out-link.
+#[test]
+fn a_derivation_replaces_a_foreign_symlink() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let victim = victim(&sb);
+    std::os::unix::fs::symlink(&victim, site.path("d")).unwrap();
+    config(
+        &sb,
+        &site,
+        "d.derivation = 'derivation { name = \"d\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo built > $out\" ]; }'",
+    );
+    sb.krops(&["populate"]).success();
+    assert_victim_intact(&victim);
+    let link = std::fs::read_link(site.path("d")).unwrap();
+    assert!(link.starts_with("/nix/store/"), "{}", link.display());
+}
