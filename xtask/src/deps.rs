@@ -28,6 +28,7 @@ pub const TEST: &[Requirement] = &[
     ("age", "age"),
     ("nix-build", "nix-bin"),
     ("script", "bsdutils"),
+    ("tmux", "tmux"),
 ];
 
 pub const TEST_VM: &[Requirement] = &[

@@ -20,7 +20,8 @@ tasks:
             then test-vm (extra arguments go to cargo test and skip test-vm)
   example   build krops and deploy examples/local into /tmp/krops-example/src
   install PREFIX
-            release build, then PREFIX/bin/krops and PREFIX/lib/krops/plugins/*.so
+            release build, then PREFIX/bin/krops, PREFIX/lib/krops/plugins/*.so and
+            PREFIX/share/man/man1/krops.1
   bench     release build, then benchmarks against loopback test hosts (see BENCHMARKS.md)
   test-vm   boot a QEMU VM and deploy every source type into it
             (--missing-sentinel: deploy without force, which must fail)";
@@ -140,7 +141,20 @@ fn install(prefix: &Path) -> Result<()> {
             std::fs::copy(&path, plugins.join(&name))?;
         }
     }
-    eprintln!("installed {} and its plugins in {}", bin.join("krops").display(), plugins.display());
+    // The man page comes from krops's own command-line definition (`krops man`, hidden).
+    let man = prefix.join("share/man/man1");
+    std::fs::create_dir_all(&man)?;
+    let page = Command::new(bin.join("krops")).arg("man").output().context("cannot run krops man")?;
+    if !page.status.success() {
+        bail!("krops man failed: {}", String::from_utf8_lossy(&page.stderr));
+    }
+    std::fs::write(man.join("krops.1"), page.stdout)?;
+    eprintln!(
+        "installed {}, its plugins in {} and {}",
+        bin.join("krops").display(),
+        plugins.display(),
+        man.join("krops.1").display()
+    );
     Ok(())
 }
 

@@ -209,3 +209,35 @@ fn nix_output_monitor_wraps_the_rebuild_and_keeps_its_status(kind: Kind) {
         "a failed rebuild behind nom activates nothing"
     );
 }
+
+/// Counts the lines of `text` that hold `needle`.
+fn occurrences(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A failing `build` and `deploy`: the summary names nix-build / nixos-rebuild and shows
+/// nix's `error:` line (not its last line), and nix's output appears once, not repeated.
+#[test]
+fn summaries_of_failing_nix_build_and_nixos_rebuild() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    config(&sb, &site, "", "ok");
+    sb.write("configuration.nix", "{ ... }: { krops-test.marker = undefinedVariableHere; }\n");
+    for (command, program) in [("build", "nix-build"), ("deploy", "nixos-rebuild")] {
+        let out = sb.krops(&[command]);
+        out.code(1);
+        let summary =
+            out.stderr.lines().skip_while(|l| !l.contains("deployments failed")).nth(1).unwrap_or_default();
+        assert!(
+            summary.contains(&format!(
+                "site: activate on 127.0.0.1 failed: {program}: error: undefined variable"
+            )),
+            "{command}: {summary}\n{out}"
+        );
+        assert_eq!(
+            occurrences(&out.stderr, "error: undefined variable 'undefinedVariableHere'"),
+            2,
+            "{command}: once in the output, once in the summary\n{out}"
+        );
+    }
+}

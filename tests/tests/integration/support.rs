@@ -107,8 +107,13 @@ impl Outcome {
     pub fn of(mut command: Command) -> Outcome {
         let line = format!("{command:?}");
         let output = command.output().unwrap_or_else(|e| panic!("cannot run {line}: {e}"));
+        Outcome { command: line, ..Outcome::from_output(output) }
+    }
+
+    /// What a child started by the test itself (e.g. to signal it) ended with.
+    pub fn from_output(output: std::process::Output) -> Outcome {
         Outcome {
-            command: line,
+            command: "(started by the test)".to_owned(),
             code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -1,0 +1,319 @@
+//! SPEC's "Output" and the command line around it: `--json` lines against the README's schema,
+//! selection by glob and tag, colours only on request, completions, summaries that name the
+//! failing program, `run`'s exit status, and prompts that stay visible on a terminal.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{krops_bin, Kind, Outcome, Sandbox, Site};
+
+/// Every stdout line of a `--json` run is one object of the README's schema; returns them.
+fn json_lines(out: &Outcome) -> Vec<serde_json::Value> {
+    let events = [
+        "stage_started",
+        "stage_finished",
+        "source_populated",
+        "output",
+        "log",
+        "connecting",
+        "deployment_finished",
+        "summary",
+    ];
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{out}")))
+        .collect();
+    assert!(!lines.is_empty(), "no JSON lines\n{out}");
+    for line in &lines {
+        assert_eq!(line["v"], 1, "{line}");
+        let event = line["event"].as_str().unwrap_or_else(|| panic!("no event: {line}"));
+        assert!(events.contains(&event), "unknown event {event}: {line}");
+        let time = line["time"].as_str().unwrap_or_else(|| panic!("no time: {line}"));
+        assert!(humantime_like(time), "time is not RFC 3339: {time}");
+        if event != "summary" {
+            assert!(line["deployment"].is_string(), "{line}");
+        }
+        for key in ["duration_ms"] {
+            assert!(line.get(key).is_none_or(serde_json::Value::is_u64), "{key}: {line}");
+        }
+    }
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "summary", "the last line is the summary\n{out}");
+    for (_, entry) in last["deployments"].as_object().expect("deployments") {
+        assert!(["ok", "failed", "skipped"].contains(&entry["status"].as_str().unwrap_or("")), "{entry}");
+    }
+    lines
+}
+
+/// `2026-11-25T21:40:00.123Z`.
+fn humantime_like(time: &str) -> bool {
+    let bytes = time.as_bytes();
+    time.len() >= 20 && bytes[4] == b'-' && bytes[10] == b'T' && time.ends_with('Z')
+}
+
+fn two_deployments(sb: &Sandbox) {
+    sb.target_dir("good");
+    sb.target_dir("bad");
+    sb.write("conf/a", "a");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.good]\ntarget = {:?}\ntags = [\"eu\"]\nsource.a.file = \"conf/a\"\n\
+             [deployments.bad]\ntarget = {:?}\ntags = [\"us\"]\nsource.p.pipe = \"echo the reason >&2; exit 4\"\n",
+            sb.path("good").display().to_string(),
+            sb.path("bad").display().to_string()
+        ),
+    );
+}
+
+#[test]
+fn json_success_and_failure() {
+    let sb = Sandbox::new();
+    two_deployments(&sb);
+    let out = sb.krops(&["--json", "populate", "good"]);
+    out.success();
+    let lines = json_lines(&out);
+    assert_eq!(lines.last().unwrap()["deployments"]["good"]["status"], "ok");
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "source_populated" && l["source"] == "a" && l["stage"] == "populate"));
+    assert!(lines.iter().any(|l| l["event"] == "stage_finished" && l["duration_ms"].is_u64()));
+
+    let out = sb.krops(&["--json", "populate"]);
+    out.code(1);
+    let lines = json_lines(&out);
+    let bad = &lines.last().unwrap()["deployments"]["bad"];
+    assert_eq!(bad["status"], "failed");
+    assert_eq!(bad["error"]["stage"], "populate");
+    assert_eq!(bad["error"]["source"], "p");
+    assert_eq!(bad["error"]["program"], "echo");
+    assert_eq!(bad["error"]["message"], "the reason");
+    assert!(!out.stderr.contains('{'), "JSON went to stderr\n{out}");
+}
+
+#[test]
+fn json_when_interrupted() {
+    let sb = Sandbox::new();
+    sb.target_dir("slow");
+    sb.target_dir("later");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.slow]\ntarget = {:?}\nsource.s.pipe = \"sleep 5\"\n[deployments.later]\ntarget = {:?}\nsource.s.pipe = \"echo\"\n",
+            sb.path("slow").display().to_string(),
+            sb.path("later").display().to_string()
+        ),
+    );
+    let child = sb
+        .krops_command(&["--json", "--jobs", "1", "populate", "slow", "later"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = Outcome::from_output(child.wait_with_output().unwrap());
+    out.code(143);
+    let lines = json_lines(&out);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["interrupted"], "SIGTERM");
+    assert_eq!(summary["deployments"]["slow"]["status"], "failed");
+    assert_eq!(summary["deployments"]["later"]["status"], "skipped");
+}
+
+#[test]
+fn selection_by_glob_tag_and_suggestion() {
+    let sb = Sandbox::new();
+    two_deployments(&sb);
+    sb.krops(&["populate", "go*"]).success();
+    assert_eq!(sb.read("good/a"), "a");
+    std::fs::remove_file(sb.path("good/a")).unwrap();
+    sb.krops(&["populate", "@eu"]).success();
+    assert_eq!(sb.read("good/a"), "a");
+    sb.krops(&["populate", "god"]).code(2).stderr_has("no deployment matches \"god\"; did you mean \"good\"");
+    sb.krops(&["populate", "@asia"]).code(2).stderr_has("no deployment matches \"@asia\"");
+    assert_eq!(sb.listing("bad"), [".populate"], "nothing touched by the failed selections");
+}
+
+#[test]
+fn kinds_decide_what_a_command_does_without_names() {
+    let sb = Sandbox::new();
+    sb.target_dir("t");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.checks]\ntarget = {:?}\nkind = \"build\"\nsource.x.pipe = \"echo\"\n\
+             [deployments.shell]\ntarget = {:?}\nkind = \"run\"\ncommand = \"exit 7\"\nsource.y.pipe = \"echo\"\n",
+            sb.path("t").display().to_string(),
+            sb.path("t").display().to_string()
+        ),
+    );
+    // deploy finds nothing of its kind; naming a build deployment for deploy is a usage error.
+    sb.krops(&["deploy"]).code(2).stderr_has("no deployment fits this command");
+    sb.krops(&["deploy", "checks"]).code(2).stderr_has("use `krops build checks`");
+    // run picks the only run deployment and exits with its command's status.
+    sb.krops(&["run"]).code(7);
+    sb.krops(&["eval"]).success().stdout_has("\"kind\": \"build\"");
+}
+
+#[test]
+fn run_exits_with_the_commands_status() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    sb.write("krops.toml", &format!("[deployments.site]\ntarget = {}\n", site.target()));
+    sb.krops(&["run", "--", "sh", "-c", "exit 3"]).code(3);
+    sb.krops(&["run", "--", "ls", "/nonexistent"])
+        .code(2)
+        .stderr_has("site: activate on 127.0.0.1 failed: ls");
+    sb.krops(&["run", "--", "true"]).success();
+}
+
+#[test]
+fn no_colour_escapes_unless_asked() {
+    let sb = Sandbox::new();
+    two_deployments(&sb);
+    for args in [&["-vv", "populate"][..], &["populate"]] {
+        let out = sb.krops(args);
+        assert!(
+            !out.stderr.contains('\x1b') && !out.stdout.contains('\x1b'),
+            "escape codes in a pipe:\n{out}"
+        );
+    }
+    let out = sb.krops(&["--color", "always", "-vv", "populate", "good"]);
+    assert!(out.stderr.contains('\x1b'), "--color always gave no colour:\n{out}");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let sb = Sandbox::new();
+    for (shell, needle) in [("bash", "complete -F"), ("zsh", "#compdef krops"), ("fish", "complete -c krops")]
+    {
+        sb.krops(&["completions", shell]).success().stdout_has(needle).stdout_has("populate");
+    }
+    sb.krops(&["completions", "tcsh"]).code(2);
+}
+
+#[test]
+fn summaries_name_rsync_git_and_user_commands() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    // rsync: even root may not read another process's memory.
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.site]\ntarget = {}\nsource.m.file = \"/proc/1/mem\"\n", site.target()),
+    );
+    let out = sb.krops(&["populate"]);
+    out.code(1).stderr_has("site: populate of source \"m\" failed: rsync");
+    assert_eq!(
+        out.stderr.matches("send_files failed to open").count(),
+        1,
+        "rsync's stderr shown once\n{out}"
+    );
+    // git: a submodule whose repository is gone.
+    let sub = krops_tests::git::Repo::init(sb.path("sub"));
+    sub.commit("s", "s");
+    let repo = krops_tests::git::Repo::init(sb.path("repo"));
+    repo.commit("a", "a");
+    krops_tests::git::git(
+        &sb.path("repo"),
+        &["-c", "protocol.file.allow=always", "submodule", "-q", "add", &sub.url(), "sub"],
+    );
+    krops_tests::git::git(&sb.path("repo"), &["commit", "-qm", "submodule"]);
+    std::fs::remove_dir_all(sb.path("sub")).unwrap();
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\nsource.r.git = {{ url = {:?}, ref = \"main\" }}\n",
+            site.target(),
+            repo.url()
+        ),
+    );
+    sb.krops(&["populate"]).code(1).stderr_has("site: populate of source \"r\" failed: git: fatal:");
+}
+
+/// A real terminal (tmux): an unknown host key's question and an encrypted key's passphrase
+/// prompt stay visible while the live display runs, are answered, and the deploy completes.
+#[test]
+fn prompts_stay_visible_on_a_terminal() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let key = sb.path("id_protected");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "sesame", "-C", "protected", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    std::fs::write(site.host().unwrap().root_dir().join("root-home/.ssh/authorized_keys"), public).unwrap();
+    let port = site.host().unwrap().port;
+    sb.write("conf/a", "a");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site.target]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"root\"\n\
+             extraOptions = [\"-F\", \"/dev/null\", \"-i\", {:?}, \"-o\", \"IdentitiesOnly=yes\", \"-o\", \"UserKnownHostsFile={}\"]\n\
+             [deployments.site.source]\na.file = \"conf/a\"\ninfo.pipe = \"echo hello\"\n",
+            key.display().to_string(),
+            sb.path("known_hosts").display()
+        ),
+    );
+    let session = format!("krops-test-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &session]).args(args).output().unwrap();
+    let shell_command = format!(
+        "cd {} && env -u SSH_AUTH_SOCK -u DISPLAY {} populate; echo krops-exit-$?; sleep 30",
+        sb.path("").display(),
+        krops_bin().display()
+    );
+    let started = tmux(&["new-session", "-d", "-x", "160", "-y", "50", "-s", &session, &shell_command]);
+    assert!(started.status.success(), "tmux: {}", String::from_utf8_lossy(&started.stderr));
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-S", "-100", "-t", &session]).stdout)
+            .into_owned()
+    };
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = pane();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} on the terminal:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("Are you sure you want to continue connecting");
+    // The display must not erase the question while the user reads it.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        pane().contains("Are you sure you want to continue connecting"),
+        "the question was erased:\n{}",
+        pane()
+    );
+    tmux(&["send-keys", "-t", &session, "yes", "Enter"]);
+    wait_for("Enter passphrase for key");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(pane().contains("Enter passphrase for key"), "the prompt was erased:\n{}", pane());
+    tmux(&["send-keys", "-t", &session, "sesame", "Enter"]);
+    let done = wait_for("krops-exit-");
+    tmux(&["kill-server"]);
+    assert!(done.contains("krops-exit-0"), "{done}");
+    assert!(
+        done.contains("Are you sure you want to continue connecting"),
+        "the question vanished afterwards:\n{done}"
+    );
+    assert!(done.contains("✓ site"), "{done}");
+    assert_eq!(site.read("info"), "hello\n");
+}
+
+/// What `cargo xtask install` writes to `share/man/man1/krops.1`.
+#[test]
+fn the_man_page_describes_every_command() {
+    let sb = Sandbox::new();
+    let out = sb.krops(&["man"]);
+    out.success().stdout_has(".TH krops 1");
+    for command in ["deploy", "build", "run", "populate", "eval", "plugins", "completions"] {
+        out.stdout_has(command);
+    }
+}
