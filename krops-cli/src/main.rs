@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use krops::config::{self, check_operation, Config, Kind};
+use krops::config::{self, check_operation, Kind};
 use krops::exec;
 use krops::loader::{self, search_dirs, Registry};
 use krops::pipeline::{self, Action};
@@ -42,6 +42,15 @@ struct Cli {
     /// Deployments to run at once (the work is network-bound)
     #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: u16,
+    /// For a .nix configuration that is a function: its argument NAME is the Nix expression EXPR
+    #[arg(long = "arg", global = true, num_args = 2, value_names = ["NAME", "EXPR"], action = clap::ArgAction::Append)]
+    arg: Vec<String>,
+    /// For a .nix configuration that is a function: its argument NAME is the string VALUE
+    #[arg(long = "argstr", global = true, num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    argstr: Vec<String>,
+    /// Pass --show-trace to nix when evaluating a .nix configuration
+    #[arg(long = "show-trace", global = true)]
+    show_trace: bool,
     /// Wait up to SECONDS for another krops run's lock on a target instead of failing
     #[arg(long = "wait-lock", global = true, value_name = "SECONDS")]
     wait_lock: Option<u64>,
@@ -160,8 +169,13 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         _ => {}
     }
     let registry = Arc::new(load_plugins(&cli.plugin_dirs));
-    let load = || load_config(cli.file.as_deref(), registry.clone()).map_err(UsageError);
-    let (action, names, purpose, config) = match cli.command {
+    let nix = krops::nix::Options {
+        args: pairs(&cli.arg),
+        argstrs: pairs(&cli.argstr),
+        show_trace: cli.show_trace,
+    };
+    let read = || read_config(cli.file.as_deref(), &nix).map_err(UsageError);
+    let (action, names, purpose, text) = match cli.command {
         Command::Completions { .. } | Command::Man => return Ok(ExitCode::SUCCESS),
         Command::Plugins => {
             for plugin in registry.plugins() {
@@ -183,9 +197,8 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             return Ok(ExitCode::from(2));
         }
         Command::Eval { names } => {
-            let config = load()?;
-            let selected =
-                select(&config, &names, Purpose::Any, false).map_err(|e| UsageError(anyhow!(e)))?;
+            let text = read()?;
+            let selected = validated_selection(&text, &names, Purpose::Any, false, registry.clone())?;
             let deployments: serde_json::Map<String, serde_json::Value> = selected
                 .into_iter()
                 .map(|(name, d)| Ok((name, serde_json::to_value(d)?)))
@@ -202,19 +215,19 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             if let Some(op) = &operation {
                 check_operation(op).map_err(|e| UsageError(anyhow!("--operation: {e}")))?;
             }
-            (Action::Deploy { operation }, names, Purpose::Activate(Kind::Deploy), load()?)
+            (Action::Deploy { operation }, names, Purpose::Activate(Kind::Deploy), read()?)
         }
         Command::Build { names, trace } => {
-            (Action::Build { trace }, names, Purpose::Activate(Kind::Build), load()?)
+            (Action::Build { trace }, names, Purpose::Activate(Kind::Build), read()?)
         }
         Command::Run { name, argv } => {
             let argv = (!argv.is_empty()).then_some(argv);
-            (Action::Run { argv }, name.into_iter().collect(), Purpose::Activate(Kind::Run), load()?)
+            (Action::Run { argv }, name.into_iter().collect(), Purpose::Activate(Kind::Run), read()?)
         }
-        Command::Populate { names } => (Action::Populate, names, Purpose::Any, load()?),
+        Command::Populate { names } => (Action::Populate, names, Purpose::Any, read()?),
     };
     let single = matches!(action, Action::Run { .. });
-    let deployments = select(&config, &names, purpose, single).map_err(|e| UsageError(anyhow!(e)))?;
+    let deployments = validated_selection(&text, &names, purpose, single, registry.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -277,7 +290,8 @@ fn load_plugins(cli_dirs: &[PathBuf]) -> Registry {
     Registry::load(&dirs, exe.as_deref())
 }
 
-fn load_config(file: Option<&std::path::Path>, registry: Arc<Registry>) -> anyhow::Result<Config> {
+/// `-f FILE`, else the first default file here, read (or evaluated).
+fn read_config(file: Option<&std::path::Path>, nix: &krops::nix::Options) -> anyhow::Result<config::Text> {
     let file = match file {
         Some(file) => file.to_owned(),
         None => {
@@ -287,7 +301,33 @@ fn load_config(file: Option<&std::path::Path>, registry: Arc<Registry>) -> anyho
             })?
         }
     };
-    Ok(config::load(&file, registry)?)
+    Ok(config::read(&file, nix)?)
+}
+
+/// The deployments `names` select, with their sources validated by the plugins; the sources
+/// of the others are not looked at (a file missing for one host never blocks another).
+fn validated_selection(
+    text: &config::Text,
+    names: &[String],
+    purpose: Purpose,
+    single: bool,
+    registry: Arc<Registry>,
+) -> Result<Vec<(String, config::Deployment)>, UsageError> {
+    let shape = config::parse(&text.file, text.syntax, &text.text, Arc::new(config::ShapeOnly), None)
+        .map_err(|e| UsageError(e.into()))?;
+    let selected = select(&shape, names, purpose, single).map_err(|e| UsageError(anyhow!(e)))?;
+    let only = selected.iter().map(|(name, _)| name.clone()).collect();
+    let config = config::parse(&text.file, text.syntax, &text.text, registry, Some(&only))
+        .map_err(|e| UsageError(e.into()))?;
+    Ok(selected
+        .into_iter()
+        .filter_map(|(name, _)| config.deployments.get(&name).cloned().map(|d| (name, d)))
+        .collect())
+}
+
+/// `[NAME, VALUE, NAME, VALUE]` (clap's `num_args = 2`) as pairs.
+fn pairs(flat: &[String]) -> Vec<(String, String)> {
+    flat.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect()
 }
 
 /// A signal that ends the run, and the exit status that says so (128 + its number).

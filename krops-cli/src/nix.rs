@@ -7,25 +7,45 @@ use std::path::Path;
 use crate::exec::{self, Argv, Input, Output};
 
 /// The library files, as `(path below the library root, contents)`.
-const LIBRARY: [(&str, &str); 3] = [
+const LIBRARY: [(&str, &str); 7] = [
     ("lib/default.nix", include_str!("../../nix/lib/default.nix")),
+    ("lib/stand-ins.nix", include_str!("../../nix/lib/stand-ins.nix")),
     ("pkgs/default.nix", include_str!("../../nix/pkgs/default.nix")),
+    ("pkgs/krops.nix", include_str!("../../nix/pkgs/krops.nix")),
+    ("pkgs/writers.nix", include_str!("../../nix/pkgs/writers.nix")),
     ("eval.nix", include_str!("../../nix/eval.nix")),
+    ("default.nix", "import ./lib\n"),
 ];
 
+/// What the command line hands to a configuration in Nix.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--arg NAME EXPR`: Nix expressions for a configuration that is a function.
+    pub args: Vec<(String, String)>,
+    /// `--argstr NAME VALUE`: strings for it.
+    pub argstrs: Vec<(String, String)>,
+    /// `--show-trace`.
+    pub show_trace: bool,
+}
+
 /// Evaluates `file` and returns the configuration as JSON. The error is nix's own message.
-pub fn evaluate(file: &Path) -> Result<String, String> {
+pub fn evaluate(file: &Path, options: &Options) -> Result<String, String> {
     let library = tempfile::Builder::new()
         .prefix("krops-nix-")
         .tempdir()
         .map_err(|e| format!("cannot write krops's Nix library: {e}"))?;
-    for (relative, contents) in LIBRARY {
+    let args = arguments_file(&options.args)?;
+    let argstrs: serde_json::Map<String, serde_json::Value> =
+        options.argstrs.iter().map(|(name, value)| (name.clone(), value.clone().into())).collect();
+    let argstrs = serde_json::Value::Object(argstrs).to_string();
+    let generated = [("args.nix", args.as_str()), ("argstrs.json", argstrs.as_str())];
+    for (relative, contents) in LIBRARY.into_iter().chain(generated) {
         let path = library.path().join(relative);
         std::fs::create_dir_all(path.parent().unwrap_or(library.path()))
             .and_then(|()| std::fs::write(&path, contents))
             .map_err(|e| format!("cannot write krops's Nix library: {e}"))?;
     }
-    let argv = evaluation_argv(library.path(), file);
+    let argv = evaluation_argv(library.path(), file, options.show_trace);
     let stdout = exec::run(&argv, &[], Input::Null, Output::Capture).map_err(|e| match e {
         exec::ExecError::Failed { stderr, .. } => format!("nix evaluation failed:\n{}", stderr.trim_end()),
         exec::ExecError::Spawn { .. } => format!("{e} (configuration files in Nix need nix installed)"),
@@ -35,10 +55,29 @@ pub fn evaluate(file: &Path) -> Result<String, String> {
     std::fs::read_to_string(&out).map_err(|e| format!("cannot read the evaluated configuration {out}: {e}"))
 }
 
+/// `{ "NAME" = (EXPR); … }` for the `--arg`s: the expressions are the user's Nix code, the
+/// names are checked to be Nix identifiers.
+fn arguments_file(args: &[(String, String)]) -> Result<String, String> {
+    let mut text = String::from("{\n");
+    for (name, expression) in args {
+        let identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-'".contains(c));
+        if !identifier {
+            return Err(format!("--arg {name:?}: not a Nix identifier"));
+        }
+        text.push_str(&format!("  {name} = (\n{expression}\n);\n"));
+    }
+    text.push_str("}\n");
+    Ok(text)
+}
+
 /// `nix-build` of the library's `eval.nix` for `file`; paths travel as `--argstr`, so any
 /// character in them is fine.
-fn evaluation_argv(library: &Path, file: &Path) -> Argv {
+fn evaluation_argv(library: &Path, file: &Path, show_trace: bool) -> Argv {
     let mut argv: Vec<String> = vec!["nix-build".into(), "--no-out-link".into()];
+    if show_trace {
+        argv.push("--show-trace".into());
+    }
     argv.extend(["-I".into(), format!("krops={}", library.display())]);
     argv.extend(["-E".into(), "{ eval, file }: import (/. + eval) { file = /. + file; }".into()]);
     argv.extend(["--argstr".into(), "eval".into(), library.join("eval.nix").display().to_string()]);

@@ -135,25 +135,9 @@ fn kinds(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, SourceValidator, Syntax};
+    use crate::config::{parse, ShapeOnly, Syntax};
     use std::path::Path;
     use std::sync::Arc;
-
-    struct AnySource;
-    impl SourceValidator for AnySource {
-        fn knows(&self, _: &str) -> bool {
-            true
-        }
-        fn validate(
-            &self,
-            _: &str,
-            _: &str,
-            attrs: serde_json::Value,
-            _: &Path,
-        ) -> Result<serde_json::Value, String> {
-            Ok(attrs)
-        }
-    }
 
     fn config() -> Config {
         let text = r#"
@@ -173,7 +157,7 @@ mod tests {
             target = "/tmp/s"
             kind = "run"
         "#;
-        parse(Path::new("/x/krops.toml"), Syntax::Toml, text, Arc::new(AnySource)).unwrap()
+        parse(Path::new("/x/krops.toml"), Syntax::Toml, text, Arc::new(ShapeOnly), None).unwrap()
     }
 
     fn names(selected: Result<Vec<(String, Deployment)>, String>) -> Vec<String> {

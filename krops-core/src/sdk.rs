@@ -57,19 +57,33 @@ pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
 
 /// Every file below `root` whose name ends in `.EXTENSION` (`.git` directories passed over),
 /// sorted, each with its path relative to `root` without the extension: a secret store's
-/// layout turned into the names of the files to install.
+/// layout turned into the names of the files to install. Symlinked files and directories are
+/// followed, as pass and passage (and the original krops) read a store; a directory reached
+/// twice (a link loop) is read once. A dangling link is an error naming it.
 pub fn files_with_extension(root: &Path, extension: &str) -> Result<Vec<(PathBuf, String)>, String> {
     let mut found = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut pending = vec![root.to_owned()];
     while let Some(current) = pending.pop() {
+        let canonical = current.canonicalize().map_err(|e| format!("{}: {e}", current.display()))?;
+        if !seen.insert(canonical) {
+            continue;
+        }
         let entries = std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("{}: {e}", current.display()))?;
             let path = entry.path();
-            let kind = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
+            let wanted = path.extension().is_some_and(|e| e == extension);
+            let is_dir = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?.is_dir();
+            // A symlink is what it points to.
+            let kind = match std::fs::metadata(&path) {
+                Ok(metadata) => metadata.file_type(),
+                Err(_) if !wanted && !is_dir => continue,
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
             if kind.is_dir() && entry.file_name() != ".git" {
                 pending.push(path);
-            } else if kind.is_file() && path.extension().is_some_and(|e| e == extension) {
+            } else if kind.is_file() && wanted {
                 let relative = path.strip_prefix(root).map_err(|e| e.to_string())?.with_extension("");
                 found.push((path.clone(), relative.to_string_lossy().into_owned()));
             }

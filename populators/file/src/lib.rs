@@ -31,7 +31,8 @@ pub struct Attrs {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
-    #[serde(rename = "type")]
+    /// Without a type, a filter excludes, as in the original.
+    #[serde(rename = "type", default = "FilterKind::exclude")]
     kind: FilterKind,
     pattern: String,
 }
@@ -41,6 +42,12 @@ pub struct Filter {
 enum FilterKind {
     Include,
     Exclude,
+}
+
+impl FilterKind {
+    fn exclude() -> FilterKind {
+        FilterKind::Exclude
+    }
 }
 
 impl PopulatorPlugin for File {

@@ -1,0 +1,16 @@
+# Writers that need no nixpkgs: a text file, or an executable script run by /bin/sh or dash.
+let
+  executable = name: interpreter: text: derivation {
+    inherit name text;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    passAsFile = [ "text" ];
+    args = [ "-c" "{ ${if interpreter == null then "" else "echo '#!${interpreter}'; "}cat \"$textPath\"; } > \"$out\" && chmod 755 \"$out\"" ];
+  };
+in
+rec {
+  writeText = name: text: builtins.toFile name text;
+  writeScript = name: text: executable name null text;
+  writeDash = name: text: executable name "/bin/sh" text;
+  writers = { inherit writeDash; writeBash = name: text: executable name "/bin/bash" text; };
+}
