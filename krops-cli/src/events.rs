@@ -48,6 +48,10 @@ pub struct DeployError {
     /// The exit status of the program, when it ran and failed (`run` exits with it).
     #[serde(skip)]
     pub exit_status: Option<i32>,
+    /// The program's output when it was shown line by line as it came (and so is not part of
+    /// `message`): for `-q`, which showed nothing, and for `--json`'s `detail`.
+    #[serde(skip)]
+    pub output: Option<String>,
 }
 
 impl DeployError {
@@ -59,7 +63,7 @@ impl DeployError {
         message: String,
     ) -> DeployError {
         let headline = headline(&message);
-        DeployError { host, stage, source_name, program, headline, message, exit_status: None }
+        DeployError { host, stage, source_name, program, headline, message, exit_status: None, output: None }
     }
 
     /// Where it failed, without the message: `activate on web1`.

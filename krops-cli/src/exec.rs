@@ -94,11 +94,30 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
+/// The lines of a child's output, whatever its bytes: text that is not UTF-8 is shown with
+/// replacement characters instead of failing the child that printed it.
+fn lossy_lines(pipe: impl Read) -> impl Iterator<Item = std::io::Result<String>> {
+    let mut reader = BufReader::new(pipe);
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.ends_with(b"\n") {
+                    line.pop();
+                }
+                Some(Ok(String::from_utf8_lossy(&line).into_owned()))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    })
+}
+
 /// How much of a failed child's stderr is kept for the error message.
 const STDERR_KEPT: usize = 16 * 1024;
 
 /// Children that may talk to the user on the terminal (ssh authenticating, sudo asking for a
-/// password, an interactive `run`) stay in krops's process group: in a group of their own they
+/// password, a `run` on a terminal) stay in krops's process group: in a group of their own they
 /// would be stopped (SIGTTIN) when they read the terminal. Every other child gets its own group,
 /// so that ending it ends whatever it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +127,9 @@ enum Group {
 }
 
 fn group_for(argv: &Argv, input: &Input<'_>) -> Group {
-    if matches!(input, Input::Inherit) || argv.program() == "sudo" {
+    use std::io::IsTerminal;
+    let interactive = matches!(input, Input::Inherit) && std::io::stdin().is_terminal();
+    if interactive || argv.program() == "sudo" {
         Group::Krops
     } else {
         Group::Own
@@ -242,7 +263,7 @@ pub fn run(
         let stderr_reader = scope.spawn(move || -> std::io::Result<String> {
             let mut kept = String::new();
             if let Some(pipe) = stderr {
-                for line in BufReader::new(pipe).lines() {
+                for line in lossy_lines(pipe) {
                     let line = line?;
                     if let Some(f) = forward {
                         f(Stream::Stderr, &line);
@@ -260,7 +281,7 @@ pub fn run(
         });
         let mut collected = Vec::new();
         let stdout_result = match (stdout, forward) {
-            (Some(pipe), Some(f)) => BufReader::new(pipe).lines().try_for_each(|line| {
+            (Some(pipe), Some(f)) => lossy_lines(pipe).try_for_each(|line| {
                 f(Stream::Stdout, &line?);
                 Ok(())
             }),
@@ -301,7 +322,7 @@ impl Background {
         if let Some(pipe) = child.stderr.take() {
             let sink = stderr.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                for line in lossy_lines(pipe).map_while(Result::ok) {
                     if let Ok(mut kept) = sink.lock() {
                         kept.push_str(&line);
                         kept.push('\n');

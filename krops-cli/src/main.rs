@@ -135,12 +135,29 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(loader::PROBE_ARGUMENT) {
         return loader::probe_main(&args[2..]);
     }
-    let cli = Cli::parse();
+    // Usage errors found by clap end the process there; with --json they still answer in JSON.
+    let json = args.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) if json && error.use_stderr() => {
+            let _ = error.print();
+            let message = error.kind().to_string();
+            let error = serde_json::json!({ "message": message, "detail": error.to_string(), "program": null, "host": null, "stage": null, "source": null });
+            render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
+            return ExitCode::from(2);
+        }
+        Err(error) => error.exit(),
+    };
     render::init_tracing(cli.verbose, cli.quiet, render::colors(&cli.color));
     match run(cli) {
         Ok(code) => code,
         Err(UsageError(error)) => {
-            eprintln!("krops: {}", credentials(&format!("{error:#}")));
+            let message = format!("{error:#}");
+            eprintln!("krops: {}", credentials(&message));
+            if json {
+                let error = serde_json::json!({ "message": message, "detail": null, "program": null, "host": null, "stage": null, "source": null });
+                render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
+            }
             ExitCode::from(2)
         }
     }
@@ -177,6 +194,21 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     let read = || read_config(cli.file.as_deref(), &nix).map_err(UsageError);
     let (action, names, purpose, text) = match cli.command {
         Command::Completions { .. } | Command::Man => return Ok(ExitCode::SUCCESS),
+        Command::Plugins if cli.json => {
+            let plugins: Vec<serde_json::Value> = registry
+                .plugins()
+                .map(|p| serde_json::json!({ "type": p.source_type, "version": p.version, "file": p.file }))
+                .collect();
+            let broken: Vec<serde_json::Value> = registry
+                .broken()
+                .map(|e| serde_json::json!({ "file": e.file, "error": e.message }))
+                .collect();
+            let failed = !broken.is_empty() || plugins.is_empty();
+            render::print_json(
+                serde_json::json!({ "event": "plugins", "plugins": plugins, "broken": broken }),
+            );
+            return Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS });
+        }
         Command::Plugins => {
             for plugin in registry.plugins() {
                 println!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display());
@@ -204,6 +236,10 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 .map(|(name, d)| Ok((name, serde_json::to_value(d)?)))
                 .collect::<Result<_, serde_json::Error>>()
                 .map_err(|e| UsageError(e.into()))?;
+            if cli.json {
+                render::print_json(serde_json::json!({ "event": "eval", "deployments": deployments }));
+                return Ok(ExitCode::SUCCESS);
+            }
             let json = serde_json::json!({ "deployments": deployments });
             let json = serde_json::to_string_pretty(&json).map_err(|e| UsageError(e.into()))?;
             println!("{}", credentials(&json));
@@ -222,7 +258,8 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         }
         Command::Run { name, argv } => {
             let argv = (!argv.is_empty()).then_some(argv);
-            (Action::Run { argv }, name.into_iter().collect(), Purpose::Activate(Kind::Run), read()?)
+            let run = Action::Run { argv, interactive: !cli.json };
+            (run, name.into_iter().collect(), Purpose::Activate(Kind::Run), read()?)
         }
         Command::Populate { names } => (Action::Populate, names, Purpose::Any, read()?),
     };

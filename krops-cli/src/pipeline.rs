@@ -22,9 +22,18 @@ use crate::transport::{Transport, Tty};
 #[derive(Debug, Clone)]
 pub enum Action {
     Populate,
-    Deploy { operation: Option<String> },
-    Build { trace: bool },
-    Run { argv: Option<Vec<String>> },
+    Deploy {
+        operation: Option<String>,
+    },
+    Build {
+        trace: bool,
+    },
+    /// `interactive`: the command gets the user's terminal; otherwise (`--json`) its output
+    /// is reported line by line like an activation's.
+    Run {
+        argv: Option<Vec<String>>,
+        interactive: bool,
+    },
 }
 
 /// A whole run's inputs.
@@ -145,17 +154,17 @@ fn deploy_one(
             let script = activation::build_script(&target.target, *trace || deployment.trace);
             activate(&target, &target.shell(&script, &[], &[], Tty::No), "nix-build", Io::Forwarded, reporter)
         }
-        Action::Run { argv } => {
+        Action::Run { argv, interactive } => {
             let script = activation::run_script(deployment, argv.as_deref());
             let env = [("KROPS_TARGET_PATH", target.target.path.as_str())];
             let tty = if deployment.allocate_tty { Tty::Yes } else { Tty::No };
             let program = match (argv, &deployment.command) {
-                (Some(argv), _) => argv.first().cloned(),
-                (None, Some(command)) => command.split_whitespace().next().map(str::to_owned),
-                (None, None) => None,
+                (Some(argv), _) => user_command(&crate::transport::join(argv)),
+                (None, Some(command)) => user_command(command),
+                (None, None) => "nixos-rebuild".to_owned(),
             };
-            let program = program.unwrap_or_else(|| "nixos-rebuild".to_owned());
-            activate(&target, &target.shell(&script, &[], &env, tty), &program, Io::Terminal, reporter)
+            let io = if *interactive { Io::Terminal } else { Io::Forwarded };
+            activate(&target, &target.shell(&script, &[], &env, tty), &program, io, reporter)
         }
     }
 }
@@ -197,26 +206,36 @@ fn exec_failure(host: &Option<String>, stage: Stage, program: &str, error: exec:
     failed
 }
 
+/// How a user's command is named in errors: the command itself, shortened.
+fn user_command(command: &str) -> String {
+    let command = command.trim();
+    match command.char_indices().nth(60) {
+        Some((cut, _)) => format!("`{}…`", &command[..cut]),
+        None => format!("`{command}`"),
+    }
+}
+
 /// The program a plugin's error is about, from its first words (`rsync failed (…)`), where
-/// the host ran it; a script run through ssh or a shell is named by its source type instead.
+/// the host ran it; a script run through ssh or a shell is named by its source type instead
+/// (a pipe source by its command). A git source's errors are git's, even those of resolving
+/// a ref in-process.
 fn program_of_plugin_error(source: &crate::config::Source, message: &str) -> Option<String> {
     let ran = message.split_once(" failed (").map(|(program, _)| program).filter(|p| !p.contains(' '));
-    let command =
-        source.attrs.get("command").and_then(|c| c.as_str()).and_then(|c| c.split_whitespace().next());
+    let by_type = || match source.source_type.as_str() {
+        "pipe" => source.attrs.get("command").and_then(|c| c.as_str()).map(user_command),
+        "git" => Some("git".to_owned()),
+        "derivation" => Some("nix-build".to_owned()),
+        "file" => Some("rsync".to_owned()),
+        "symlink" => Some("ln".to_owned()),
+        "pass" => Some("gpg".to_owned()),
+        "passage" => Some("age".to_owned()),
+        _ => None,
+    };
     match ran {
-        Some("ssh" | "sudo" | "/bin/sh") | None => match source.source_type.as_str() {
-            "pipe" => command,
-            "git" => Some("git"),
-            "derivation" => Some("nix-build"),
-            "file" => Some("rsync"),
-            "symlink" => Some("ln"),
-            "pass" => Some("gpg"),
-            "passage" => Some("age"),
-            _ => None,
-        }
-        .filter(|_| ran.is_some())
-        .map(str::to_owned),
+        Some("ssh" | "sudo" | "/bin/sh") => by_type(),
         Some(program) => Some(program.to_owned()),
+        None if source.source_type == "git" => by_type(),
+        None => None,
     }
 }
 
@@ -367,7 +386,10 @@ fn prepare(
     timed(reporter, &None, Stage::Prepare, || {
         let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
         let prepared = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
-            let fail = |message: String| failure(&None, Stage::Prepare, Some(name), message);
+            let fail = |message: String| {
+                let program = program_of_plugin_error(source, &message);
+                DeployError::new(None, Stage::Prepare, Some(name.to_string()), program, message)
+            };
             let plugin = registry.plugin(&source.source_type).map_err(fail)?;
             let handle = HostHandle::without_target(Some(reporter));
             let attrs = plugin.prepare(name, source.attrs.clone(), &handle).map_err(fail)?;
@@ -460,13 +482,22 @@ fn activate(
                 _ => None,
             };
             let mut failed = exec_failure(&label, Stage::Activate, program, error);
-            if let Some((stderr, status)) = stderr {
-                let program = failed.program.clone().unwrap_or_default();
-                failed.message = format!("{program} failed ({status}); its output is above");
-                failed.headline = match crate::events::headline(&stderr) {
-                    line if line.is_empty() => failed.message.clone(),
-                    line => line,
-                };
+            let program = failed.program.clone().unwrap_or_default();
+            match (stderr, failed.exit_status) {
+                (Some((stderr, status)), _) => {
+                    failed.message = format!("{program} failed ({status}); its output is above");
+                    failed.headline = match crate::events::headline(&stderr) {
+                        line if line.is_empty() => failed.message.clone(),
+                        line => line,
+                    };
+                    failed.output = Some(stderr);
+                }
+                // The user's terminal saw its output; krops only knows how it ended.
+                (None, Some(code)) if !forwarded => {
+                    failed.message = format!("{program} exited with status {code}");
+                    failed.headline = failed.message.clone();
+                }
+                _ => {}
             }
             failed
         })

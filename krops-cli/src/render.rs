@@ -128,9 +128,38 @@ async fn render_lines(mut events: UnboundedReceiver<Event>, verbosity: Verbosity
     while let Some(event) = events.recv().await {
         progress.note(&event);
         if let Some(line) = line_for(&event, verbosity) {
-            eprintln!("{}", credentials(&line));
+            eprintln!("{}", printable(&credentials(&line)));
         }
     }
+}
+
+/// A line for a file, pipe or plain terminal: the escape sequences and other control
+/// characters a child printed are dropped (tabs kept), so colours and cursor moves never
+/// reach a log, and a `\r` cannot hide what came before it.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ parameters… final byte (@ to ~); other escapes: one character.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\t' | '\n' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 async fn render_json(mut events: UnboundedReceiver<Event>, progress: Progress) {
@@ -182,9 +211,21 @@ fn json_of(event: &Event) -> Value {
 }
 
 fn error_json(error: &DeployError) -> Value {
+    let detail = match &error.output {
+        Some(output) => format!("{}\n{}", error.message, output.trim_end()),
+        None => error.message.clone(),
+    };
     json!({
-        "message": error.headline, "detail": error.message, "program": error.program,
+        "message": error.headline, "detail": detail, "program": error.program,
         "host": error.host, "stage": error.stage, "source": error.source_name,
+    })
+}
+
+/// The `error` of a deployment a signal cut short.
+fn interrupted_json(signal: &str) -> Value {
+    json!({
+        "message": format!("interrupted by {signal}"), "detail": null, "program": null,
+        "host": null, "stage": null, "source": null,
     })
 }
 
@@ -259,6 +300,8 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
             _ => {}
         }
     }
+    // The summary starts on a line of its own, whatever the spinners left.
+    let _ = bars.clear();
 }
 
 fn at(deployment: &str, host: &Option<String>) -> String {
@@ -310,7 +353,12 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
             Some(format!("[{deployment}] finished in {}", human(*millis)))
         }
         Event::DeploymentFinished { deployment, error: Some(error), .. } => {
-            Some(format!("[{deployment}] error: {error}"))
+            // Quiet runs showed no output as it came: the failed program's is shown now.
+            let output = match (&error.output, verbosity.quiet) {
+                (Some(output), true) => format!("\n{}", output.trim_end()),
+                _ => String::new(),
+            };
+            Some(format!("[{deployment}] error: {error}{output}"))
         }
         _ => None,
     }
@@ -350,7 +398,7 @@ pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
     } else if !failed.is_empty() {
         eprintln!("krops: {} of {} deployments failed:", failed.len(), outcomes.len());
         for (name, error) in &failed {
-            eprintln!("  {name}: {}", credentials(&error.summary()));
+            eprintln!("  {name}: {}", printable(&credentials(&error.summary())));
         }
     }
     if failed.is_empty() {
@@ -370,9 +418,7 @@ pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
             .map(|(name, state)| {
                 let entry = match state {
                     State::Waiting => json!({ "status": "skipped" }),
-                    State::Running => {
-                        json!({ "status": "failed", "error": { "message": format!("interrupted by {signal}") } })
-                    }
+                    State::Running => json!({ "status": "failed", "error": interrupted_json(signal) }),
                     State::Done(Ok(_)) => json!({ "status": "ok" }),
                     State::Done(Err(error)) => json!({ "status": "failed", "error": error_json(error) }),
                 };
@@ -380,6 +426,22 @@ pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
             })
             .collect();
         print_json(json!({ "event": "summary", "deployments": deployments, "interrupted": signal }));
+        return;
+    }
+    let mut lines = Vec::new();
+    for (name, state) in &states {
+        match state {
+            State::Waiting => lines.push(format!("  {name}: not started")),
+            State::Running => lines.push(format!("  {name}: interrupted by {signal}")),
+            State::Done(Err(error)) => lines.push(format!("  {name}: {}", credentials(&error.summary()))),
+            State::Done(Ok(_)) => {}
+        }
+    }
+    if !lines.is_empty() {
+        eprintln!("krops: {} of {} deployments did not complete:", lines.len(), states.len());
+        for line in lines {
+            eprintln!("{}", printable(&line));
+        }
     }
 }
 

@@ -87,6 +87,10 @@ pub fn select(
 
 /// Deployment names that `pattern` selects: `@TAG`, a glob, or an exact name.
 fn matching<'c>(config: &'c Config, pattern: &str) -> Result<Vec<&'c String>, String> {
+    // A name as written wins, even when it holds glob characters.
+    if let Some((name, _)) = config.deployments.get_key_value(pattern) {
+        return Ok(vec![name]);
+    }
     if let Some(tag) = pattern.strip_prefix('@') {
         return Ok(config
             .deployments

@@ -87,7 +87,7 @@ fn json_success_and_failure() {
     assert_eq!(bad["status"], "failed");
     assert_eq!(bad["error"]["stage"], "populate");
     assert_eq!(bad["error"]["source"], "p");
-    assert_eq!(bad["error"]["program"], "echo");
+    assert_eq!(bad["error"]["program"], "`echo the reason >&2; exit 4`");
     assert_eq!(bad["error"]["message"], "the reason");
     assert!(!out.stderr.contains('{'), "JSON went to stderr\n{out}");
 }
@@ -165,7 +165,7 @@ fn run_exits_with_the_commands_status() {
     sb.krops(&["run", "--", "sh", "-c", "exit 3"]).code(3);
     sb.krops(&["run", "--", "ls", "/nonexistent"])
         .code(2)
-        .stderr_has("site: activate on 127.0.0.1 failed: ls");
+        .stderr_has("site: activate on 127.0.0.1 failed: `ls /nonexistent` exited with status 2");
     sb.krops(&["run", "--", "true"]).success();
 }
 
@@ -316,4 +316,66 @@ fn the_man_page_describes_every_command() {
     for command in ["deploy", "build", "run", "populate", "eval", "plugins", "completions"] {
         out.stdout_has(command);
     }
+}
+
+/// Every command answers in JSON lines with `--json`, usage errors included; a `run`'s output
+/// becomes `output` events instead of reaching stdout.
+#[test]
+fn json_for_every_command_and_error() {
+    let sb = Sandbox::new();
+    two_deployments(&sb);
+    let only_json = |out: &Outcome| {
+        for line in out.stdout.lines() {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{out}"));
+            assert_eq!(value["v"], 1, "{line}");
+        }
+        out.stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    let eval = only_json(sb.krops(&["--json", "eval"]).success());
+    assert_eq!(eval[0]["event"], "eval");
+    assert!(eval[0]["deployments"]["good"].is_object());
+    let plugins = only_json(sb.krops(&["--json", "plugins"]).success());
+    assert!(plugins[0]["plugins"].as_array().unwrap().iter().any(|p| p["type"] == "file"));
+    for args in [
+        &["--json", "populate", "nope"][..],
+        &["--json", "--frobnicate", "populate"],
+        &["--json", "deploy", "--operation", "x"],
+    ] {
+        let out = sb.krops(args);
+        out.code(2);
+        let lines = only_json(&out);
+        assert_eq!(lines.len(), 1, "{out}");
+        assert_eq!(lines[0]["event"], "error");
+        assert_eq!(lines[0]["exit_status"], 2);
+    }
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.r]\ntarget = {:?}\ncommand = \"echo from the command\"\n",
+            sb.path("good").display().to_string()
+        ),
+    );
+    let run = only_json(sb.krops(&["--json", "run"]).success());
+    assert!(run.iter().any(|l| l["event"] == "output" && l["line"] == "from the command"), "{run:?}");
+}
+
+/// A child's output that is not UTF-8, or carries escape sequences, is shown (cleaned), and
+/// never fails the deployment.
+#[test]
+fn odd_bytes_from_children_are_shown_and_harmless() {
+    let sb = Sandbox::new();
+    sb.target_dir("t");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.t]\ntarget = {:?}\ncommand = \"printf 'x \\\\377\\\\n' >&2; printf '\\\\033[31mred\\\\033[0m\\\\n'\"\nsource.p.pipe = \"echo data; printf 'warn \\\\377\\\\n' >&2\"\n",
+            sb.path("t").display().to_string()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    assert_eq!(sb.read("t/p"), "data\n");
+    let out = sb.krops(&["--json", "run"]);
+    out.success();
+    assert!(out.stdout.contains("x \u{fffd}"), "{out}");
 }

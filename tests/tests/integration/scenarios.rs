@@ -325,6 +325,6 @@ fn progress_on_a_terminal() {
         .stdout_has("✓ good: done in")
         .stdout_has("✗ [bad] error: populate of source \"p\" failed")
         .stdout_has("the reason")
-        .stdout_has("bad: populate of source \"p\" failed: echo: the reason");
+        .stdout_has("bad: populate of source \"p\" failed: `echo the reason >&2; exit 4`: the reason");
     assert_eq!(sb.read("good/a"), "a");
 }
