@@ -31,7 +31,8 @@ if [ -d "$1" ] && [ ! -L "$1" ]; then rm -rf -- "$1"; fi
 mv -fT -- "$tmp" "$1"
 trap - EXIT"#;
 
-/// What the host lends a plugin for one call: a target during `populate`, none before.
+/// What the host lends a plugin for one call: the deployment's target for `prepare` (to read
+/// from) and `populate`; nothing for `validate`.
 pub struct HostHandle<'a> {
     transport: Option<&'a Transport>,
     reporter: Option<&'a Reporter>,
@@ -42,9 +43,9 @@ impl<'a> HostHandle<'a> {
         HostHandle { transport: Some(transport), reporter: Some(reporter) }
     }
 
-    /// For `validate` (no reporter: the configuration is loading) and `prepare`.
-    pub fn without_target(reporter: Option<&'a Reporter>) -> Self {
-        HostHandle { transport: None, reporter }
+    /// For `validate`, while the configuration loads: no target, and nothing to run.
+    pub fn for_validation() -> Self {
+        HostHandle { transport: None, reporter: None }
     }
 
     /// The capabilities this handle answers.

@@ -56,7 +56,7 @@ impl Plugin {
     /// The normalised attributes of source `name`, or the user's error.
     pub fn validate(&self, name: &str, attrs: Value, config_dir: &Path) -> Result<Value, String> {
         let request = ValidateRequest { name: name.to_owned(), attrs, config_dir: config_dir.to_owned() };
-        self.call_for_attrs(method::VALIDATE, &request, &HostHandle::without_target(None))
+        self.call_for_attrs(method::VALIDATE, &request, &HostHandle::for_validation())
     }
 
     /// The attributes to populate with; runs before any target is touched.

@@ -107,8 +107,6 @@ fn deploy_one(
     ssh: &Multiplexer,
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
-    let prepared = prepare(deployment, registry, reporter)?;
-    let deployment = &prepared;
     let connect = |target: &crate::target::Target| {
         let transport = Transport::new(target.clone(), origin);
         let Some(host) = transport.host_label() else { return Ok(transport) };
@@ -122,6 +120,10 @@ fn deploy_one(
         })
     };
     let target = connect(&deployment.target)?;
+    // Plugins resolve what may fail before anything is written; they may ask the target
+    // (read-only), e.g. for a git URL only the target reaches.
+    let prepared = prepare(deployment, &target, registry, reporter)?;
+    let deployment = &prepared;
     // krops populates the build host too when it differs from the target.
     let mut hosts = Vec::new();
     if let (Action::Deploy { .. }, Some(build)) = (action, &deployment.build_target) {
@@ -380,6 +382,7 @@ rsync --exclude /.populate --exclude '/.krops*' -aAXF --delete --link-dest="$1" 
 /// deployment with the attributes to populate with.
 fn prepare(
     deployment: &Deployment,
+    target: &Transport,
     registry: &Registry,
     reporter: &Reporter,
 ) -> Result<Deployment, DeployError> {
@@ -391,7 +394,7 @@ fn prepare(
                 DeployError::new(None, Stage::Prepare, Some(name.to_string()), program, message)
             };
             let plugin = registry.plugin(&source.source_type).map_err(fail)?;
-            let handle = HostHandle::without_target(Some(reporter));
+            let handle = HostHandle::for_target(target, reporter);
             let attrs = plugin.prepare(name, source.attrs.clone(), &handle).map_err(fail)?;
             Ok(((*name).clone(), crate::config::Source { source_type: source.source_type.clone(), attrs }))
         });

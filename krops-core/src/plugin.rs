@@ -31,9 +31,10 @@ pub trait PopulatorPlugin: Default + Send + Sync + 'static {
     /// Runs on the deploying machine while the configuration loads; errors are the user's.
     fn validate(&self, request: ValidateRequest<Self::Attrs>) -> Result<Self::Attrs, String>;
 
-    /// Runs before any target is touched; returns the attributes to populate with (by
-    /// default, unchanged). Resolve anything that may fail or drift here, such as a branch.
-    /// `target` has no target path yet (see [`Target::info`]) but can run local commands.
+    /// Runs before anything is written on any target; returns the attributes to populate with
+    /// (by default, unchanged). Resolve anything that may fail or drift here, such as a
+    /// branch. `target` is the deployment's target: it may be asked (`run_script`), but only
+    /// read from.
     fn prepare(
         &self,
         target: &Target<'_>,

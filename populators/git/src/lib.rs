@@ -1,9 +1,12 @@
 //! The `git` source type: a work tree fetched *on the target* from `url` (so a nixpkgs
 //! checkout never crosses the deployer's uplink), hard-reset to `ref`. Unlike krops, `ref` is
-//! resolved here with gix before any target is touched: a branch or tag becomes a commit id,
-//! every target gets the same commit, and a ref that does not exist fails the deployment first.
+//! resolved before any target is touched: a branch, tag, `origin/BRANCH` or abbreviated commit
+//! becomes a commit id (with gix, from here; for a URL only the target reaches, by an
+//! ls-remote there), every target gets the same commit, and a ref that does not exist fails
+//! the deployment first.
 
 use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::wire::capability::RUN_SCRIPT;
 use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
@@ -107,9 +110,21 @@ impl PopulatorPlugin for Git {
         Ok(attrs)
     }
 
-    fn prepare(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Attrs, String> {
+    /// Resolves `ref` from here; when the repository cannot be reached from here, on the
+    /// target (read-only: an ls-remote), still before anything is written there.
+    fn prepare(&self, target: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Attrs, String> {
         let mut attrs = request.attrs;
-        attrs.commit = Some(resolve(&attrs.url, &attrs.git_ref)?);
+        let commit = match resolve(&attrs.url, &attrs.git_ref) {
+            Ok(commit) => commit,
+            Err(Unresolved::Missing(message)) => return Err(message),
+            Err(Unresolved::Unreachable(message)) if target.offers(RUN_SCRIPT) => {
+                target.log_debug(&format!("{message}; asking the target"));
+                resolve_on_target(target, &attrs.url, &attrs.git_ref)
+                    .map_err(|there| format!("{message}; and on the target: {there}"))?
+            }
+            Err(Unresolved::Unreachable(message)) => return Err(message),
+        };
+        attrs.commit = Some(commit);
         Ok(attrs)
     }
 
@@ -153,49 +168,157 @@ fn is_commit_id(git_ref: &str) -> bool {
     git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// git's own order for a short name (`git rev-parse`'s DWIM): exact, refs/, tags, heads.
-fn candidates(git_ref: &str) -> [String; 4] {
-    [
+/// An abbreviated commit: 4 to 39 hex digits.
+fn is_short_commit(git_ref: &str) -> bool {
+    (4..40).contains(&git_ref.len()) && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// git's own order for a short name (`git rev-parse`'s DWIM): exact, refs/, tags, heads; and
+/// `origin/BRANCH`, the remote-tracking name users write with `fetchAlways`, as that branch.
+fn candidates(git_ref: &str) -> Vec<String> {
+    let mut names = vec![
         git_ref.to_owned(),
         format!("refs/{git_ref}"),
         format!("refs/tags/{git_ref}"),
         format!("refs/heads/{git_ref}"),
-    ]
+    ];
+    if let Some(branch) =
+        git_ref.strip_prefix("origin/").or_else(|| git_ref.strip_prefix("refs/remotes/origin/"))
+    {
+        names.push(format!("refs/heads/{branch}"));
+    }
+    names
 }
 
-/// The commit `git_ref` names at `url`, asked of the remote (an ls-remote) with gix.
-fn resolve(url: &str, git_ref: &str) -> Result<String, String> {
-    if is_commit_id(git_ref) {
-        return Ok(git_ref.to_ascii_lowercase());
+/// Why a ref could not be resolved here.
+enum Unresolved {
+    /// The repository could not be reached from the deploying machine.
+    Unreachable(String),
+    /// It was reached, and the ref is not there.
+    Missing(String),
+}
+
+/// `(name, commit)` of every ref a remote advertises (annotated tags peeled to their commit).
+type Refs = Vec<(String, String)>;
+
+/// The commit `git_ref` names in `refs`: a branch, a tag, `origin/BRANCH`, or a tip whose
+/// commit starts with an abbreviated `git_ref`.
+fn find(refs: &Refs, git_ref: &str) -> Option<String> {
+    let named = candidates(git_ref).into_iter().find_map(|c| refs.iter().find(|(name, _)| *name == c));
+    if let Some((_, commit)) = named {
+        return Some(commit.clone());
     }
-    let fail = |e: &dyn std::fmt::Display| format!("cannot list the refs of {url}: {e}");
+    let wanted = git_ref.to_ascii_lowercase();
+    let mut tips: Vec<&String> = refs
+        .iter()
+        .map(|(_, commit)| commit)
+        .filter(|c| is_short_commit(git_ref) && c.starts_with(&wanted))
+        .collect();
+    tips.dedup();
+    (tips.len() == 1).then(|| tips[0].clone())
+}
+
+/// The refs of `url`, asked of the remote (an ls-remote) with gix.
+fn list_refs(url: &str) -> Result<Refs, String> {
     // gix needs a repository to talk to a remote; an empty scratch one does.
-    let scratch = tempfile::tempdir().map_err(|e| fail(&e))?;
-    let repo = gix::init_bare(scratch.path()).map_err(|e| fail(&e))?;
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let repo = gix::init_bare(scratch.path()).map_err(|e| e.to_string())?;
     let remote = repo
         .remote_at(url)
-        .map_err(|e| fail(&e))?
+        .map_err(|e| e.to_string())?
         .with_fetch_tags(gix::remote::fetch::Tags::None)
         .with_refspecs(
             ["HEAD", "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
             gix::remote::Direction::Fetch,
         )
-        .map_err(|e| fail(&e))?;
-    let connection = remote.connect(gix::remote::Direction::Fetch).map_err(|e| fail(&e))?;
+        .map_err(|e| e.to_string())?;
+    let connection = remote.connect(gix::remote::Direction::Fetch).map_err(|e| e.to_string())?;
     let (ref_map, _handshake) =
-        connection.ref_map(gix::progress::Discard, Default::default()).map_err(|e| fail(&e))?;
-    for candidate in candidates(git_ref) {
-        for remote_ref in &ref_map.remote_refs {
-            // An annotated tag is peeled to the commit it tags.
-            let (name, target, peeled) = remote_ref.unpack();
-            if name == candidate.as_bytes() {
-                if let Some(id) = peeled.or(target) {
-                    return Ok(id.to_string());
-                }
-            }
+        connection.ref_map(gix::progress::Discard, Default::default()).map_err(|e| e.to_string())?;
+    Ok(ref_map
+        .remote_refs
+        .iter()
+        .filter_map(|r| {
+            let (name, target, peeled) = r.unpack();
+            Some((name.to_string(), peeled.or(target)?.to_string()))
+        })
+        .collect())
+}
+
+/// The local repository `url` names, when it is one (a path or `file://`), for what an
+/// ls-remote cannot answer: whether a commit exists, and what an abbreviation stands for.
+fn local_repository(url: &str) -> Option<gix::Repository> {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    path.starts_with('/').then(|| gix::open(path).ok()).flatten()
+}
+
+/// The commit a full or abbreviated commit id names in a local repository.
+fn local_commit(repo: &gix::Repository, git_ref: &str) -> Result<String, String> {
+    let id = if is_commit_id(git_ref) {
+        gix::ObjectId::from_hex(git_ref.as_bytes()).map_err(|e| e.to_string())?
+    } else {
+        let prefix = gix::hash::Prefix::from_hex(git_ref).map_err(|e| e.to_string())?;
+        match repo.objects.lookup_prefix(prefix, None).map_err(|e| e.to_string())? {
+            Some(Ok(id)) => id,
+            Some(Err(())) => return Err("the abbreviation is ambiguous; give more digits".into()),
+            None => return Err("no such object".into()),
         }
+    };
+    let object = repo.find_object(id).map_err(|e| e.to_string())?;
+    if object.kind != gix::object::Kind::Commit {
+        return Err(format!("{id} is a {}, not a commit", object.kind));
     }
-    Err(format!("ref {git_ref:?} does not exist at {url}"))
+    Ok(id.to_string())
+}
+
+/// The full commit `git_ref` names at `url`, from the deploying machine.
+fn resolve(url: &str, git_ref: &str) -> Result<String, Unresolved> {
+    let local = local_repository(url);
+    if let Some(repo) = &local {
+        if is_commit_id(git_ref) || is_short_commit(git_ref) {
+            return local_commit(repo, git_ref).map_err(|e| {
+                Unresolved::Missing(format!("commit {git_ref:?} does not exist at {url}: {e}"))
+            });
+        }
+    } else if is_commit_id(git_ref) {
+        // A remote cannot be asked for a commit that is no ref's tip without fetching it; the
+        // target's fetch checks it, before its work tree is touched.
+        return Ok(git_ref.to_ascii_lowercase());
+    }
+    let refs =
+        list_refs(url).map_err(|e| Unresolved::Unreachable(format!("cannot list the refs of {url}: {e}")))?;
+    find(&refs, git_ref).ok_or_else(|| {
+        let hint = if is_short_commit(git_ref) {
+            " (an abbreviated commit must be a branch or tag tip there; give the full commit)"
+        } else {
+            ""
+        };
+        Unresolved::Missing(format!("ref {git_ref:?} does not exist at {url}{hint}"))
+    })
+}
+
+/// The same, asked on the target (`git ls-remote` there), for a URL only the target reaches.
+/// Nothing is written on the target.
+fn resolve_on_target(target: &Target<'_>, url: &str, git_ref: &str) -> Result<String, String> {
+    if is_commit_id(git_ref) {
+        return Ok(git_ref.to_ascii_lowercase());
+    }
+    let listing = target.run_script(r#"git ls-remote "$1""#, &[url], b"")?;
+    let mut refs: Refs = Vec::new();
+    for line in String::from_utf8_lossy(&listing).lines() {
+        let Some((commit, name)) = line.split_once('\t') else { continue };
+        // The peeled line of an annotated tag (`NAME^{}`) replaces the tag object's id.
+        let name = match name.strip_suffix("^{}") {
+            Some(tag) => {
+                refs.retain(|(n, _)| n != tag);
+                tag
+            }
+            None => name,
+        };
+        refs.push((name.to_owned(), commit.to_owned()));
+    }
+    find(&refs, git_ref)
+        .ok_or_else(|| format!("ref {git_ref:?} does not exist at {url} (asked on the target)"))
 }
 
 krops_core::export_populator!(Git);
@@ -216,7 +339,7 @@ mod tests {
     #[test]
     fn commit_ids_need_no_lookup() {
         let id = "4b4bbce199d3b3a8001ee93495604289b01aaad3";
-        assert_eq!(resolve("file:///nonexistent", id).as_deref(), Ok(id));
+        assert_eq!(resolve("file:///nonexistent", id).ok().as_deref(), Some(id));
         assert!(!is_commit_id("4b4bbce"));
     }
 }

@@ -268,3 +268,56 @@ fn http_urls() {
         assert_eq!(deployed_head(&site), head, "{kind:?}");
     }
 }
+
+/// `origin/BRANCH` (what `fetchAlways` users write) is that branch; an abbreviated commit is
+/// resolved to the full one (from a local repository: any commit; from a remote: a tip).
+#[test]
+fn origin_branch_and_abbreviated_commits() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let repo = Repo::init(sb.path("origin"));
+    let first = repo.commit("a.nix", "1");
+    let second = repo.commit("a.nix", "2");
+    config(&sb, &site, &format!("url = {:?}\nref = \"origin/main\"\nfetchAlways = true", repo.url()));
+    sb.krops(&["populate"]).success().stderr_has(&format!("commit: {second}"));
+    assert_eq!(deployed_head(&site), second);
+    config(&sb, &site, &format!("url = {:?}\nref = {:?}", repo.url(), &first[..7]));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), first, "a short commit of a local repository");
+    config(&sb, &site, &format!("url = {:?}\nref = \"0000000\"", repo.url()));
+    sb.krops(&["populate"]).code(1).stderr_has("commit \"0000000\" does not exist at");
+    // Over git://, an abbreviation of a branch tip.
+    let daemon = krops_tests::git::Daemon::start(&sb.path(""));
+    config(&sb, &site, &format!("url = {:?}\nref = {:?}", daemon.url("origin"), &second[..10]));
+    sb.krops(&["populate"]).success();
+    assert_eq!(deployed_head(&site), second, "a short commit of a remote tip");
+}
+
+/// A repository only the target can reach (here: below the test host's private /root) is
+/// resolved on the target, before anything is written there.
+#[test]
+fn a_url_only_the_target_reaches() {
+    for kind in [Kind::Root, Kind::Sudo] {
+        let sb = Sandbox::new();
+        let site = Site::ready(&sb, kind);
+        let inside = site.host().unwrap().root_dir().join("root-home/private-repo");
+        let repo = Repo::init(inside);
+        let head = repo.commit("a.nix", "only the target sees me");
+        git(&repo.dir, &["tag", "-a", "v9", "-m", "tagged"]);
+        assert!(
+            !std::path::Path::new("/root/private-repo").exists(),
+            "the deploying machine must not see it"
+        );
+        for git_ref in ["main", "v9"] {
+            config(&sb, &site, &format!("url = \"file:///root/private-repo\"\nref = {git_ref:?}"));
+            sb.krops(&["populate"]).success().stderr_has(&format!("commit: {head}"));
+            assert_eq!(deployed_head(&site), head, "{kind:?} {git_ref}");
+        }
+        config(&sb, &site, "url = \"file:///root/private-repo\"\nref = \"nope\"");
+        let before = site.listing("");
+        sb.krops(&["populate"])
+            .code(1)
+            .stderr_has("ref \"nope\" does not exist at file:///root/private-repo (asked on the target)");
+        assert_eq!(site.listing(""), before);
+    }
+}

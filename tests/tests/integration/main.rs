@@ -10,6 +10,7 @@ mod config_errors;
 mod git;
 mod nix;
 mod nix_config;
+mod nix_corpus;
 mod output;
 mod plugins;
 mod remote;

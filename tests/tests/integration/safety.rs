@@ -607,17 +607,18 @@ fn a_source_named_rsync_filter_does_not_nest_backups() {
 fn the_lock_is_held_while_a_killed_runs_remote_work_goes_on() {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Root);
+    let sleeper = format!("sleep 2.{}", std::process::id());
     sb.write(
         "krops.toml",
         &format!(
-            "[deployments.site]\ntarget = {}\ncommand = \"sleep 2; touch /var/src/.after\"\n\
+            "[deployments.site]\ntarget = {}\ncommand = \"{sleeper}; touch /var/src/.after\"\n\
              [deployments.site.source]\ninfo.pipe = \"echo hi\"\n",
             site.target()
         ),
     );
     let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_until("the run reaches activation", || site.path("info").exists());
-    std::thread::sleep(Duration::from_millis(500));
+    // The test host shares this machine's process table: the remote command is visible.
+    wait_until("the remote command runs", || !processes_mentioning(&sleeper).is_empty());
     Command::new("kill").args(["-KILL", &krops.id().to_string()]).status().unwrap();
     let _ = krops.wait();
     assert!(!site.path(".after").exists(), "the remote command had not finished yet");
