@@ -58,17 +58,14 @@ pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
 /// Every file below `root` whose name ends in `.EXTENSION` (`.git` directories passed over),
 /// sorted, each with its path relative to `root` without the extension: a secret store's
 /// layout turned into the names of the files to install. Symlinked files and directories are
-/// followed, as pass and passage (and the original krops) read a store; a directory reached
-/// twice (a link loop) is read once. A dangling link is an error naming it.
+/// followed, as pass and passage (and the original krops) read a store; a link back to a
+/// directory above it (a loop) is not. A dangling link named like a secret is an error.
 pub fn files_with_extension(root: &Path, extension: &str) -> Result<Vec<(PathBuf, String)>, String> {
+    let canonical = |path: &Path| path.canonicalize().map_err(|e| format!("{}: {e}", path.display()));
     let mut found = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut pending = vec![root.to_owned()];
-    while let Some(current) = pending.pop() {
-        let canonical = current.canonicalize().map_err(|e| format!("{}: {e}", current.display()))?;
-        if !seen.insert(canonical) {
-            continue;
-        }
+    // Each directory still to read, with the real directories it lies in (for loops).
+    let mut pending = vec![(root.to_owned(), vec![canonical(root)?])];
+    while let Some((current, ancestors)) = pending.pop() {
         let entries = std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("{}: {e}", current.display()))?;
@@ -82,7 +79,12 @@ pub fn files_with_extension(root: &Path, extension: &str) -> Result<Vec<(PathBuf
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             };
             if kind.is_dir() && entry.file_name() != ".git" {
-                pending.push(path);
+                let real = canonical(&path)?;
+                if !ancestors.contains(&real) {
+                    let mut inner = ancestors.clone();
+                    inner.push(real);
+                    pending.push((path, inner));
+                }
             } else if kind.is_file() && wanted {
                 let relative = path.strip_prefix(root).map_err(|e| e.to_string())?.with_extension("");
                 found.push((path.clone(), relative.to_string_lossy().into_owned()));

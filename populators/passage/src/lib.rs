@@ -18,7 +18,9 @@ pub struct Attrs {
     dir: PathBuf,
     #[serde(default)]
     identities_file: Option<PathBuf>,
-    /// An age binary, used only for identities that need an age plugin.
+    /// The age binary (default `age`, from PATH), used only for what native decryption cannot
+    /// do: identities of age plugins, passphrase-protected ssh keys, and a passphrase-protected
+    /// identities file (decrypted once, into memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     age: Option<PathBuf>,
 }
@@ -41,8 +43,10 @@ impl PopulatorPlugin for Passage {
             return Err(format!("identities file {} does not exist", identities_file.display()));
         }
         // Unreadable identities are the configuration's fault: found now, before any target.
-        Identities::read(&identities_file)?;
-        Ok(Attrs { dir, identities_file: Some(identities_file), age: attrs.age.map(|a| resolve(&a)) })
+        IdentitiesFile::read(&identities_file)?;
+        // A bare name (`age`) is looked up in PATH; a path is the configuration's.
+        let age = attrs.age.map(|a| if a.components().count() > 1 { resolve(&a) } else { a });
+        Ok(Attrs { dir, identities_file: Some(identities_file), age })
     }
 
     fn populate(
@@ -52,7 +56,16 @@ impl PopulatorPlugin for Passage {
     ) -> Result<serde_json::Value, String> {
         let attrs = &request.attrs;
         let identities_file = attrs.identities_file.as_deref().ok_or("passage source was not validated")?;
-        let identities = Identities::read(identities_file)?;
+        let age = attrs.age.clone().unwrap_or_else(|| PathBuf::from("age"));
+        let identities = match IdentitiesFile::read(identities_file)? {
+            IdentitiesFile::Plain(identities) => identities,
+            IdentitiesFile::Encrypted => {
+                // Decrypted once by the age binary (which asks for the passphrase), kept in memory.
+                let file = identities_file.to_string_lossy();
+                let plaintext = target.run_local(&[&age.to_string_lossy(), "-d", "--", &file], b"")?;
+                Identities::parse(&String::from_utf8_lossy(&plaintext), identities_file)?
+            }
+        };
         let files = files_with_extension(&attrs.dir, "age")?;
         // Decryption is CPU-bound and independent per secret.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -60,9 +73,9 @@ impl PopulatorPlugin for Passage {
             let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
             let encrypted = std::fs::read(path).map_err(|e| fail(&e))?;
             let mtime = mtime(path)?;
-            let contents = match (identities.plugin_lines, &attrs.age) {
-                (0, _) => identities.decrypt(&encrypted).map_err(|e| fail(&e))?,
-                (_, Some(age)) => target.run_local(
+            let contents = match identities.needs_binary {
+                0 => identities.decrypt(&encrypted).map_err(|e| fail(&e))?,
+                _ => target.run_local(
                     &[
                         &age.to_string_lossy(),
                         "-d",
@@ -73,12 +86,6 @@ impl PopulatorPlugin for Passage {
                     ],
                     b"",
                 )?,
-                (_, None) => {
-                    return Err(format!(
-                        "{} holds identities of age plugins; set the source's `age` attribute to an age binary that can use them",
-                        identities_file.display()
-                    ))
-                }
             };
             Ok(SecretFile { path: relative.clone(), contents, mtime })
         })
@@ -90,20 +97,39 @@ impl PopulatorPlugin for Passage {
     }
 }
 
+/// An identities file as found on disk: identities in the clear, or itself age-encrypted (with
+/// a passphrase, as `passage` allows).
+enum IdentitiesFile {
+    Plain(Identities),
+    Encrypted,
+}
+
+impl IdentitiesFile {
+    fn read(file: &Path) -> Result<IdentitiesFile, String> {
+        let bytes = std::fs::read(file).map_err(|e| format!("identities file {}: {e}", file.display()))?;
+        if bytes.starts_with(b"age-encryption.org/v1\n")
+            || bytes.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
+        {
+            return Ok(IdentitiesFile::Encrypted);
+        }
+        Identities::parse(&String::from_utf8_lossy(&bytes), file).map(IdentitiesFile::Plain)
+    }
+}
+
 /// The identities of an identities file: age X25519 lines, OpenSSH ed25519/RSA private keys
-/// (PEM blocks), `#` comments; lines of age plugins are counted for the binary fallback.
+/// (PEM blocks), `#` comments. Identities of age plugins and passphrase-protected ssh keys
+/// are counted: with any of them, the age binary decrypts instead.
 struct Identities {
     file: PathBuf,
     keys: Vec<Box<dyn age::Identity + Send + Sync>>,
-    plugin_lines: usize,
+    needs_binary: usize,
 }
 
 impl Identities {
-    fn read(file: &Path) -> Result<Identities, String> {
+    fn parse(text: &str, file: &Path) -> Result<Identities, String> {
         let fail = |detail: String| format!("identities file {}: {detail}", file.display());
-        let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
         let mut keys: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
-        let mut plugin_lines = 0;
+        let mut needs_binary = 0;
         let mut pem: Option<String> = None;
         for (number, line) in text.lines().enumerate() {
             let trimmed = line.trim();
@@ -111,7 +137,10 @@ impl Identities {
                 block.push_str(trimmed);
                 block.push('\n');
                 if trimmed.starts_with("-----END ") {
-                    keys.push(ssh_identity(block, file).map_err(&fail)?);
+                    match ssh_identity(block, file).map_err(&fail)? {
+                        Some(key) => keys.push(key),
+                        None => needs_binary += 1,
+                    }
                     pem = None;
                 }
             } else if trimmed.starts_with("-----BEGIN ") {
@@ -119,7 +148,7 @@ impl Identities {
             } else if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             } else if trimmed.starts_with("AGE-PLUGIN-") {
-                plugin_lines += 1;
+                needs_binary += 1;
             } else {
                 let key = trimmed
                     .parse::<age::x25519::Identity>()
@@ -130,10 +159,10 @@ impl Identities {
         if pem.is_some() {
             return Err(fail("unterminated private key block".into()));
         }
-        if keys.is_empty() && plugin_lines == 0 {
+        if keys.is_empty() && needs_binary == 0 {
             return Err(fail("holds no identities".into()));
         }
-        Ok(Identities { file: file.to_owned(), keys, plugin_lines })
+        Ok(Identities { file: file.to_owned(), keys, needs_binary })
     }
 
     fn decrypt(&self, encrypted: &[u8]) -> Result<Vec<u8>, String> {
@@ -149,14 +178,14 @@ impl Identities {
     }
 }
 
-fn ssh_identity(block: &str, file: &Path) -> Result<Box<dyn age::Identity + Send + Sync>, String> {
+/// An ssh private key as an identity; `None` for a passphrase-protected one, which only the
+/// age binary (asking for the passphrase) can use.
+fn ssh_identity(block: &str, file: &Path) -> Result<Option<Box<dyn age::Identity + Send + Sync>>, String> {
     let identity = age::ssh::Identity::from_buffer(block.as_bytes(), Some(file.display().to_string()))
         .map_err(|e| format!("unreadable ssh private key: {e}"))?;
     match identity {
-        age::ssh::Identity::Unencrypted(_) => Ok(Box::new(identity)),
-        age::ssh::Identity::Encrypted(_) => {
-            Err("a passphrase-protected ssh key cannot be used; decrypt it or use an age identity".into())
-        }
+        age::ssh::Identity::Unencrypted(_) => Ok(Some(Box::new(identity))),
+        age::ssh::Identity::Encrypted(_) => Ok(None),
         age::ssh::Identity::Unsupported(kind) => Err(format!("unsupported ssh key: {kind:?}")),
     }
 }

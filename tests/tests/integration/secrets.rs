@@ -265,10 +265,102 @@ fn passage_age_binary_fallback_for_plugin_identities() {
             ),
         )
     };
+    // Without `age`, the age binary on PATH is asked, which has no such plugin.
     write("");
-    sb.krops(&["populate"]).code(1).stderr_has("set the source's `age` attribute");
+    sb.krops(&["populate"]).code(1).stderr_has("populate of source \"secrets\" failed: age");
     write(&format!("age = {:?}", age.display().to_string()));
     sb.krops(&["populate"]).success();
     assert_eq!(site.read("secrets/token"), "via the age binary");
     assert_eq!(mode(&site.path("secrets/token")), 0o600);
+}
+
+/// A passphrase-protected identities file (as `passage` allows) is decrypted once by the age
+/// binary, here a stand-in that supplies the "passphrase" (another identity) and logs each
+/// call; the secrets are then decrypted natively.
+#[test]
+fn passage_passphrase_protected_identities_through_the_age_binary() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let store = PassageStore::create(&sb.mkdir("passage"), true);
+    store.insert("one", b"first");
+    store.insert("dir/two", b"second");
+    let unlock = PassageStore::create(&sb.mkdir("unlock"), false);
+    let recipient = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(unlock.identities.with_file_name("age.key"))
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8_lossy(&recipient.stdout).trim().to_owned();
+    let protected = sb.path("identities.age");
+    let status = std::process::Command::new("age")
+        .args(["-r", &recipient, "-o"])
+        .arg(&protected)
+        .arg(&store.identities)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log = sb.path("age-calls");
+    let age = sb.write(
+        "age-with-passphrase",
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\n[ \"$1 $2\" = '-d --' ] || {{ echo \"unexpected: $*\" >&2; exit 9; }}\nexec age -d -i '{}' \"$3\"\n",
+            log.display(),
+            unlock.identities.display()
+        ),
+    );
+    std::fs::set_permissions(&age, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\nage = {:?}\n",
+            site.target(),
+            store.store.display().to_string(),
+            protected.display().to_string(),
+            age.display().to_string()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("secrets/one"), "first");
+    assert_eq!(site.read("secrets/dir/two"), "second");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.lines().count(), 1, "the identities were decrypted once: {calls}");
+}
+
+/// Symlinked secrets and directories in a store are followed, as pass and passage read them.
+#[test]
+fn symlinked_secrets_are_followed_in_pass_and_passage_stores() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    store.insert("real/token", b"linked file");
+    store.insert("shared/key", b"linked directory");
+    let web = store.store.join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::os::unix::fs::symlink("../real/token.age", web.join("token.age")).unwrap();
+    std::os::unix::fs::symlink("../shared", web.join("shared")).unwrap();
+    // A loop must not hang the walk.
+    std::os::unix::fs::symlink("..", web.join("loop")).unwrap();
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n",
+            site.target(),
+            web.display().to_string(),
+            store.identities.display().to_string()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("secrets/token"), "linked file");
+    assert_eq!(site.read("secrets/shared/key"), "linked directory");
+
+    let pass = PassStore::create(&sb.path("pass"));
+    pass.insert("real/root", "pass file", 1_600_000_000);
+    pass.insert("shared/api", "pass directory", 1_600_000_000);
+    std::fs::create_dir_all(pass.dir.join("hosts/web")).unwrap();
+    std::os::unix::fs::symlink("../../real/root.gpg", pass.dir.join("hosts/web/root.gpg")).unwrap();
+    std::os::unix::fs::symlink("../../shared", pass.dir.join("hosts/web/shared")).unwrap();
+    pass_config(&sb, &site, &pass, "hosts/web");
+    krops_with(&sb, &pass, &["populate"]).success();
+    assert_eq!(site.read("secrets/root"), "pass file");
+    assert_eq!(site.read("secrets/shared/api"), "pass directory");
 }
