@@ -11,6 +11,10 @@ pub fn deploy_script(deployment: &Deployment, operation: &str) -> String {
     let target = &deployment.target;
     let build_host = activation_host(deployment);
     let mut args = vec![operation.to_owned()];
+    // A populated flake replaces NIX_PATH's sources.
+    if let Some(flake) = &deployment.flake {
+        args.extend(["--flake".into(), format!("{}/{flake}", build_host.path.trim_end_matches('/'))]);
+    }
     if deployment.cross_deploy {
         args.push("--no-build-nix".into());
     }
@@ -21,7 +25,13 @@ pub fn deploy_script(deployment: &Deployment, operation: &str) -> String {
     if target.sudo {
         args.push("--use-remote-sudo".into());
     }
-    let rebuild = format!("NIX_PATH={} nixos-rebuild {}", quote(&build_host.path), join(&args));
+    let mut rebuild = format!("NIX_PATH={} nixos-rebuild {}", quote(&build_host.path), join(&args));
+    if deployment.flake.is_none() {
+        // On a host whose /etc/nixos/flake.nix exists, nixos-rebuild would build that flake
+        // and ignore NIX_PATH (krops issue #37): there, and only there, it is told not to.
+        rebuild =
+            format!("set --; if [ -e /etc/nixos/flake.nix ]; then set -- --no-flake; fi; {rebuild} \"$@\"");
+    }
     with_nix_output_monitor(deployment.use_nix_output_monitor, &build_host.path, &rebuild)
 }
 
@@ -95,20 +105,37 @@ mod tests {
             allocate_tty: false,
             tags: Vec::new(),
             kind: None,
+            flake: None,
             source: BTreeMap::new(),
         }
+    }
+
+    /// `rebuild`, told `--no-flake` only on a host with /etc/nixos/flake.nix.
+    fn guarded(rebuild: &str) -> String {
+        format!("set --; if [ -e /etc/nixos/flake.nix ]; then set -- --no-flake; fi; {rebuild} \"$@\"")
     }
 
     #[test]
     fn deploy_operation_and_flags() {
         let mut d = deployment("root@web1/var/src");
-        assert_eq!(deploy_script(&d, "switch"), "NIX_PATH=/var/src nixos-rebuild switch");
-        assert_eq!(deploy_script(&d, "boot"), "NIX_PATH=/var/src nixos-rebuild boot");
+        assert_eq!(deploy_script(&d, "switch"), guarded("NIX_PATH=/var/src nixos-rebuild switch"));
+        assert_eq!(deploy_script(&d, "boot"), guarded("NIX_PATH=/var/src nixos-rebuild boot"));
         d.cross_deploy = true;
-        assert_eq!(deploy_script(&d, "switch"), "NIX_PATH=/var/src nixos-rebuild switch --no-build-nix");
+        assert_eq!(
+            deploy_script(&d, "switch"),
+            guarded("NIX_PATH=/var/src nixos-rebuild switch --no-build-nix")
+        );
         d.cross_deploy = false;
         d.target.sudo = true;
-        assert_eq!(deploy_script(&d, "test"), "NIX_PATH=/var/src nixos-rebuild test --use-remote-sudo");
+        assert_eq!(
+            deploy_script(&d, "test"),
+            guarded("NIX_PATH=/var/src nixos-rebuild test --use-remote-sudo")
+        );
+        d.flake = Some("config#web".into());
+        assert_eq!(
+            deploy_script(&d, "switch"),
+            "NIX_PATH=/var/src nixos-rebuild switch --flake '/var/src/config#web' --use-remote-sudo"
+        );
     }
 
     #[test]
@@ -117,17 +144,17 @@ mod tests {
         d.build_target = Some(target("builder@build1/srv/my src"));
         assert_eq!(
             deploy_script(&d, "switch"),
-            "NIX_PATH='/srv/my src' nixos-rebuild switch --build-host builder@build1 --target-host root@web1"
+            guarded("NIX_PATH='/srv/my src' nixos-rebuild switch --build-host builder@build1 --target-host root@web1")
         );
         assert_eq!(activation_host(&d).host, "build1");
         d.target.user = String::new();
-        assert!(deploy_script(&d, "switch").ends_with("--target-host web1"));
+        assert!(deploy_script(&d, "switch").ends_with("--target-host web1 \"$@\""));
     }
 
     #[test]
     fn deploy_nom_modes() {
         let mut d = deployment("root@web1");
-        let plain = "NIX_PATH=/var/src nixos-rebuild switch";
+        let plain = guarded("NIX_PATH=/var/src nixos-rebuild switch");
         let piped = format!(
             "exec 3>&1; status=$({{ {{ ({plain}) 2>&1 3>&- 4>&-; echo $? >&4; }} | nom >&3 4>&-; }} 4>&1); exit \"$status\""
         );

@@ -54,6 +54,8 @@ pub struct Deployment {
     /// The one command this deployment serves (`writeDeploy`/`writeTest`/`writeCommand` in the
     /// original); `None` serves every command.
     pub kind: Option<Kind>,
+    /// `SOURCE#ATTR`: deploy the flake populated at `<path>/SOURCE` instead of NIX_PATH.
+    pub flake: Option<String>,
     pub source: BTreeMap<String, Source>,
 }
 
@@ -362,6 +364,9 @@ impl<'de> Deserialize<'de> for Deployments {
                         }
                     });
                     let raw: RawDeployment = map.next_value()?;
+                    if let Some(flake) = &raw.flake {
+                        check_flake(flake, &raw.source.0).map_err(de::Error::custom)?;
+                    }
                     if deployments.insert(name.clone(), raw.into()).is_some() {
                         return Err(de::Error::custom(format!("deployment {name:?} is defined twice")));
                     }
@@ -397,6 +402,7 @@ struct RawDeployment {
     tags: Vec<String>,
     #[serde(default)]
     kind: Option<Kind>,
+    flake: Option<String>,
     #[serde(default)]
     source: Sources,
 }
@@ -419,6 +425,7 @@ impl From<RawDeployment> for Deployment {
             allocate_tty: raw.allocate_tty,
             tags: raw.tags,
             kind: raw.kind,
+            flake: raw.flake,
             source: raw.source.0,
         }
     }
@@ -431,6 +438,21 @@ pub fn check_operation(op: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("operation {op:?} is not a nixos-rebuild action; use one of {}", OPERATIONS.join(", ")))
+    }
+}
+
+/// `flake = "SOURCE#ATTR"` names one of the deployment's sources and an attribute.
+fn check_flake(flake: &str, sources: &BTreeMap<String, Source>) -> Result<(), String> {
+    match flake.split_once('#') {
+        Some((source, attr))
+            if sources.contains_key(source) && !attr.is_empty() && !attr.starts_with('-') =>
+        {
+            Ok(())
+        }
+        Some((source, _)) if !sources.contains_key(source) => {
+            Err(format!("flake {flake:?}: {source:?} is not a source of this deployment"))
+        }
+        _ => Err(format!("flake {flake:?} must be SOURCE#ATTR, e.g. \"config#web\"")),
     }
 }
 

@@ -118,6 +118,10 @@ mount --bind "$1/home" /home
 mount --bind "$1/hosts" /etc/hosts
 mount --bind "$1/state" /var/lib/krops-test
 mount --bind "$1/bin" /usr/local/sbin
+# A private /etc/nixos, for tests of hosts that have a flake there (the directory is made on
+# this machine once, empty, as the mount point).
+mkdir -p /etc/nixos
+mount --bind "$1/etc-nixos" /etc/nixos
 hostname "$2"
 exec /usr/sbin/sshd -D -e -f "$1/sshd_config""#;
 
@@ -145,7 +149,7 @@ impl TestHost {
             tempfile::Builder::new().prefix("krops-host-").tempdir_in(base).map_err(|e| e.to_string())?;
         let root = dir.path();
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        for sub in ["var-src", "root-home/.ssh", "home", "state", "bin"] {
+        for sub in ["var-src", "root-home/.ssh", "home", "state", "bin", "etc-nixos"] {
             std::fs::create_dir_all(root.join(sub)).map_err(|e| io(sub, e))?;
         }
         std::fs::set_permissions(root.join("home"), std::fs::Permissions::from_mode(0o755))
@@ -232,6 +236,11 @@ impl TestHost {
     }
 
     /// The host's `/var/src`, as seen from the test.
+    /// The host's private `/etc/nixos`.
+    pub fn etc_nixos(&self) -> PathBuf {
+        self.dir.path().join("etc-nixos")
+    }
+
     pub fn var_src(&self) -> PathBuf {
         self.dir.path().join("var-src")
     }

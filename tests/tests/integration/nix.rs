@@ -241,3 +241,32 @@ fn summaries_of_failing_nix_build_and_nixos_rebuild() {
         );
     }
 }
+
+/// A host with /etc/nixos/flake.nix is still deployed from the populated sources; `flake =
+/// "SOURCE#ATTR"` deploys the populated flake instead.
+#[test]
+fn flakes_on_the_host_and_in_the_sources() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    std::fs::write(site.host().unwrap().etc_nixos().join("flake.nix"), "{ outputs = _: { }; }\n").unwrap();
+    config(&sb, &site, "", "not-the-flake");
+    sb.krops(&["deploy"]).success();
+    let activations = state(&site, "activations");
+    assert!(
+        activations.starts_with("switch /nix/store/"),
+        "the populated sources were deployed: {activations}"
+    );
+    assert!(activations.trim_end().ends_with("-nixos-system-not-the-flake"), "{activations}");
+
+    sb.write("flake/flake.nix", "{ outputs = _: { }; }\n");
+    config(&sb, &site, "flake = \"config#web\"", "unused");
+    let toml = sb.read("krops.toml");
+    sb.write("krops.toml", &format!("{toml}config.file = \"flake\"\n"));
+    sb.krops(&["deploy", "--operation", "boot"]).success();
+    let last = state(&site, "activations").lines().last().unwrap_or_default().to_owned();
+    assert_eq!(last, "boot flake /var/src/config#web");
+    assert_eq!(site.read("config/flake.nix"), "{ outputs = _: { }; }\n");
+
+    config(&sb, &site, "flake = \"nope#web\"", "unused");
+    sb.krops(&["deploy"]).code(2).stderr_has("\"nope\" is not a source of this deployment");
+}
