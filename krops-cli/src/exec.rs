@@ -368,9 +368,11 @@ pub struct Held {
 }
 
 impl Held {
-    /// Starts `argv` and waits for its first line of output, which is returned (trimmed).
-    /// A child that ends without saying anything is an error carrying its stderr.
-    pub fn start(argv: &Argv) -> Result<(Held, String), ExecError> {
+    /// Starts `argv` and reads its output up to the first line that is its answer (`locked`,
+    /// `missing`, `busy …`: any line not prefixed `state ` or `record `); returns that line
+    /// (trimmed) and the lines before it. A child that ends without answering is an error
+    /// carrying its stderr.
+    pub fn start(argv: &Argv) -> Result<(Held, String, Vec<String>), ExecError> {
         let program = argv.program().to_owned();
         let mut command = argv.command()?;
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -378,11 +380,20 @@ impl Held {
             .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
         let mut held = Held { program: program.clone(), child, stdin: None };
         held.stdin = held.child.stdin.take();
-        let mut first = String::new();
+        let mut before = Vec::new();
+        let mut answer = String::new();
         if let Some(stdout) = held.child.stdout.take() {
-            let _ = BufReader::new(stdout).read_line(&mut first);
+            for line in lossy_lines(stdout) {
+                let Ok(line) = line else { break };
+                if line.starts_with("state ") || line.starts_with("record ") {
+                    before.push(line);
+                } else {
+                    answer = line;
+                    break;
+                }
+            }
         }
-        if first.is_empty() {
+        if answer.is_empty() {
             let mut stderr = String::new();
             if let Some(mut pipe) = held.child.stderr.take() {
                 let _ = pipe.read_to_string(&mut stderr);
@@ -391,7 +402,7 @@ impl Held {
                 wait(&mut held.child).map_err(|source| ExecError::Io { program: program.clone(), source })?;
             return Err(ExecError::Failed { program, status, stderr, stdout: Vec::new() });
         }
-        Ok((held, first.trim().to_owned()))
+        Ok((held, answer.trim().to_owned(), before))
     }
 
     /// Tells the child `done`, closes its input and waits for it to end (killing it after a

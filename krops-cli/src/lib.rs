@@ -11,6 +11,7 @@ pub mod handle;
 pub mod loader;
 pub mod nix;
 pub mod pipeline;
+pub mod record;
 pub mod redact;
 pub mod select;
 pub mod ssh;

@@ -47,6 +47,8 @@ pub struct Plugin {
     pub source_type: String,
     pub version: String,
     pub file: PathBuf,
+    /// The methods the plugin answers (plugins built before a method existed lack it).
+    methods: Vec<String>,
     populator: PopulatorBox,
     // Kept so the library stays mapped; plugins are never unloaded.
     _library: libloading::Library,
@@ -62,6 +64,23 @@ impl Plugin {
     /// The attributes to populate with; runs before any target is touched.
     pub fn prepare(&self, name: &str, attrs: Value, handle: &HostHandle<'_>) -> Result<Value, String> {
         self.call_for_attrs(method::PREPARE, &PrepareRequest { name: name.to_owned(), attrs }, handle)
+    }
+
+    /// The source's fingerprint (see `wire::method::FINGERPRINT`); `None` when the plugin
+    /// offers none, or declines for this source.
+    pub fn fingerprint(
+        &self,
+        name: &str,
+        attrs: Value,
+        handle: &HostHandle<'_>,
+    ) -> Result<Option<String>, String> {
+        if !self.methods.iter().any(|m| m == method::FINGERPRINT) {
+            return Ok(None);
+        }
+        let answer =
+            self.call(method::FINGERPRINT, &PrepareRequest { name: name.to_owned(), attrs }, handle)?;
+        serde_json::from_str(&answer)
+            .map_err(|e| format!("the {} plugin returned a malformed fingerprint: {e}", self.source_type))
     }
 
     /// Puts source `name` at `<target_path>/<name>` through `handle`; returns the plugin's report.
@@ -369,6 +388,7 @@ fn load_plugin(file: &Path, source_type: &str) -> Result<Plugin, PluginError> {
         source_type: description.source_type,
         version: description.version,
         file: file.to_owned(),
+        methods: description.methods,
         populator,
         _library: library,
     })

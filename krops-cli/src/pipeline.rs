@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use krops_core::sdk::parallel_map;
 use tokio::sync::{mpsc::UnboundedSender, Semaphore};
 
@@ -14,6 +16,7 @@ use crate::events::{DeployError, Event, Level, Reporter, Stage};
 use crate::exec::{self, Argv, Input, Output, Stream};
 use crate::handle::HostHandle;
 use crate::loader::Registry;
+use crate::record;
 use crate::ssh::Multiplexer;
 use crate::target::Origin;
 use crate::transport::{Transport, Tty};
@@ -122,7 +125,7 @@ fn deploy_one(
     let target = connect(&deployment.target)?;
     // Plugins resolve what may fail before anything is written; they may ask the target
     // (read-only), e.g. for a git URL only the target reaches.
-    let prepared = prepare(deployment, &target, registry, reporter)?;
+    let (prepared, fingerprints) = prepare(deployment, &target, registry, reporter)?;
     let deployment = &prepared;
     // krops populates the build host too when it differs from the target.
     let mut hosts = Vec::new();
@@ -138,11 +141,16 @@ fn deploy_one(
     // on every way out (the holder's input closes when its `Held` is dropped or released).
     let mut locks = Locks(Vec::new());
     for host in &hosts {
-        locks.0.push(lock_with_sentinel(host, deployment, wait_lock, origin, reporter)?);
+        let (lock, seen) = lock_with_sentinel(host, deployment, &fingerprints, wait_lock, origin, reporter)?;
+        locks.0.push(lock);
         if deployment.backup {
             backup(host, reporter)?;
         }
-        populate(host, deployment, registry, reporter)?;
+        let unchanged = seen.unchanged(&fingerprints);
+        populate(host, deployment, registry, &unchanged, reporter)?;
+        if !fingerprints.is_empty() && unchanged.len() < fingerprints.len() {
+            write_record(host, &fingerprints, origin, reporter)?;
+        }
     }
     match action {
         Action::Populate => Ok(()),
@@ -295,6 +303,13 @@ if ! flock $how 9; then echo "busy $(cat -- "$who" 2>/dev/null)"; exit 0; fi
 tmp=$(mktemp -- "$who.XXXXXX")
 printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp"
 mv -fT -- "$tmp" "$who"
+# The state of the sources krops asks about ($5…), and the last record, for skipping what is
+# unchanged (see record.rs).
+shift 4
+for name do printf 'state %s %s\n' "$(state "$name")" "$name"; done
+if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
+  while IFS= read -r line; do printf 'record %s\n' "$line"; done < "$p/.krops-record"
+fi
 echo locked
 # krops says `done` when it releases the lock. Without it (krops was killed, its connection
 # dropped), work of this run may still be going on here (a nix-build, an activation): the lock
@@ -319,10 +334,11 @@ fi"#;
 fn lock_with_sentinel(
     host: &Transport,
     deployment: &Deployment,
+    fingerprints: &BTreeMap<String, String>,
     wait_lock: Option<u64>,
     origin: &Origin,
     reporter: &Reporter,
-) -> Result<exec::Held, DeployError> {
+) -> Result<(exec::Held, record::Seen), DeployError> {
     let label = host.host_label();
     timed(reporter, &label, Stage::Sentinel, || {
         let path = host.target.path.clone();
@@ -335,13 +351,16 @@ fn lock_with_sentinel(
         };
         let holder = format!("{}@{}", origin.user, origin.host);
         let wait = wait_lock.map(|s| s.to_string()).unwrap_or_default();
-        let args = [path.clone(), create.to_owned(), holder, wait];
-        let argv = host.shell(LOCK_SCRIPT, &args, &[], Tty::No);
+        let mut args = vec![path.clone(), create.to_owned(), holder, wait];
+        // The sources whose state decides whether they are unchanged.
+        args.extend(fingerprints.keys().cloned());
+        let script = format!("{}\n{LOCK_SCRIPT}", record::STATE_FUNCTION);
+        let argv = host.shell(&script, &args, &[], Tty::No);
         reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
         let fail = |message: String| failure(&label, Stage::Sentinel, None, message);
-        let (held, answer) = exec::Held::start(&argv).map_err(|e| fail(e.to_string()))?;
+        let (held, answer, before) = exec::Held::start(&argv).map_err(|e| fail(e.to_string()))?;
         if answer == "locked" {
-            return Ok(held);
+            return Ok((held, record::Seen::parse(&before)));
         }
         held.release();
         match answer.strip_prefix("busy") {
@@ -380,12 +399,14 @@ rsync --exclude /.populate --exclude '/.krops*' -aAXF --delete --link-dest="$1" 
 
 /// Resolves every source (`Populator::prepare`) before any target is touched; returns the
 /// deployment with the attributes to populate with.
+/// Resolves every source (`prepare`) and fingerprints it, before anything is written on any
+/// target; returns the deployment with the attributes to populate with, and the fingerprints.
 fn prepare(
     deployment: &Deployment,
     target: &Transport,
     registry: &Registry,
     reporter: &Reporter,
-) -> Result<Deployment, DeployError> {
+) -> Result<(Deployment, BTreeMap<String, String>), DeployError> {
     timed(reporter, &None, Stage::Prepare, || {
         let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
         let prepared = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
@@ -396,10 +417,24 @@ fn prepare(
             let plugin = registry.plugin(&source.source_type).map_err(fail)?;
             let handle = HostHandle::for_target(target, reporter);
             let attrs = plugin.prepare(name, source.attrs.clone(), &handle).map_err(fail)?;
-            Ok(((*name).clone(), crate::config::Source { source_type: source.source_type.clone(), attrs }))
+            // A source that cannot say what it would ship is simply always populated.
+            let fingerprint = plugin.fingerprint(name, attrs.clone(), &handle).unwrap_or_else(|e| {
+                reporter.log(&None, Level::Debug, format!("{name}: no fingerprint ({e})"));
+                None
+            });
+            let source = crate::config::Source { source_type: source.source_type.clone(), attrs };
+            Ok(((*name).clone(), source, fingerprint))
         });
-        let source = prepared.into_iter().collect::<Result<_, DeployError>>()?;
-        Ok(Deployment { source, ..deployment.clone() })
+        let mut sources = BTreeMap::new();
+        let mut fingerprints = BTreeMap::new();
+        for result in prepared {
+            let (name, source, fingerprint) = result?;
+            if let Some(fingerprint) = fingerprint {
+                fingerprints.insert(name.clone(), fingerprint);
+            }
+            sources.insert(name, source);
+        }
+        Ok((Deployment { source: sources, ..deployment.clone() }, fingerprints))
     })
 }
 
@@ -408,14 +443,27 @@ fn prepare(
 /// default `MaxSessions` is 10 channels per connection.
 const SOURCES_AT_ONCE: usize = 8;
 
+/// Populates every source but the `unchanged` ones (reported as such).
 fn populate(
     host: &Transport,
     deployment: &Deployment,
     registry: &Registry,
+    unchanged: &BTreeSet<String>,
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
     timed(reporter, &host.host_label(), Stage::Populate, || {
-        let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
+        for (name, source) in deployment.source.iter().filter(|(name, _)| unchanged.contains(*name)) {
+            reporter.emit(Event::SourcePopulated {
+                deployment: reporter.deployment.clone(),
+                host: host.host_label(),
+                source: name.clone(),
+                source_type: source.source_type.clone(),
+                millis: 0,
+                report: serde_json::json!({ "unchanged": true }),
+            });
+        }
+        let sources: Vec<(&String, &crate::config::Source)> =
+            deployment.source.iter().filter(|(name, _)| !unchanged.contains(*name)).collect();
         let results = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
             populate_source(host, name, source, registry, reporter)
         });
@@ -449,6 +497,20 @@ fn populate_source(
         report,
     });
     Ok(())
+}
+
+/// Records what was populated (fingerprints, and the states they left on `host`), so that the
+/// next run can skip what is still the same.
+fn write_record(
+    host: &Transport,
+    fingerprints: &BTreeMap<String, String>,
+    origin: &Origin,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let mut args = vec![host.target.path.clone(), format!("{}@{}", origin.user, origin.host)];
+    args.extend(record::write_arguments(fingerprints));
+    let script = format!("{}\n{}", record::STATE_FUNCTION, record::WRITE_SCRIPT);
+    stage_script(host, Stage::Populate, &script, &args, reporter).map(drop)
 }
 
 /// Where an activation command's input and output go.

@@ -44,6 +44,20 @@ pub trait PopulatorPlugin: Default + Send + Sync + 'static {
         Ok(request.attrs)
     }
 
+    /// A fingerprint of what `populate` would put on the target (see [`crate::sdk::Fingerprint`]),
+    /// computed on the deploying machine without touching the target; `None` (the default)
+    /// means "always populate". When the fingerprint and the target's state under the name are
+    /// those krops recorded after the last populate, the host skips the source: it must change
+    /// whenever the result would. Never derive it from secret plaintext.
+    fn fingerprint(
+        &self,
+        target: &Target<'_>,
+        request: PrepareRequest<Self::Attrs>,
+    ) -> Result<Option<String>, String> {
+        let _ = (target, request);
+        Ok(None)
+    }
+
     /// Puts the source at `request.destination()` through `target`; returns a report.
     fn populate(
         &self,
@@ -179,6 +193,11 @@ impl<P: PopulatorPlugin> Adapter<P> {
                 let attrs = typed_attrs::<P>(request.attrs)?;
                 answer(&self.0.prepare(target, PrepareRequest { name: request.name, attrs })?)
             }
+            method::FINGERPRINT => {
+                let request: PrepareRequest = parse(request)?;
+                let attrs = typed_attrs::<P>(request.attrs)?;
+                answer(&self.0.fingerprint(target, PrepareRequest { name: request.name, attrs })?)
+            }
             method::POPULATE => {
                 let request: PopulateRequest = parse(request)?;
                 let attrs = typed_attrs::<P>(request.attrs)?;
@@ -195,7 +214,9 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
         let description = Description {
             source_type: P::TYPE.to_owned(),
             version: P::VERSION.to_owned(),
-            methods: [method::VALIDATE, method::PREPARE, method::POPULATE].map(str::to_owned).to_vec(),
+            methods: [method::VALIDATE, method::PREPARE, method::FINGERPRINT, method::POPULATE]
+                .map(str::to_owned)
+                .to_vec(),
         };
         serde_json::to_string(&description).unwrap_or_default().into()
     }

@@ -154,3 +154,69 @@ pub fn parallel_map<I: Sync, T: Send>(items: &[I], limit: usize, work: impl Fn(&
     results.sort_by_key(|(index, _)| *index);
     results.into_iter().map(|(_, result)| result).collect()
 }
+
+/// A SHA-256 over labelled parts, as hex: for [`PopulatorPlugin::fingerprint`](crate::plugin::PopulatorPlugin::fingerprint).
+#[derive(Default)]
+pub struct Fingerprint(sha2::Sha256);
+
+impl Fingerprint {
+    /// Adds one part; parts are length-prefixed, so `("ab", "c")` and `("a", "bc")` differ.
+    pub fn add(&mut self, part: impl AsRef<[u8]>) -> &mut Self {
+        use sha2::Digest;
+        let part = part.as_ref();
+        self.0.update((part.len() as u64).to_le_bytes());
+        self.0.update(part);
+        self
+    }
+
+    /// Adds every file below (or at) `path` as rsync sees it: relative name, kind, size,
+    /// modification time, mode, and a symlink's target. Contents are not read.
+    pub fn add_tree(&mut self, path: &Path) -> Result<&mut Self, String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut entries = Vec::new();
+        let mut pending = vec![path.to_owned()];
+        while let Some(current) = pending.pop() {
+            let metadata =
+                std::fs::symlink_metadata(&current).map_err(|e| format!("{}: {e}", current.display()))?;
+            let relative = current.strip_prefix(path).unwrap_or(&current).to_string_lossy().into_owned();
+            let link = if metadata.file_type().is_symlink() {
+                std::fs::read_link(&current).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            entries.push(format!(
+                "{relative}\0{:o}\0{}\0{}.{}\0{link}",
+                metadata.mode(),
+                metadata.size(),
+                metadata.mtime(),
+                metadata.mtime_nsec()
+            ));
+            if metadata.is_dir() {
+                for entry in std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))? {
+                    pending.push(entry.map_err(|e| e.to_string())?.path());
+                }
+            }
+        }
+        entries.sort();
+        for entry in entries {
+            self.add(entry);
+        }
+        Ok(self)
+    }
+
+    /// Adds files found by [`files_with_extension`]: each name with the size and modification
+    /// time of what it points to (a secret store's ciphertexts: never their plaintext).
+    pub fn add_files(&mut self, files: &[(PathBuf, String)]) -> Result<&mut Self, String> {
+        use std::os::unix::fs::MetadataExt;
+        for (path, name) in files {
+            let metadata = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            self.add(format!("{name}\0{}\0{}.{}", metadata.size(), metadata.mtime(), metadata.mtime_nsec()));
+        }
+        Ok(self)
+    }
+
+    pub fn finish(&self) -> String {
+        use sha2::Digest;
+        self.0.clone().finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

@@ -18,6 +18,10 @@ pub mod method {
     pub const PREPARE: &str = "prepare";
     /// [`super::PopulateRequest`] → a report object.
     pub const POPULATE: &str = "populate";
+    /// [`super::PrepareRequest`] (prepared attributes) → a string that changes whenever what
+    /// `populate` would put on the target changes, or `null` (always populate). The host skips
+    /// a source whose fingerprint and target-side state are those of its last populate.
+    pub const FINGERPRINT: &str = "fingerprint";
 }
 
 /// The capabilities a host offers through [`crate::abi::TargetHandle::call`].

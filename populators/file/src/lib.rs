@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::sdk::resolve_path;
-use krops_core::wire::{PopulateRequest, RsyncRequest, ValidateRequest};
+use krops_core::sdk::{resolve_path, Fingerprint};
+use krops_core::wire::{PopulateRequest, PrepareRequest, RsyncRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -71,6 +71,12 @@ impl PopulatorPlugin for File {
             filters,
             exclude: Vec::new(),
         })
+    }
+
+    /// The attributes and the tree as rsync compares it (names, kinds, sizes, mtimes, modes).
+    fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
+        let attrs = serde_json::to_string(&request.attrs).map_err(|e| e.to_string())?;
+        Ok(Some(Fingerprint::default().add(attrs).add_tree(&request.attrs.path)?.finish()))
     }
 
     fn populate(

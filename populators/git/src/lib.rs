@@ -6,6 +6,7 @@
 //! the deployment first.
 
 use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::sdk::Fingerprint;
 use krops_core::wire::capability::RUN_SCRIPT;
 use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,12 @@ impl PopulatorPlugin for Git {
         };
         attrs.commit = Some(commit);
         Ok(attrs)
+    }
+
+    /// The prepared attributes: url, the resolved commit, shallow, clean excludes.
+    fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
+        let attrs = serde_json::to_string(&request.attrs).map_err(|e| e.to_string())?;
+        Ok(request.attrs.commit.is_some().then(|| Fingerprint::default().add(attrs).finish()))
     }
 
     fn populate(

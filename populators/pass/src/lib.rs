@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::sdk::{files_with_extension, mtime, resolve_path, SecretFile};
-use krops_core::wire::{PopulateRequest, ValidateRequest};
+use krops_core::sdk::{files_with_extension, mtime, resolve_path, Fingerprint, SecretFile};
+use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -44,6 +44,13 @@ impl PopulatorPlugin for Pass {
             return Err(format!("{} is not a directory", dir.join(&attrs.name).display()));
         }
         Ok(Attrs { dir, name: attrs.name })
+    }
+
+    /// The attributes and the store's encrypted files (names, sizes, mtimes): no decryption.
+    fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
+        let attrs = serde_json::to_string(&request.attrs).map_err(|e| e.to_string())?;
+        let files = files_with_extension(&request.attrs.dir.join(&request.attrs.name), "gpg")?;
+        Ok(Some(Fingerprint::default().add(attrs).add_files(&files)?.finish()))
     }
 
     fn populate(

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::sdk::{files_with_extension, mtime, resolve_path, SecretFile};
-use krops_core::wire::{PopulateRequest, ValidateRequest};
+use krops_core::sdk::{files_with_extension, mtime, resolve_path, Fingerprint, SecretFile};
+use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -47,6 +47,13 @@ impl PopulatorPlugin for Passage {
         // A bare name (`age`) is looked up in PATH; a path is the configuration's.
         let age = attrs.age.map(|a| if a.components().count() > 1 { resolve(&a) } else { a });
         Ok(Attrs { dir, identities_file: Some(identities_file), age })
+    }
+
+    /// The attributes and the store's encrypted files (names, sizes, mtimes): no decryption.
+    fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
+        let attrs = serde_json::to_string(&request.attrs).map_err(|e| e.to_string())?;
+        let files = files_with_extension(&request.attrs.dir, "age")?;
+        Ok(Some(Fingerprint::default().add(attrs).add_files(&files)?.finish()))
     }
 
     fn populate(

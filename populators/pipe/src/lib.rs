@@ -1,11 +1,36 @@
 //! The `pipe` source type: a local command's standard output, as a file at `<path>/<name>`.
+//! The command runs once per source and run: its output is fingerprinted (so an unchanged
+//! output is not sent again) and kept for populating, so what is shipped is what was
+//! fingerprinted.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::wire::{PopulateRequest, ValidateRequest};
+use krops_core::sdk::Fingerprint;
+use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
-pub struct Pipe;
+pub struct Pipe {
+    /// Output by (source name, command), from `fingerprint` for `populate`.
+    outputs: Mutex<HashMap<(String, String), Vec<u8>>>,
+}
+
+impl Pipe {
+    /// The command's output: the one run this source already got in this run, else a new run.
+    fn output(&self, target: &Target<'_>, name: &str, command: &str) -> Result<Vec<u8>, String> {
+        let key = (name.to_owned(), command.to_owned());
+        if let Some(output) = self.outputs.lock().ok().and_then(|o| o.get(&key).cloned()) {
+            return Ok(output);
+        }
+        let output = target.run_local(&["/bin/sh", "-c", command], b"")?;
+        if let Ok(mut outputs) = self.outputs.lock() {
+            outputs.insert(key, output.clone());
+        }
+        Ok(output)
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,12 +51,21 @@ impl PopulatorPlugin for Pipe {
         Ok(request.attrs)
     }
 
+    fn fingerprint(
+        &self,
+        target: &Target<'_>,
+        request: PrepareRequest<Attrs>,
+    ) -> Result<Option<String>, String> {
+        let output = self.output(target, &request.name, &request.attrs.command)?;
+        Ok(Some(Fingerprint::default().add(&request.attrs.command).add(output).finish()))
+    }
+
     fn populate(
         &self,
         target: &Target<'_>,
         request: PopulateRequest<Attrs>,
     ) -> Result<serde_json::Value, String> {
-        let output = target.run_local(&["/bin/sh", "-c", &request.attrs.command], b"")?;
+        let output = self.output(target, &request.name, &request.attrs.command)?;
         // krops writes with `cat >`, i.e. the remote umask's usual 0644.
         target.write_file(&request.destination(), 0o644, &output)?;
         Ok(serde_json::json!({ "bytes": output.len() }))

@@ -1,7 +1,8 @@
 //! The `symlink` source type: a symbolic link at `<path>/<name>`, usually to another source.
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::wire::{PopulateRequest, ValidateRequest};
+use krops_core::sdk::Fingerprint;
+use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -24,6 +25,10 @@ impl PopulatorPlugin for Symlink {
             return Err("symlink target must be a non-empty path".to_owned());
         }
         Ok(request.attrs)
+    }
+
+    fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
+        Ok(Some(Fingerprint::default().add(&request.attrs.target).finish()))
     }
 
     fn populate(

@@ -120,7 +120,8 @@ fn symlink_source_refuses_an_existing_directory(kind: Kind) {
 }
 
 /// Two runs against one target at once: the second reports the lock and touches nothing; with
-/// `--wait-lock` it waits and then succeeds. Ten trials, each with its own content.
+/// `--wait-lock` it waits and then succeeds. Ten trials, each with its own content; the lock is
+/// held through activation (here a `run` command that takes a while).
 fn a_second_run_reports_the_lock_and_wait_lock_waits(kind: Kind) {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, kind);
@@ -130,21 +131,27 @@ fn a_second_run_reports_the_lock_and_wait_lock_waits(kind: Kind) {
             sb.write(
                 &format!("{run}.toml"),
                 &format!(
-                    "[deployments.site]\ntarget = {}\n[deployments.site.source]\n\
-                     a.pipe = \"echo {run} {trial}\"\nslow.pipe = \"sleep 0.6; echo {run} {trial}\"\nb.pipe = \"echo {run} {trial}\"\n",
+                    "[deployments.site]\ntarget = {}\ncommand = \"sleep 0.6\"\n[deployments.site.source]\n\
+                     a.pipe = \"echo {run} {trial}\"\nslow.pipe = \"echo {run} {trial}\"\nb.pipe = \"echo {run} {trial}\"\n",
                     site.target()
                 ),
             );
         }
-        let first =
-            sb.krops_command(&["-f", "first.toml", "populate"]).stderr(Stdio::piped()).spawn().unwrap();
+        let first = sb
+            .krops_command(&["-f", "first.toml", "run"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         // The first holds the lock once its sentinel stage is done; give it a head start.
-        std::thread::sleep(Duration::from_millis(250));
-        let mut args = vec!["-f", "second.toml", "populate"];
+        std::thread::sleep(Duration::from_millis(300));
+        let mut args = vec!["-f", "second.toml", "run"];
         if wait {
             args.extend(["--wait-lock", "30"]);
         }
-        let second = Outcome::of(sb.krops_command(&args));
+        let mut second = sb.krops_command(&args);
+        second.stdin(Stdio::null());
+        let second = Outcome::of(second);
         let first = first.wait_with_output().unwrap();
         assert!(
             first.status.success(),
@@ -297,16 +304,23 @@ fn the_ssh_control_directory_is_private() {
 }
 
 /// A lock is never stale: killing krops (SIGKILL, no cleanup of its own) or its ssh master (a
-/// dropped connection) releases it.
+/// dropped connection) releases it, as soon as the run's work on the target has ended.
 #[test]
 fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
     for victim in ["krops", "master"] {
         let sb = Sandbox::new();
         let site = Site::ready(&sb, Kind::Root);
-        let sleeper = format!("sleep 9.{}", std::process::id());
-        config(&sb, &site, &format!("slow.pipe = \"exec {sleeper}\""));
-        let mut krops = krops_in(&sb, &["populate"]).stderr(Stdio::null()).spawn().unwrap();
-        wait_until("the slow pipe command runs", || !processes_mentioning(&sleeper).is_empty());
+        let sleeper = format!("sleep 1.{}", std::process::id());
+        sb.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {}\ncommand = \"{sleeper}\"\n[deployments.site.source]\ninfo.pipe = \"echo before\"\n",
+                site.target()
+            ),
+        );
+        let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // The test host shares this machine's process table: the remote command is visible.
+        wait_until("the remote command runs", || !processes_mentioning(&sleeper).is_empty());
         let pid = match victim {
             "krops" => krops.id().to_string(),
             _ => {
@@ -320,8 +334,7 @@ fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
         };
         Command::new("kill").args(["-KILL", &pid]).status().unwrap();
         let _ = krops.wait();
-        config(&sb, &site, "slow.pipe = \"echo after\"");
-        // The target notices the end of the connection within moments; never waits for a timeout.
+        config(&sb, &site, "info.pipe = \"echo after\"");
         let started = Instant::now();
         Outcome::of(krops_in(&sb, &["--wait-lock", "20", "populate"])).success();
         assert!(
@@ -329,7 +342,7 @@ fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
             "{victim}: lock held for {:?}",
             started.elapsed()
         );
-        assert_eq!(site.read("slow"), "after\n");
+        assert_eq!(site.read("info"), "after\n");
         let tmp = sb.path("tmp").display().to_string();
         wait_until("krops's own processes are gone", || {
             processes_mentioning(&tmp).is_empty() && processes_mentioning(&sleeper).is_empty()

@@ -1,0 +1,95 @@
+//! Performance promises as behaviour (the figures are `cargo xtask bench`'s): a redeploy that
+//! changes nothing transfers nothing, yet a hand edit on the target is repaired; and many
+//! hosts are deployed at once with the default settings.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::on_every_site;
+use crate::support::{Kind, Sandbox, Site};
+
+on_every_site!(a_noop_redeploy_runs_no_rsync_and_a_hand_edit_is_repaired);
+
+fn a_noop_redeploy_runs_no_rsync_and_a_hand_edit_is_repaired(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    sb.write("conf/a.nix", "a");
+    sb.write("conf/dir/b.nix", "b");
+    sb.write("single.nix", "single");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source]\n\
+             conf.file = \"conf\"\nsingle.file = \"single.nix\"\nlink.symlink = \"conf\"\ninfo.pipe = \"echo stable\"\n",
+            site.target()
+        ),
+    );
+    let rsyncs =
+        |out: &crate::support::Outcome| out.stderr.lines().filter(|l| l.contains("running rsync")).count();
+    let first = sb.krops(&["-vv", "populate"]);
+    first.success();
+    assert_eq!(rsyncs(&first), 2, "{first}");
+    let again = sb.krops(&["-vv", "populate"]);
+    again.success();
+    assert_eq!(rsyncs(&again), 0, "a no-op redeploy transferred something:\n{again}");
+    for source in ["conf", "single", "link", "info"] {
+        again.stderr_has(&format!(
+            "{source} ({}) in 0 ms, unchanged: true",
+            match source {
+                "link" => "symlink",
+                "info" => "pipe",
+                _ => "file",
+            }
+        ));
+    }
+    // Someone edits a file on the target: the next run puts it right, as rsync would.
+    site.write("conf/dir/b.nix", "edited by hand");
+    let repaired = sb.krops(&["-vv", "populate"]);
+    repaired.success();
+    assert_eq!(rsyncs(&repaired), 1, "{repaired}");
+    assert_eq!(site.read("conf/dir/b.nix"), "b");
+    // And a change here is shipped.
+    sb.write("single.nix", "changed");
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("single"), "changed");
+}
+
+/// Twenty hosts in one run with the default settings: they are deployed at the same time (the
+/// `--json` timings of their deployments overlap), not in waves.
+#[test]
+fn twenty_hosts_are_deployed_at_once() {
+    let sb = Sandbox::new();
+    sb.write("conf/a.nix", "a");
+    let hosts: Vec<Site> =
+        (0..20).map(|i| Site::named(&sb, Kind::Root, &format!("h{i}")).with_sentinel()).collect();
+    let mut toml = String::new();
+    for (i, site) in hosts.iter().enumerate() {
+        toml.push_str(&format!(
+            "[deployments.host{i:02}]\ntarget = {}\n[deployments.host{i:02}.source]\na.file = \"conf/a.nix\"\n",
+            site.target()
+        ));
+    }
+    sb.write("krops.toml", &toml);
+    let out = sb.krops(&["--json", "populate"]);
+    out.success();
+    let mut spans: BTreeMap<String, (SystemTime, SystemTime)> = BTreeMap::new();
+    for line in out.stdout.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some(deployment) = event["deployment"].as_str() else { continue };
+        let time = humantime::parse_rfc3339(event["time"].as_str().unwrap()).unwrap();
+        let span = spans.entry(deployment.to_owned()).or_insert((time, time));
+        span.0 = span.0.min(time);
+        span.1 = span.1.max(time);
+    }
+    assert_eq!(spans.len(), 20, "{out}");
+    let latest_start = spans.values().map(|s| s.0).max().unwrap();
+    let earliest_end = spans.values().map(|s| s.1).min().unwrap();
+    assert!(
+        latest_start < earliest_end,
+        "not all 20 deployments were under way at once: the last started {:?} after the first ended",
+        latest_start.duration_since(earliest_end).unwrap_or(Duration::ZERO)
+    );
+    for site in &hosts {
+        assert_eq!(site.read("a"), "a");
+    }
+}
