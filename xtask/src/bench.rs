@@ -14,9 +14,154 @@ use krops_tests::proxy::DelayProxy;
 const ROUNDS: usize = 5;
 
 pub fn run_all(build_dir: &Path) -> Result<()> {
+    plugins_start_up(build_dir)?;
     noop_redeploy(build_dir, Duration::from_millis(25))?;
+    fleet(build_dir, 20)?;
+    big_tree(build_dir, 100_000)?;
     passage_secrets(build_dir, 1000)?;
     pass_secrets(build_dir, 200)
+}
+
+/// `krops plugins` (every plugin probed and loaded), median of 20.
+fn plugins_start_up(build_dir: &Path) -> Result<()> {
+    let krops = build_dir.join("krops");
+    let times: Vec<Duration> = (0..20)
+        .map(|_| {
+            let started = Instant::now();
+            run_quiet(Command::new(&krops).arg("plugins"))?;
+            Ok(started.elapsed())
+        })
+        .collect::<Result<_>>()?;
+    println!("krops plugins start-up (7 plugins, each probed then loaded), median of 20:");
+    println!("  {:<42} {:>7.1} ms", "krops plugins:", median(times).as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+/// One deployment per host to `count` hosts versus the same to one host, with the default key
+/// exchange and with curve25519 (OpenSSH's default sntrup761 costs far more CPU per handshake,
+/// which on 2 cores is what many hosts at once wait for).
+fn fleet(build_dir: &Path, count: usize) -> Result<()> {
+    let hosts: Vec<TestHost> = (0..count).map(|i| TestHost::start(&format!("krops-fleet-{i}"))).collect();
+    let work = tempfile::tempdir()?;
+    std::fs::write(work.path().join("configuration.nix"), "{ ... }: { }\n")?;
+    let krops = build_dir.join("krops");
+    for kex in [None, Some("curve25519-sha256")] {
+        let config = |n: usize| -> Result<std::path::PathBuf> {
+            let mut toml = String::new();
+            for (i, host) in hosts.iter().take(n).enumerate() {
+                std::fs::write(host.var_src().join(".populate"), "")?;
+                let mut target = host.target_toml(Login::Root, host.port, "/var/src");
+                if let Some(kex) = kex {
+                    target = target.replacen(
+                        "extraOptions = [",
+                        &format!("extraOptions = [\"-o\", \"KexAlgorithms={kex}\", "),
+                        1,
+                    );
+                }
+                toml.push_str(&format!(
+                    "[deployments.h{i}]\ntarget = {target}\n[deployments.h{i}.source]\nnixos-config.file = \"configuration.nix\"\ninfo.pipe = \"echo {i}\"\n"
+                ));
+            }
+            let path = work.path().join(format!("fleet-{n}.toml"));
+            std::fs::write(&path, toml)?;
+            Ok(path)
+        };
+        let (one, all) = (config(1)?, config(count)?);
+        let time = |config: &Path| -> Result<Duration> {
+            let times: Vec<Duration> = (0..3)
+                .map(|_| {
+                    let started = Instant::now();
+                    run_quiet(Command::new(&krops).args(["-q", "-f"]).arg(config).arg("populate"))?;
+                    Ok(started.elapsed())
+                })
+                .collect::<Result<_>>()?;
+            Ok(median(times))
+        };
+        let (t1, tn) = (time(&one)?, time(&all)?);
+        println!(
+            "{count} hosts vs 1 host, default settings, loopback, key exchange {}, median of 3:",
+            kex.unwrap_or("OpenSSH's default")
+        );
+        println!("  {:<42} {:>7.0} ms", "1 host:", t1.as_secs_f64() * 1000.0);
+        println!("  {:<42} {:>7.0} ms", format!("{count} hosts:"), tn.as_secs_f64() * 1000.0);
+        println!(
+            "  {:<42} {:>7.2}x",
+            format!("ratio {count} hosts / 1 host:"),
+            tn.as_secs_f64() / t1.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// A 100k-file tree: a one-file change versus a no-op redeploy, and krops's peak memory.
+fn big_tree(build_dir: &Path, files: usize) -> Result<()> {
+    let host = TestHost::start("krops-bench-tree");
+    std::fs::write(host.var_src().join(".populate"), "")?;
+    // On tmpfs, as the host's files: disk file creation would dominate both sides.
+    let work = tempfile::Builder::new().prefix("krops-bench-").tempdir_in("/dev/shm")?;
+    let tree = work.path().join("tree");
+    for i in 0..files {
+        let dir = tree.join(format!("d{}", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir_all(&dir)?;
+        }
+        std::fs::write(dir.join(format!("f{i}")), format!("{i}\n"))?;
+    }
+    let config = work.path().join("krops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[deployments.tree]\ntarget = {}\nsource.tree.file = {:?}\n",
+            host.target_toml(Login::Root, host.port, "/var/src"),
+            tree.display().to_string()
+        ),
+    )?;
+    let krops = build_dir.join("krops");
+    let run = || -> Result<Duration> {
+        let started = Instant::now();
+        run_quiet(Command::new(&krops).args(["-q", "-f"]).arg(&config).arg("populate"))?;
+        Ok(started.elapsed())
+    };
+    let peak = first_deploy_peak_rss(&krops, &config)?;
+    let noop: Vec<Duration> = (0..3).map(|_| run()).collect::<Result<_>>()?;
+    let changed: Vec<Duration> = (0..3)
+        .map(|round| {
+            std::fs::write(tree.join("d7/f7000"), format!("changed {round}\n"))?;
+            run()
+        })
+        .collect::<Result<_>>()?;
+    let (noop, changed) = (median(noop), median(changed));
+    println!("{files}-file tree, 1 host, loopback, median of 3:");
+    println!("  {:<42} {:>7.0} ms", "no-op redeploy:", noop.as_secs_f64() * 1000.0);
+    println!("  {:<42} {:>7.0} ms", "one file changed:", changed.as_secs_f64() * 1000.0);
+    println!("  {:<42} {:>7.2}x", "ratio one change / no-op:", changed.as_secs_f64() / noop.as_secs_f64());
+    println!("  {:<42} {:>7.1} MB", "krops's peak RSS, first deploy of the tree:", peak as f64 / 1024.0);
+    Ok(())
+}
+
+/// Deploys `config` once, watching krops's own peak resident memory (`VmHWM`, which only
+/// grows) until it exits; in kB.
+fn first_deploy_peak_rss(krops: &Path, config: &Path) -> Result<u64> {
+    let mut child =
+        Command::new(krops).args(["-q", "-f"]).arg(config).arg("populate").stdout(Stdio::null()).spawn()?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok());
+            peak = peak.max(hwm.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("krops failed on the tree ({status})");
+            }
+            return Ok(peak);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Times `krops populate` of `config` and `baseline`, each `rounds` times, alternating.
@@ -251,14 +396,25 @@ fn noop_redeploy(build_dir: &Path, one_way: Duration) -> Result<()> {
     };
     let baseline_times: Vec<Duration> = (0..ROUNDS).map(|_| baseline_run()).collect::<Result<_>>()?;
 
-    let (k, b) = (median(krops_times), median(baseline_times));
+    // The floor: one cold `ssh true` to the same host through the same proxy.
+    let ssh_true: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let started = Instant::now();
+            run_quiet(&mut ssh("true"))?;
+            Ok(started.elapsed())
+        })
+        .collect::<Result<_>>()?;
+
+    let (k, b, t) = (median(krops_times), median(baseline_times), median(ssh_true));
     println!(
         "no-op redeploy, 5 sources (3 file, symlink, pipe), 1 host, RTT {} ms, median of {ROUNDS}:",
         2 * one_way.as_millis()
     );
     println!("  krops (one multiplexed connection):       {:>7.0} ms", k.as_secs_f64() * 1000.0);
     println!("  baseline (one ssh connection per step):   {:>7.0} ms", b.as_secs_f64() * 1000.0);
+    println!("  a lone cold `ssh true`:                   {:>7.0} ms", t.as_secs_f64() * 1000.0);
     println!("  ratio baseline / krops:                   {:>7.2}x", b.as_secs_f64() / k.as_secs_f64());
+    println!("  ratio krops / ssh true:                   {:>7.2}x", k.as_secs_f64() / t.as_secs_f64());
     Ok(())
 }
 
