@@ -2,7 +2,7 @@
 # is a function), find the deployments in whatever shape the original's files take, and write
 # them as JSON from a derivation, so that every store path the configuration refers to
 # (derivation outputs, builtins.toFile, paths) is realised before krops uses it.
-{ file, args ? ./args.nix, argstrs ? ./argstrs.json }:
+{ file, args, argstrs }:
 let
   userArgs = import args // builtins.fromJSON (builtins.readFile argstrs);
   imported = import file;
@@ -16,23 +16,43 @@ let
   isDerivation = v: builtins.isAttrs v && (v.type or null) == "derivation";
 
   # Deployments at any depth of attribute sets, named by their attribute path (`servers.web`);
-  # a deployment in a list, or the file's value itself, by its writer's name. Derivations and
-  # functions are not looked into.
-  collect = path: v:
+  # a deployment in a list, or the file's value itself, by its writer's name. Derivations,
+  # functions, other typed sets and what a krops.nix keeps around besides its deployments
+  # (`lib`, `pkgs`, `builtins`, `krops`) are not looked into, nor is anything that fails to
+  # evaluate; the search stops at a depth of 6.
+  skipped = [ "lib" "pkgs" "builtins" "krops" "nixpkgs" ];
+  safely = v: let tried = builtins.tryEval v; in if tried.success then tried.value else null;
+  collect = depth: path: v:
     let join = names: builtins.concatStringsSep "." names; in
-    if isDeployment v then [{ name = if path == [ ] then v.name else join path; inherit (v) config; }]
+    if depth > 6 then [ ]
+    else if isDeployment v then [{ name = if path == [ ] then v.name else join path; inherit (v) config; }]
     else if builtins.isList v then
-      builtins.concatMap (d: if isDeployment d then [{ name = join (path ++ [ d.name ]); inherit (d) config; }] else collect path d) v
-    else if builtins.isAttrs v && !isDerivation v then
-      builtins.concatMap (name: collect (path ++ [ name ]) v.${name}) (builtins.attrNames v)
+      builtins.concatMap (d: if isDeployment d then [{ name = join (path ++ [ d.name ]); inherit (d) config; }] else collect (depth + 1) path d) v
+    else if builtins.isAttrs v && !isDerivation v && !(v ? _type) && !(v ? __functor) then
+      builtins.concatMap
+        (name: if builtins.elem name skipped then [ ] else collect (depth + 1) (path ++ [ name ]) (safely v.${name}))
+        (builtins.attrNames v)
     else [ ];
 
+  # Nix paths become their strings (a path in a set is not copied into the world-readable
+  # store, as `builtins.toJSON` would); derivations become their output paths.
+  plain = v:
+    if builtins.isPath v then toString v
+    else if isDerivation v then v.outPath
+    else if builtins.isAttrs v then builtins.mapAttrs (_: plain) v
+    else if builtins.isList v then map plain v
+    else v;
+
+  rawShape = builtins.isAttrs value && value ? deployments && !isDeployment value
+    && builtins.isAttrs value.deployments && !builtins.any isDeployment (builtins.attrValues value.deployments);
+
   found =
-    if builtins.isAttrs value && value ? deployments && !isDeployment value
-    then builtins.mapAttrs (_: config: config) value.deployments
+    if rawShape
+    then value.deployments
     else
       let
-        list = collect [ ] value;
+        # `{ deployments = { web = writeDeploy …; }; }` names them `web`, as the TOML shape does.
+        list = collect 0 [ ] (if builtins.isAttrs value && value ? deployments && !isDeployment value then value.deployments else value);
         names = map (d: d.name) list;
         duplicates = builtins.filter (n: builtins.length (builtins.filter (m: m == n) names) > 1) names;
       in
@@ -50,7 +70,7 @@ derivation {
   name = "krops-configuration.json";
   system = builtins.currentSystem;
   builder = "/bin/sh";
-  json = builtins.toJSON { deployments = builtins.mapAttrs (_: finalise) found; };
+  json = builtins.toJSON { deployments = builtins.mapAttrs (_: d: plain (finalise d)) found; };
   passAsFile = [ "json" ];
   args = [ "-c" "IFS= read -r json < \"$jsonPath\"; printf '%s' \"$json\" > \"$out\"" ];
 }

@@ -405,8 +405,18 @@ impl Held {
         Ok((held, answer.trim().to_owned(), before))
     }
 
+    /// Tells the child `done` and closes its input, without waiting for it to end (that is a
+    /// round trip for a remote child): a thread reaps it. A child whose input closes without
+    /// `done` knows krops did not end well.
+    pub fn let_go(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"done\n");
+        }
+        std::thread::spawn(move || self.release());
+    }
+
     /// Tells the child `done`, closes its input and waits for it to end (killing it after a
-    /// grace period). A child whose input closes without `done` knows krops did not end well.
+    /// grace period).
     pub fn release(mut self) {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"done\n");

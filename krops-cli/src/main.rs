@@ -174,7 +174,9 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     };
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "krops", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "krops", &mut script);
+            say(String::from_utf8_lossy(&script).trim_end());
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man => {
@@ -211,7 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         }
         Command::Plugins => {
             for plugin in registry.plugins() {
-                println!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display());
+                say(&format!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display()));
             }
             let mut broken = registry.broken().peekable();
             if broken.peek().is_none() {
@@ -242,7 +244,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             }
             let json = serde_json::json!({ "deployments": deployments });
             let json = serde_json::to_string_pretty(&json).map_err(|e| UsageError(e.into()))?;
-            println!("{}", credentials(&json));
+            say(&credentials(&json));
             return Ok(ExitCode::SUCCESS);
         }
         Command::Deploy { names, operation } => {
@@ -360,6 +362,12 @@ fn validated_selection(
         .into_iter()
         .filter_map(|(name, _)| config.deployments.get(&name).cloned().map(|d| (name, d)))
         .collect())
+}
+
+/// A line on stdout; a reader that went away (`krops eval | head -1`) is not an error.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// `[NAME, VALUE, NAME, VALUE]` (clap's `num_args = 2`) as pairs.

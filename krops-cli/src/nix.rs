@@ -30,22 +30,28 @@ pub struct Options {
 
 /// Evaluates `file` and returns the configuration as JSON. The error is nix's own message.
 pub fn evaluate(file: &Path, options: &Options) -> Result<String, String> {
-    let library = tempfile::Builder::new()
+    let scratch = tempfile::Builder::new()
         .prefix("krops-nix-")
         .tempdir()
         .map_err(|e| format!("cannot write krops's Nix library: {e}"))?;
+    // The library in a directory of a fixed name, so that `"${<krops>}/lib"` copies it into the
+    // store under one path per library version, not one per run.
+    let library = scratch.path().join("krops");
     let args = arguments_file(&options.args)?;
     let argstrs: serde_json::Map<String, serde_json::Value> =
         options.argstrs.iter().map(|(name, value)| (name.clone(), value.clone().into())).collect();
     let argstrs = serde_json::Value::Object(argstrs).to_string();
-    let generated = [("args.nix", args.as_str()), ("argstrs.json", argstrs.as_str())];
-    for (relative, contents) in LIBRARY.into_iter().chain(generated) {
-        let path = library.path().join(relative);
-        std::fs::create_dir_all(path.parent().unwrap_or(library.path()))
+    let library_files = LIBRARY.into_iter().map(|(relative, contents)| (library.join(relative), contents));
+    let generated = [
+        (scratch.path().join("args.nix"), args.as_str()),
+        (scratch.path().join("argstrs.json"), argstrs.as_str()),
+    ];
+    for (path, contents) in library_files.chain(generated) {
+        std::fs::create_dir_all(path.parent().unwrap_or(scratch.path()))
             .and_then(|()| std::fs::write(&path, contents))
             .map_err(|e| format!("cannot write krops's Nix library: {e}"))?;
     }
-    let argv = evaluation_argv(library.path(), file, options.show_trace);
+    let argv = evaluation_argv(scratch.path(), file, options.show_trace);
     let stdout = exec::run(&argv, &[], Input::Null, Output::Capture).map_err(|e| match e {
         exec::ExecError::Failed { stderr, .. } => format!("nix evaluation failed:\n{}", stderr.trim_end()),
         exec::ExecError::Spawn { .. } => format!("{e} (configuration files in Nix need nix installed)"),
@@ -73,14 +79,26 @@ fn arguments_file(args: &[(String, String)]) -> Result<String, String> {
 
 /// `nix-build` of the library's `eval.nix` for `file`; paths travel as `--argstr`, so any
 /// character in them is fine.
-fn evaluation_argv(library: &Path, file: &Path, show_trace: bool) -> Argv {
+fn evaluation_argv(scratch: &Path, file: &Path, show_trace: bool) -> Argv {
     let mut argv: Vec<String> = vec!["nix-build".into(), "--no-out-link".into()];
     if show_trace {
         argv.push("--show-trace".into());
     }
+    let library = scratch.join("krops");
     argv.extend(["-I".into(), format!("krops={}", library.display())]);
-    argv.extend(["-E".into(), "{ eval, file }: import (/. + eval) { file = /. + file; }".into()]);
-    argv.extend(["--argstr".into(), "eval".into(), library.join("eval.nix").display().to_string()]);
-    argv.extend(["--argstr".into(), "file".into(), file.display().to_string()]);
+    argv.extend([
+        "-E".into(),
+        "{ eval, file, args, argstrs }: import (/. + eval) { file = /. + file; args = /. + args; argstrs = /. + argstrs; }"
+            .into(),
+    ]);
+    let paths = [
+        ("eval", library.join("eval.nix")),
+        ("file", file.to_owned()),
+        ("args", scratch.join("args.nix")),
+        ("argstrs", scratch.join("argstrs.json")),
+    ];
+    for (name, path) in paths {
+        argv.extend(["--argstr".into(), name.into(), path.display().to_string()]);
+    }
     Argv(argv)
 }

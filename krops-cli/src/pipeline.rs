@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use krops_core::sdk::parallel_map;
 use tokio::sync::{mpsc::UnboundedSender, Semaphore};
@@ -60,8 +60,13 @@ pub async fn run(
 ) -> Outcomes {
     let semaphore = Arc::new(Semaphore::new(run.jobs.max(1)));
     let origin = Arc::new(Origin::current());
+    // Deployments of this run to one place take turns (each would find the other's lock).
+    // The flag says whether an earlier deployment went there: its lock may take a moment to go.
+    let mut places: HashMap<String, Arc<tokio::sync::Mutex<bool>>> = HashMap::new();
     let mut tasks = Vec::new();
     for (name, deployment) in run.deployments {
+        let place =
+            places.entry(Transport::new(deployment.target.clone(), &origin).place()).or_default().clone();
         let semaphore = semaphore.clone();
         let registry = registry.clone();
         let origin = origin.clone();
@@ -70,6 +75,9 @@ pub async fn run(
         let wait_lock = run.wait_lock;
         let reporter = Reporter::new(name.clone(), events.clone());
         let task = tokio::spawn(async move {
+            let mut turn = place.lock_owned().await;
+            let wait_lock = if *turn { Some(wait_lock.unwrap_or(0).max(SUCCESSOR_WAIT)) } else { wait_lock };
+            *turn = true;
             let _permit = semaphore.acquire_owned().await;
             let started = Instant::now();
             // Stages call plugins and wait for child processes: blocking work.
@@ -95,6 +103,10 @@ pub async fn run(
     }
     outcomes
 }
+
+/// How long a deployment waits for the lock an earlier deployment of the same run to the same
+/// place has just let go of.
+const SUCCESSOR_WAIT: u64 = 30;
 
 /// A deployment whose task died (a krops bug): reported as a failure, never as success.
 fn internal_error(join_error: tokio::task::JoinError) -> DeployError {
@@ -142,7 +154,7 @@ fn deploy_one(
     let mut locks = Locks(Vec::new());
     for host in &hosts {
         let (lock, seen) = lock_with_sentinel(host, deployment, &fingerprints, wait_lock, origin, reporter)?;
-        locks.0.push(lock);
+        locks.0.push((lock, host.local));
         if deployment.backup {
             backup(host, reporter)?;
         }
@@ -263,13 +275,19 @@ fn stage_script(
         .map_err(|e| exec_failure(&host.host_label(), stage, "sh", e))
 }
 
-/// The locks a deployment holds on its hosts, released when it ends.
-struct Locks(Vec<exec::Held>);
+/// The locks a deployment holds on its hosts (and whether each host is local), released when
+/// it ends. A local holder is waited for (it ends at once); a remote one is let go, since
+/// waiting would cost a round trip and the next run needs a connection of its own first.
+struct Locks(Vec<(exec::Held, bool)>);
 
 impl Drop for Locks {
     fn drop(&mut self) {
-        for lock in self.0.drain(..) {
-            lock.release();
+        for (lock, local) in self.0.drain(..) {
+            if local {
+                lock.release();
+            } else {
+                lock.let_go();
+            }
         }
     }
 }

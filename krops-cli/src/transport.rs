@@ -60,6 +60,17 @@ impl Transport {
             && (self.local || (a.user == b.user && a.host == b.host && a.port == b.port))
     }
 
+    /// Where this transport writes, as one string: two transports with the same place are
+    /// the same directory (see [`Transport::same_place`]).
+    pub fn place(&self) -> String {
+        let path = self.target.path.trim_end_matches('/');
+        if self.local {
+            format!("local:{path}")
+        } else {
+            format!("{}@{}:{}:{path}", self.target.user, self.target.host, self.target.port.unwrap_or(0))
+        }
+    }
+
     /// The host as shown in messages: `None` for a local target.
     pub fn host_label(&self) -> Option<String> {
         (!self.local).then(|| self.target.display_host())

@@ -78,6 +78,22 @@ let
     targetPath = target: (mkTarget target).path;
 
     firstWord = s: builtins.head (builtins.match "^([^[:space:]]*).*" s);
+
+    # The original's other helpers.
+    maybeHostName = hostName;
+    isLocalTarget = target:
+      let origin = mkTarget ""; in
+      target.user == origin.user && builtins.elem target.host [ origin.host "localhost" ];
+    mkUserPortSSHOpts = target:
+      (if target.user != null then [ "-l" target.user ] else [ ])
+      ++ (if target.port != null then [ "-p" target.port ] else [ ]);
+    testString = re: x: builtins.match re x != null;
+    test = re: x: builtins.isString x && testString re x;
+    shell.quote = x:
+      if x == "" then "''"
+      else builtins.concatStringsSep "" (map
+        (c: if builtins.match "[-+./0-9:=A-Z_a-z]" c != null then c else if c == "\n" then "'\n'" else "\\${c}")
+        (builtins.genList (i: builtins.substring i 1 x) (builtins.stringLength x)));
   };
 in
 nixpkgsLib // builtins // kropsLib

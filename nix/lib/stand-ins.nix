@@ -56,4 +56,20 @@ rec {
   fileContents = file: removeSuffix "\n" (builtins.readFile file);
   maybeEnv = name: default: let value = builtins.getEnv name; in if value == "" then default else value;
   fix = f: let x = f x; in x;
+  importJSON = file: builtins.fromJSON (builtins.readFile file);
+  concatMapStrings = f: list: concatStrings (map f list);
+  hasInfix = infix: s: builtins.match ".*${escapeRegex infix}.*" s != null;
+  toUpper = builtins.replaceStrings lowerChars upperChars;
+  toLower = builtins.replaceStrings upperChars lowerChars;
+  chars = s: builtins.genList (i: builtins.substring i 1 s) (builtins.stringLength s);
+  lowerChars = chars "abcdefghijklmnopqrstuvwxyz";
+  upperChars = chars "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+  foldr = op: nul: list: builtins.foldl' (acc: x: op x acc) nul (reverseList list);
+  reverseList = xs: builtins.genList (i: builtins.elemAt xs (builtins.length xs - 1 - i)) (builtins.length xs);
+  take = n: xs: builtins.genList (builtins.elemAt xs) (if n < builtins.length xs then n else builtins.length xs);
+  drop = n: xs: builtins.genList (i: builtins.elemAt xs (i + n)) (if n < builtins.length xs then builtins.length xs - n else 0);
+  imap0 = f: xs: builtins.genList (i: f i (builtins.elemAt xs i)) (builtins.length xs);
+  isDerivation = x: builtins.isAttrs x && (x.type or null) == "derivation";
+  traceIf = cond: message: x: if cond then builtins.trace message x else x;
+  warn = message: builtins.trace "warning: ${message}";
 }

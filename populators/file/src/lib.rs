@@ -74,7 +74,12 @@ impl PopulatorPlugin for File {
     }
 
     /// The attributes and the tree as rsync compares it (names, kinds, sizes, mtimes, modes).
+    /// With `useChecksum`, rsync compares contents, which a state of sizes and mtimes cannot
+    /// stand in for: such a source is always populated.
     fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
+        if request.attrs.use_checksum == Some(true) {
+            return Ok(None);
+        }
         let attrs = serde_json::to_string(&request.attrs).map_err(|e| e.to_string())?;
         Ok(Some(Fingerprint::default().add(attrs).add_tree(&request.attrs.path)?.finish()))
     }

@@ -47,9 +47,13 @@ fn commit_branch_and_tag_refs(kind: Kind) {
     assert_eq!(site.read("repo/a.nix"), "1");
 
     config(&sb, &site, &format!("url = {:?}\nref = \"main\"", repo.url()));
-    sb.krops(&["populate"]).success().stderr_has(&format!("commit: {second}"));
     // Plugins log through the host: shown with -v.
-    sb.krops(&["-v", "populate"]).success().stderr_has(&format!("repo: checking out {second}"));
+    sb.krops(&["-v", "populate"])
+        .success()
+        .stderr_has(&format!("commit: {second}"))
+        .stderr_has(&format!("repo: checking out {second}"));
+    // Unchanged since: skipped.
+    sb.krops(&["-v", "populate"]).success().stderr_has("repo (git) in 0 ms, unchanged: true");
     assert_eq!(deployed_head(&site), second);
 
     config(&sb, &site, &format!("url = {:?}\nref = \"v1\"", repo.url()));

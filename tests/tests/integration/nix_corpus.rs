@@ -131,6 +131,17 @@ fn the_corpus_evaluates_as_its_authors_meant() {
     eval(&sb, "12-duplicate-names.nix", None, &[], &[])
         .code(2)
         .stderr_has("two deployments are named \"deploy\"");
+
+    // lib, pkgs and krops kept beside the deployments are not searched (builtins.builtins …).
+    let d = deployments(&sb, "13-stockholm-style.nix", &["--argstr", "name", "beta"], &[]);
+    assert_eq!(d.as_object().unwrap().keys().collect::<Vec<_>>(), ["deploy", "test"]);
+    assert_eq!(d["deploy"]["target"]["host"], "beta.example.org");
+    assert_eq!(d["test"]["kind"], "build");
+
+    // Paths stay paths on this machine; a `deployments` set may hold writer results.
+    let d = deployments(&sb, "14-paths-and-deployments-key.nix", &[], &[]);
+    assert_eq!(d["web"]["source"]["modules"]["file"]["path"], format!("{CORPUS}/files/modules"));
+    assert_eq!(d["web"]["target"]["extraOptions"], serde_json::json!(["-i", format!("{CORPUS}/files/motd")]));
 }
 
 /// `krops deploy` with no NAME activates only the writeDeploy deployment of a file that also

@@ -630,8 +630,14 @@ fn the_lock_is_held_while_a_killed_runs_remote_work_goes_on() {
         ),
     );
     let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    // The test host shares this machine's process table: the remote command is visible.
-    wait_until("the remote command runs", || !processes_mentioning(&sleeper).is_empty());
+    // The test host shares this machine's process table: the remote `sleep` itself is visible
+    // (not only the local ssh client whose command line mentions it).
+    let remote_sleep = || {
+        processes_mentioning(&sleeper)
+            .iter()
+            .any(|p| p.split_once(": ").is_some_and(|(_, c)| c.starts_with("sleep ")))
+    };
+    wait_until("the remote command runs", remote_sleep);
     Command::new("kill").args(["-KILL", &krops.id().to_string()]).status().unwrap();
     let _ = krops.wait();
     assert!(!site.path(".after").exists(), "the remote command had not finished yet");
