@@ -161,7 +161,7 @@ fn deploy_one(
         let unchanged = seen.unchanged(&fingerprints);
         populate(host, deployment, registry, &unchanged, reporter)?;
         if !fingerprints.is_empty() && unchanged.len() < fingerprints.len() {
-            write_record(host, &fingerprints, origin, reporter)?;
+            write_record(host, deployment, &fingerprints, origin, reporter)?;
         }
     }
     match action {
@@ -324,7 +324,10 @@ mv -fT -- "$tmp" "$who"
 # The state of the sources krops asks about ($5…), and the last record, for skipping what is
 # unchanged (see record.rs).
 shift 4
-for name do printf 'state %s %s\n' "$(state "$name")" "$name"; done
+for entry do
+  kind=${entry%% *} name=${entry#* }
+  printf 'state %s %s\n' "$(state "$kind" "$name")" "$name"
+done
 if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
   while IFS= read -r line; do printf 'record %s\n' "$line"; done < "$p/.krops-record"
 fi
@@ -371,7 +374,10 @@ fn lock_with_sentinel(
         let wait = wait_lock.map(|s| s.to_string()).unwrap_or_default();
         let mut args = vec![path.clone(), create.to_owned(), holder, wait];
         // The sources whose state decides whether they are unchanged.
-        args.extend(fingerprints.keys().cloned());
+        args.extend(fingerprints.keys().map(|name| {
+            let source_type = deployment.source.get(name).map_or("", |s| s.source_type.as_str());
+            record::state_argument(source_type, name)
+        }));
         let script = format!("{}\n{LOCK_SCRIPT}", record::STATE_FUNCTION);
         let argv = host.shell(&script, &args, &[], Tty::No);
         reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
@@ -521,12 +527,14 @@ fn populate_source(
 /// next run can skip what is still the same.
 fn write_record(
     host: &Transport,
+    deployment: &Deployment,
     fingerprints: &BTreeMap<String, String>,
     origin: &Origin,
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
     let mut args = vec![host.target.path.clone(), format!("{}@{}", origin.user, origin.host)];
-    args.extend(record::write_arguments(fingerprints));
+    let types = deployment.source.iter().map(|(name, s)| (name.clone(), s.source_type.clone())).collect();
+    args.extend(record::write_arguments(fingerprints, &types));
     let script = format!("{}\n{}", record::STATE_FUNCTION, record::WRITE_SCRIPT);
     stage_script(host, Stage::Populate, &script, &args, reporter).map(drop)
 }

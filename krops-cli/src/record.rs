@@ -14,16 +14,37 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The record file, beside the sentinel.
 pub const FILE: &str = ".krops-record";
 
-/// A shell function, `state NAME`, printing the state of `<path>/NAME` (`$p`): a SHA-256 of
-/// every entry's relative name, kind, size, mtime, mode and link target (`.git` directories
-/// left out), or `absent`.
+/// A shell function, `state KIND NAME`, printing the state of `<path>/NAME` (`$p`): a SHA-256
+/// of every entry's relative name, kind, size, mtime, mode and link target, or `absent`. For a
+/// git work tree (KIND `g`) the `.git` directories below it are left out and the commit of its
+/// HEAD put in instead. When the tools fail (no `find -printf`, no `sha256sum`), it prints `unknown`, which
+/// never matches a record: an unreadable state means "populate".
 pub const STATE_FUNCTION: &str = r#"state() {
-  if [ -e "$p/$1" ] || [ -L "$p/$1" ]; then
-    (cd -- "$p" && find "./$1" -name .git -prune -o -printf '%P\t%y\t%s\t%T@\t%m\t%l\n' 2>/dev/null | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
+  if [ -e "$p/$2" ] || [ -L "$p/$2" ]; then
+    h=$(cd -- "$p" && {
+      find "./$2" -maxdepth 0 -printf '%P\t%y\t%s\t%T@\t%m\t%l\n' &&
+      if [ "$1" = g ]; then
+        find "./$2" -mindepth 1 -name .git -prune -o -printf '%P\t%y\t%s\t%T@\t%m\t%l\n' &&
+        git -C "./$2" rev-parse HEAD
+      else
+        find "./$2" -mindepth 1 -printf '%P\t%y\t%s\t%T@\t%m\t%l\n'
+      fi
+    } 2>/dev/null | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
+    case $h in
+      ''|e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855) echo unknown ;;
+      *) echo "$h" ;;
+    esac
   else
     echo absent
   fi
 }"#;
+
+/// How the lock script and `WRITE_SCRIPT` are told about a source: `KIND NAME`, KIND `g` for a
+/// git work tree, `-` otherwise.
+pub fn state_argument(source_type: &str, name: &str) -> String {
+    let kind = if source_type == "git" { "g" } else { "-" };
+    format!("{kind} {name}")
+}
 
 /// What the lock's round trip reported: each asked source's state, and the last record.
 #[derive(Debug, Default, Clone)]
@@ -61,7 +82,9 @@ impl Seen {
             .iter()
             .filter(|(name, fingerprint)| match (self.recorded.get(*name), self.states.get(*name)) {
                 (Some((recorded, recorded_state)), Some(state)) => {
-                    recorded == *fingerprint && recorded_state == state && state != "absent"
+                    recorded == *fingerprint
+                        && recorded_state == state
+                        && !["absent", "unknown", ""].contains(&state.as_str())
                 }
                 _ => false,
             })
@@ -70,27 +93,36 @@ impl Seen {
     }
 }
 
-/// The script that writes a new record: `$1` path, `$2` who, then `FINGERPRINT NAME` pairs as
-/// single arguments for every fingerprinted source. Each source's state is taken now, after
-/// populate; the file is written beside and renamed into place.
+/// The script that writes a new record: `$1` path, `$2` who, then `FINGERPRINT KIND NAME`
+/// triples as single arguments for every fingerprinted source. Each source's state is taken
+/// now, after populate; the file is written beside and renamed into place (`printf`, not
+/// `echo`, so that no name is read as escapes).
 pub const WRITE_SCRIPT: &str = r#"set -e
 p=$1 by=$2
 shift 2
 tmp=$(mktemp -- "$p/.krops-record.XXXXXX")
 {
-  echo "krops-record 1"
-  echo "by $by"
-  echo "when $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf '%s\n' "krops-record 1" "by $by" "when $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   for entry do
-    fingerprint=${entry%% *} name=${entry#* }
-    echo "source $fingerprint $(state "$name") $name"
+    fingerprint=${entry%% *} rest=${entry#* }
+    kind=${rest%% *} name=${rest#* }
+    printf 'source %s %s %s\n' "$fingerprint" "$(state "$kind" "$name")" "$name"
   done
 } > "$tmp"
 mv -fT -- "$tmp" "$p/.krops-record""#;
 
-/// `WRITE_SCRIPT`'s arguments after path and holder: `FINGERPRINT NAME` per source.
-pub fn write_arguments(fingerprints: &BTreeMap<String, String>) -> Vec<String> {
-    fingerprints.iter().map(|(name, fingerprint)| format!("{fingerprint} {name}")).collect()
+/// `WRITE_SCRIPT`'s arguments after path and holder: `FINGERPRINT KIND NAME` per source.
+pub fn write_arguments(
+    fingerprints: &BTreeMap<String, String>,
+    types: &BTreeMap<String, String>,
+) -> Vec<String> {
+    fingerprints
+        .iter()
+        .map(|(name, fingerprint)| {
+            let source_type = types.get(name).map_or("", String::as_str);
+            format!("{fingerprint} {}", state_argument(source_type, name))
+        })
+        .collect()
 }
 
 #[cfg(test)]

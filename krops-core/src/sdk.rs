@@ -173,24 +173,41 @@ impl Fingerprint {
     /// modification time, mode, and a symlink's target. Contents are not read.
     pub fn add_tree(&mut self, path: &Path) -> Result<&mut Self, String> {
         use std::os::unix::fs::MetadataExt;
+        // A directory is copied by its contents (rsync's `DIR/`), so a link to one is followed;
+        // a link to a file is copied as a link.
+        let resolved;
+        let path = if path.is_dir() {
+            resolved = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+            self.add(resolved.as_os_str().as_encoded_bytes());
+            resolved.as_path()
+        } else {
+            path
+        };
         let mut entries = Vec::new();
         let mut pending = vec![path.to_owned()];
         while let Some(current) = pending.pop() {
             let metadata =
                 std::fs::symlink_metadata(&current).map_err(|e| format!("{}: {e}", current.display()))?;
-            let relative = current.strip_prefix(path).unwrap_or(&current).to_string_lossy().into_owned();
             let link = if metadata.file_type().is_symlink() {
                 std::fs::read_link(&current).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
             } else {
                 String::new()
             };
-            entries.push(format!(
-                "{relative}\0{:o}\0{}\0{}.{}\0{link}",
-                metadata.mode(),
-                metadata.size(),
-                metadata.mtime(),
-                metadata.mtime_nsec()
-            ));
+            // Bytes, not lossy text: two names that differ only in invalid UTF-8 differ here.
+            let mut entry =
+                current.strip_prefix(path).unwrap_or(&current).as_os_str().as_encoded_bytes().to_vec();
+            entry.extend(
+                format!(
+                    "\0{:o}\0{}\0{}.{}\0{}\0{link}",
+                    metadata.mode(),
+                    metadata.size(),
+                    metadata.mtime(),
+                    metadata.mtime_nsec(),
+                    metadata.rdev()
+                )
+                .as_bytes(),
+            );
+            entries.push(entry);
             if metadata.is_dir() {
                 for entry in std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))? {
                     pending.push(entry.map_err(|e| e.to_string())?.path());

@@ -46,11 +46,24 @@ impl PopulatorPlugin for Pass {
         Ok(Attrs { dir, name: attrs.name })
     }
 
-    /// The attributes and the store's encrypted files (names, sizes, mtimes): no decryption.
-    fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
+    /// The attributes, the store's encrypted files (names, sizes, mtimes) and its git history
+    /// for `name`: no decryption.
+    fn fingerprint(
+        &self,
+        target: &Target<'_>,
+        request: PrepareRequest<Attrs>,
+    ) -> Result<Option<String>, String> {
         let attrs = serde_json::to_string(&request.attrs).map_err(|e| e.to_string())?;
         let files = files_with_extension(&request.attrs.dir.join(&request.attrs.name), "gpg")?;
-        Ok(Some(Fingerprint::default().add(attrs).add_files(&files)?.finish()))
+        let mut fingerprint = Fingerprint::default();
+        fingerprint.add(attrs).add_files(&files)?;
+        // populate ships the store's git state too (`.pass_info`, author dates as mtimes).
+        if request.attrs.dir.join(".git").exists() {
+            let dir = request.attrs.dir.to_string_lossy();
+            let log = ["git", "-C", &dir, "log", "--format=%H %at", "--", &request.attrs.name];
+            fingerprint.add(target.run_local(&log, b"")?);
+        }
+        Ok(Some(fingerprint.finish()))
     }
 
     fn populate(

@@ -93,3 +93,40 @@ fn twenty_hosts_are_deployed_at_once() {
         assert_eq!(site.read("a"), "a");
     }
 }
+
+/// What the review of the skipping found: a source directory reached through a symlink, a
+/// work tree whose HEAD was moved on the target, and a source named `.git`, are never wrongly
+/// taken as unchanged.
+#[test]
+fn skipping_sees_through_links_moved_heads_and_git_names() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    sb.write("real/a.nix", "1");
+    std::os::unix::fs::symlink(sb.path("real"), sb.path("conf")).unwrap();
+    sb.write("gitdir/config", "x");
+    let repo = krops_tests::git::Repo::init(sb.path("repo"));
+    let head = repo.commit("a.nix", "a");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source]\nconf.file = \"conf\"\n\".git\".file = \"gitdir\"\n\
+             r.git = {{ url = {:?}, ref = \"main\" }}\n",
+            site.target(),
+            repo.url()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    sb.write("real/a.nix", "changed through the link");
+    sb.write("real/new.nix", "new");
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("conf/a.nix"), "changed through the link");
+    assert_eq!(site.read("conf/new.nix"), "new");
+    site.write(".git/config", "edited on the target");
+    krops_tests::git::git(
+        &site.path("r"),
+        &["-c", "user.email=e@x", "-c", "user.name=e", "commit", "-q", "--allow-empty", "-m", "evil"],
+    );
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read(".git/config"), "x");
+    assert_eq!(krops_tests::git::git(&site.path("r"), &["rev-parse", "HEAD"]), head);
+}
