@@ -238,15 +238,7 @@ fn summaries_name_rsync_git_and_user_commands() {
 fn prompts_stay_visible_on_a_terminal() {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Root);
-    let key = sb.path("id_protected");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "sesame", "-C", "protected", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    std::fs::write(site.host().unwrap().root_dir().join("root-home/.ssh/authorized_keys"), public).unwrap();
+    let key = site.protected_key(&sb);
     let port = site.host().unwrap().port;
     sb.write("conf/a", "a");
     sb.write(

@@ -168,16 +168,7 @@ fn hostile_hosts_and_users_execute_nothing() {
 fn a_passphrase_is_asked_once_per_host() {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Root);
-    let key = sb.path("id_protected");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "sesame", "-C", "protected", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let authorized = site.host().unwrap().root_dir().join("root-home/.ssh/authorized_keys");
-    std::fs::write(&authorized, public).unwrap();
+    let key = site.protected_key(&sb);
     let log = sb.path("askpass.log");
     let askpass =
         sb.write("askpass", &format!("#!/bin/sh\necho asked >> '{}'\necho sesame\n", log.display()));

@@ -82,15 +82,7 @@ fn secrets_replace_a_symlink_to_a_directory(kind: Kind) {
     std::os::unix::fs::symlink(&victim, site.path("secrets")).unwrap();
     let store = PassageStore::create(&sb.mkdir("passage"), false);
     store.insert("token", b"s3cret\n");
-    sb.write(
-        "krops.toml",
-        &format!(
-            "[deployments.site]\ntarget = {}\n[deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n",
-            site.target(),
-            store.store.display().to_string(),
-            store.identities.display().to_string()
-        ),
-    );
+    crate::secrets::passage_config(&sb, &site, &store);
     sb.krops(&["populate"]).success();
     assert_victim_intact(&victim);
     assert!(!site.path("secrets").is_symlink());

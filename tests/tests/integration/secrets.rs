@@ -22,7 +22,8 @@ fn mtime(path: &Path) -> i64 {
     std::fs::symlink_metadata(path).unwrap().mtime()
 }
 
-fn passage_config(sb: &Sandbox, site: &Site, store: &PassageStore) {
+/// A deployment of `store` as the passage source `secrets`.
+pub fn passage_config(sb: &Sandbox, site: &Site, store: &PassageStore) {
     sb.write(
         "krops.toml",
         &format!(

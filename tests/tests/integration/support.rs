@@ -243,6 +243,23 @@ impl Site {
         }
     }
 
+    /// A new ed25519 key protected by the passphrase `sesame`, the only key root on this
+    /// (remote) site accepts; returns its private half.
+    pub fn protected_key(&self, sb: &Sandbox) -> PathBuf {
+        let key = sb.path("id_protected");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "sesame", "-C", "protected", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(status.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+        let host = self.host.as_ref().expect("a remote site");
+        std::fs::write(host.root_dir().join("root-home/.ssh/authorized_keys"), public)
+            .expect("authorized_keys");
+        key
+    }
+
     pub fn host(&self) -> Option<&krops_tests::hosts::TestHost> {
         self.host.as_ref()
     }
