@@ -654,3 +654,34 @@ fn a_derivation_replaces_a_foreign_symlink() {
     let link = std::fs::read_link(site.path("d")).unwrap();
     assert!(link.starts_with("/nix/store/"), "{}", link.display());
 }
+
+/// SIGINT while a local rsync is copying a large file: rsync (in its own process group) ends
+/// with krops, and nothing is written into the target after krops has exited.
+#[test]
+fn sigint_ends_a_local_rsync_at_once() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let big = sb.mkdir("big");
+    let chunk = vec![0x5a_u8; 1 << 20];
+    let mut file = std::fs::File::create(big.join("blob")).unwrap();
+    for _ in 0..400 {
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+    }
+    drop(file);
+    config(&sb, &site, "big.file = \"big\"");
+    let mut krops = sb.krops_command(&["populate"]).stderr(Stdio::null()).spawn().unwrap();
+    let marker = big.display().to_string();
+    let rsyncs =
+        || processes_mentioning(&marker).into_iter().filter(|p| p.contains("rsync")).collect::<Vec<_>>();
+    wait_until("rsync runs", || !rsyncs().is_empty());
+    Command::new("kill").args(["-INT", &krops.id().to_string()]).status().unwrap();
+    assert_eq!(krops.wait().unwrap().code(), Some(130));
+    wait_until("no rsync of this run remains", || rsyncs().is_empty());
+    let size = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .map_or(0, |entries| entries.flatten().map(|e| e.metadata().map_or(0, |m| m.len())).sum())
+    };
+    let before = size(&site.path("big"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(size(&site.path("big")), before, "something kept writing into the target after krops exited");
+}
