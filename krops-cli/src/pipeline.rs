@@ -216,7 +216,10 @@ fn failure(host: &Option<String>, stage: Stage, source: Option<&str>, message: S
 /// connection) are ssh's.
 fn exec_failure(host: &Option<String>, stage: Stage, program: &str, error: exec::ExecError) -> DeployError {
     let status = match &error {
-        exec::ExecError::Failed { status, .. } => status.code(),
+        // A child killed by a signal ends as a shell reports it: 128 + the signal.
+        exec::ExecError::Failed { status, .. } => {
+            status.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(status).map(|s| 128 + s))
+        }
         _ => None,
     };
     let program = match (&error, status) {

@@ -152,8 +152,10 @@ fn kinds_decide_what_a_command_does_without_names() {
     // deploy finds nothing of its kind; naming a build deployment for deploy is a usage error.
     sb.krops(&["deploy"]).code(2).stderr_has("no deployment fits this command");
     sb.krops(&["deploy", "checks"]).code(2).stderr_has("use `krops build checks`");
-    // run picks the only run deployment and exits with its command's status.
+    // run picks the only run deployment and exits with its command's status (128 + a signal
+    // that killed it, as a shell says).
     sb.krops(&["run"]).code(7);
+    sb.krops(&["run", "--", "sh", "-c", "kill -TERM $$"]).code(143);
     sb.krops(&["eval"]).success().stdout_has("\"kind\": \"build\"");
 }
 
