@@ -169,6 +169,15 @@ pub enum Event {
         millis: u128,
         error: Option<DeployError>,
     },
+    /// `krops status`: the target's deploy record (its lines but the sources') and each
+    /// configured source's verdict: as recorded, drifted, missing, not recorded.
+    Status {
+        deployment: String,
+        host: Option<String>,
+        deployed: bool,
+        record: Vec<String>,
+        sources: Vec<(String, String)>,
+    },
     /// An ssh connection to `host` is being set up (`done: false`) or is up or failed (`done:
     /// true`). In between, ssh may ask the user something on the terminal.
     Connecting {

@@ -405,6 +405,13 @@ impl Held {
         Ok((held, answer.trim().to_owned(), before))
     }
 
+    /// Writes one line to the child's input (it answers nothing).
+    pub fn tell(&mut self, line: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+
     /// Tells the child `done` and closes its input, without waiting for it to end (that is a
     /// round trip for a remote child): a thread reaps it. A child whose input closes without
     /// `done` knows krops did not end well.

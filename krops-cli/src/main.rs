@@ -109,6 +109,12 @@ enum Command {
         #[arg(value_name = "NAME")]
         names: Vec<String>,
     },
+    /// What was last deployed to each target, and what drifted since; changes nothing
+    Status {
+        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Print the normalised configuration as JSON; touches no target
     Eval {
         /// Deployments: names, globs (web-*) or @TAG; none: every deployment
@@ -264,6 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             (run, name.into_iter().collect(), Purpose::Activate(Kind::Run), read()?)
         }
         Command::Populate { names } => (Action::Populate, names, Purpose::Any, read()?),
+        Command::Status { names } => (Action::Status, names, Purpose::Any, read()?),
     };
     let single = matches!(action, Action::Run { .. });
     let deployments = validated_selection(&text, &names, purpose, single, registry.clone())?;

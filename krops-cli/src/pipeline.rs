@@ -25,6 +25,8 @@ use crate::transport::{Transport, Tty};
 #[derive(Debug, Clone)]
 pub enum Action {
     Populate,
+    /// Report what the target's deploy record says and what drifted since; changes nothing.
+    Status,
     Deploy {
         operation: Option<String>,
     },
@@ -135,6 +137,9 @@ fn deploy_one(
         })
     };
     let target = connect(&deployment.target)?;
+    if let Action::Status = action {
+        return status(&target, deployment, reporter);
+    }
     // Plugins resolve what may fail before anything is written; they may ask the target
     // (read-only), e.g. for a git URL only the target reaches.
     let (prepared, fingerprints) = prepare(deployment, &target, registry, reporter)?;
@@ -164,17 +169,19 @@ fn deploy_one(
             write_record(host, deployment, &fingerprints, origin, reporter)?;
         }
     }
-    match action {
-        Action::Populate => Ok(()),
+    let (operation, result) = match action {
+        Action::Populate | Action::Status => return Ok(()),
         Action::Deploy { operation } => {
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
             let script = activation::deploy_script(deployment, operation);
-            activate(host, &host.shell(&script, &[], &[], Tty::No), "nixos-rebuild", Io::Forwarded, reporter)
+            let argv = host.shell(&script, &[], &[], Tty::No);
+            (operation.to_owned(), activate(host, &argv, "nixos-rebuild", Io::Forwarded, reporter))
         }
         Action::Build { trace } => {
             let script = activation::build_script(&target.target, *trace || deployment.trace);
-            activate(&target, &target.shell(&script, &[], &[], Tty::No), "nix-build", Io::Forwarded, reporter)
+            let argv = target.shell(&script, &[], &[], Tty::No);
+            ("build".to_owned(), activate(&target, &argv, "nix-build", Io::Forwarded, reporter))
         }
         Action::Run { argv, interactive } => {
             let script = activation::run_script(deployment, argv.as_deref());
@@ -186,9 +193,14 @@ fn deploy_one(
                 (None, None) => "nixos-rebuild".to_owned(),
             };
             let io = if *interactive { Io::Terminal } else { Io::Forwarded };
-            activate(&target, &target.shell(&script, &[], &env, tty), &program, io, reporter)
+            (
+                "run".to_owned(),
+                activate(&target, &target.shell(&script, &[], &env, tty), &program, io, reporter),
+            )
         }
-    }
+    };
+    locks.record_activation(&operation, &result);
+    result
 }
 
 /// Runs `work` as `stage` on `host` (`None`: before any host), reporting its start and, when
@@ -283,6 +295,17 @@ fn stage_script(
 /// waiting would cost a round trip and the next run needs a connection of its own first.
 struct Locks(Vec<(exec::Held, bool)>);
 
+impl Locks {
+    /// Has every host record how activation ended (in its deploy record, when it has one).
+    fn record_activation(&mut self, operation: &str, result: &Result<(), DeployError>) {
+        let ended = if result.is_ok() { "ok" } else { "failed" };
+        let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        for (lock, _) in &mut self.0 {
+            lock.tell(&format!("activation {operation} {ended} {when}"));
+        }
+    }
+}
+
 impl Drop for Locks {
     fn drop(&mut self) {
         for (lock, local) in self.0.drain(..) {
@@ -338,8 +361,21 @@ echo locked
 # krops says `done` when it releases the lock. Without it (krops was killed, its connection
 # dropped), work of this run may still be going on here (a nix-build, an activation): the lock
 # is held until every process of the run, named by the run's marker ($0), has ended.
+# Lines before `done` may report the activation, for the record (`activation OP RESULT TIME`).
 line=
-read -r line || true
+while IFS= read -r line; do
+  case $line in
+    done) break ;;
+    "activation "*)
+      # The last activation replaces the one before, beside and renamed into place.
+      rec="$p/.krops-record"
+      if [ -f "$rec" ] && [ ! -L "$rec" ]; then
+        tmp=$(mktemp -- "$rec.XXXXXX")
+        { grep -v '^activation ' "$rec" || true; printf '%s\n' "$line"; } > "$tmp"
+        mv -fT -- "$tmp" "$rec"
+      fi ;;
+  esac
+done
 if [ "$line" != done ]; then
   # This shell's ancestors (sudo, a login shell) carry the marker too: they are not work.
   mine=" " p=$$
@@ -525,6 +561,60 @@ fn populate_source(
     });
     Ok(())
 }
+
+/// Reads the deploy record and every configured source's state on `host`, without a lock and
+/// without writing, and reports them (`Event::Status`).
+fn status(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Result<(), DeployError> {
+    let label = host.host_label();
+    timed(reporter, &label, Stage::Sentinel, || {
+        let mut args = vec![host.target.path.clone()];
+        args.extend(deployment.source.iter().map(|(name, s)| record::state_argument(&s.source_type, name)));
+        let script = format!("{}\n{STATUS_SCRIPT}", record::STATE_FUNCTION);
+        let lines = stage_script(host, Stage::Sentinel, &script, &args, reporter)?;
+        let lines: Vec<String> = String::from_utf8_lossy(&lines).lines().map(str::to_owned).collect();
+        let seen = record::Seen::parse(&lines);
+        let record: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("record "))
+            .filter(|l| !l.starts_with("source "))
+            .map(str::to_owned)
+            .collect();
+        let sources = deployment
+            .source
+            .keys()
+            .map(|name| {
+                let state = seen.states.get(name).map_or("unknown", String::as_str);
+                let verdict = match seen.recorded.get(name) {
+                    None => "not recorded",
+                    Some(_) if state == "absent" => "missing",
+                    Some((_, recorded)) if recorded == state => "as recorded",
+                    Some(_) => "drifted",
+                };
+                (name.clone(), verdict.to_owned())
+            })
+            .collect();
+        reporter.emit(Event::Status {
+            deployment: reporter.deployment.clone(),
+            host: label.clone(),
+            deployed: !record.is_empty(),
+            record,
+            sources,
+        });
+        Ok(())
+    })
+}
+
+/// `$1` path, then `KIND NAME` per source: the record's lines and each source's state.
+const STATUS_SCRIPT: &str = r#"set -e
+p=$1
+shift
+if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
+  while IFS= read -r line; do printf 'record %s\n' "$line"; done < "$p/.krops-record"
+fi
+for entry do
+  kind=${entry%% *} name=${entry#* }
+  printf 'state %s %s\n' "$(state "$kind" "$name")" "$name"
+done"#;
 
 /// Records what was populated (fingerprints, and the states they left on `host`), so that the
 /// next run can skip what is still the same.

@@ -202,6 +202,14 @@ fn json_of(event: &Event) -> Value {
         Event::Connecting { deployment, host, .. } => {
             json!({ "event": "connecting", "deployment": deployment, "host": host })
         }
+        Event::Status { deployment, host, deployed, record, sources } => {
+            let sources: serde_json::Map<String, Value> =
+                sources.iter().map(|(name, verdict)| (name.clone(), json!(verdict))).collect();
+            json!({
+                "event": "status", "deployment": deployment, "host": host, "deployed": deployed,
+                "record": record, "sources": sources,
+            })
+        }
         Event::DeploymentFinished { deployment, millis, error } => json!({
             "event": "deployment_finished", "deployment": deployment, "duration_ms": millis,
             "status": if error.is_some() { "failed" } else { "ok" },
@@ -282,6 +290,11 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
             Event::Output { deployment, host, line } => {
                 let _ = bars.println(credentials(&format!("{} | {line}", at(deployment, host))));
             }
+            Event::Status { .. } => {
+                for line in status_lines(&event) {
+                    let _ = bars.println(credentials(&line));
+                }
+            }
             Event::Log { deployment, host, level, message } if *level <= Level::Warn => {
                 let _ = bars.println(credentials(&format!("{} {message}", at(deployment, host))));
             }
@@ -352,6 +365,7 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         Event::DeploymentFinished { deployment, millis, error: None } if chatty => {
             Some(format!("[{deployment}] finished in {}", human(*millis)))
         }
+        Event::Status { .. } => Some(status_lines(event).join("\n")),
         Event::DeploymentFinished { deployment, error: Some(error), .. } => {
             // Quiet runs showed no output as it came: the failed program's is shown now.
             let output = match (&error.output, verbosity.quiet) {
@@ -362,6 +376,19 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// `krops status`, for people: what the record says, then each source's verdict.
+fn status_lines(event: &Event) -> Vec<String> {
+    let Event::Status { deployment, host, deployed, record, sources } = event else { return Vec::new() };
+    let at = at(deployment, host);
+    let mut lines = vec![if *deployed {
+        format!("{at} deployed: {}", record.join("; "))
+    } else {
+        format!("{at} never deployed by krops (no record)")
+    }];
+    lines.extend(sources.iter().map(|(name, verdict)| format!("{at}   {name}: {verdict}")));
+    lines
 }
 
 /// A source's report, compactly: `, changes: 3`.

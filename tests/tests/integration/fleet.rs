@@ -130,3 +130,63 @@ fn skipping_sees_through_links_moved_heads_and_git_names() {
     assert_eq!(site.read(".git/config"), "x");
     assert_eq!(krops_tests::git::git(&site.path("r"), &["rev-parse", "HEAD"]), head);
 }
+
+/// `krops status`: never deployed, as recorded after a run (with how activation ended), a hand
+/// edit named as drift, a failed activation recorded as such; it changes nothing.
+#[test]
+fn status_reports_the_record_and_drift() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    sb.write("conf/a.nix", "a");
+    let write = |command: &str| {
+        sb.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {}\ncommand = {command:?}\n[deployments.site.source]\nconf.file = \"conf\"\ninfo.pipe = \"echo hi\"\n",
+                site.target()
+            ),
+        )
+    };
+    write("true");
+    let status = |sb: &Sandbox| -> serde_json::Value {
+        let out = sb.krops(&["--json", "status"]);
+        out.success();
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["event"] == "status")
+            .unwrap_or_else(|| panic!("no status event\n{out}"))
+    };
+    let never = status(&sb);
+    assert_eq!(never["deployed"], false);
+    assert_eq!(never["sources"]["conf"], "not recorded");
+    sb.krops(&["run"]).success();
+    let listing = site.listing("");
+    let after = status(&sb);
+    assert_eq!(after["deployed"], true);
+    assert_eq!(after["sources"]["conf"], "as recorded");
+    assert!(
+        after["record"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("activation run ok ")),
+        "{after}"
+    );
+    assert_eq!(site.listing(""), listing, "status changed the target");
+    site.write("conf/a.nix", "edited by hand");
+    assert_eq!(status(&sb)["sources"]["conf"], "drifted");
+    write("exit 3");
+    sb.krops(&["run"]).code(3);
+    let failed = status(&sb);
+    let activations: Vec<&str> = failed["record"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .filter(|l| l.starts_with("activation "))
+        .collect();
+    assert_eq!(activations.len(), 1, "{failed}");
+    assert!(activations[0].starts_with("activation run failed "), "{failed}");
+    assert_eq!(failed["sources"]["conf"], "as recorded", "the failed run repaired the hand edit first");
+}
