@@ -16,6 +16,8 @@ pub enum Stage {
     Backup,
     Populate,
     Activate,
+    /// `krops status`: reading the record and the sources' states.
+    Status,
 }
 
 impl std::fmt::Display for Stage {
@@ -26,6 +28,7 @@ impl std::fmt::Display for Stage {
             Stage::Backup => "backup",
             Stage::Populate => "populate",
             Stage::Activate => "activate",
+            Stage::Status => "status",
         })
     }
 }

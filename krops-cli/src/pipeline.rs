@@ -566,11 +566,11 @@ fn populate_source(
 /// without writing, and reports them (`Event::Status`).
 fn status(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Result<(), DeployError> {
     let label = host.host_label();
-    timed(reporter, &label, Stage::Sentinel, || {
+    timed(reporter, &label, Stage::Status, || {
         let mut args = vec![host.target.path.clone()];
         args.extend(deployment.source.iter().map(|(name, s)| record::state_argument(&s.source_type, name)));
         let script = format!("{}\n{STATUS_SCRIPT}", record::STATE_FUNCTION);
-        let lines = stage_script(host, Stage::Sentinel, &script, &args, reporter)?;
+        let lines = stage_script(host, Stage::Status, &script, &args, reporter)?;
         let lines: Vec<String> = String::from_utf8_lossy(&lines).lines().map(str::to_owned).collect();
         let seen = record::Seen::parse(&lines);
         let record: Vec<String> = lines

@@ -1,44 +1,17 @@
 //! What only remote targets have: one multiplexed connection per host, masters and their
 //! control directory gone after every kind of ending, hostile hosts and users rejected.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use krops_tests::proxy::DelayProxy;
 
-use crate::support::{krops_bin, Kind, Outcome, Sandbox, Site};
-
-/// krops with TMPDIR pointing into the sandbox, so that its ssh control directory is ours to
-/// inspect.
-fn krops_with_tmpdir(sb: &Sandbox, args: &[&str]) -> Command {
-    let mut command = Command::new(krops_bin());
-    command
-        .args(args)
-        .current_dir(sb.path(""))
-        .env("TMPDIR", sb.mkdir("tmp"))
-        .env_remove("KROPS_PLUGIN_PATH");
-    command
-}
-
-/// Processes whose command line mentions `needle` (e.g. an ssh master's socket directory).
-fn processes_mentioning(needle: &Path) -> Vec<String> {
-    let needle = needle.display().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
-        }
-    }
-    found
-}
+use crate::support::{krops_bin, processes_mentioning, Kind, Outcome, Sandbox, Site};
 
 /// The control directory is gone and no master (`ssh -M`) runs once krops has exited. A
 /// multiplexing client that was mid-command may take a moment to notice its master is gone.
 fn assert_no_masters_left(sb: &Sandbox) {
-    let tmp = sb.path("tmp");
+    let tmp = sb.path("tmp").display().to_string();
     let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
     assert!(leftovers.is_empty(), "control directory left behind: {leftovers:?}");
     let masters: Vec<String> =
@@ -86,14 +59,14 @@ fn masters_are_gone_after_success_and_failure() {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Root);
     five_sources(&sb, &site.target());
-    Outcome::of(krops_with_tmpdir(&sb, &["populate"])).success();
+    Outcome::of(sb.krops_with_tmpdir(&["populate"])).success();
     assert_no_masters_left(&sb);
 
     sb.write(
         "krops.toml",
         &format!("[deployments.site]\ntarget = {}\nsource.p.pipe = \"exit 1\"\n", site.target()),
     );
-    Outcome::of(krops_with_tmpdir(&sb, &["populate"])).code(1);
+    Outcome::of(sb.krops_with_tmpdir(&["populate"])).code(1);
     assert_no_masters_left(&sb);
 }
 
@@ -105,7 +78,7 @@ fn masters_are_gone_after_sigint() {
         "krops.toml",
         &format!("[deployments.site]\ntarget = {}\nsource.slow.pipe = \"sleep 3\"\n", site.target()),
     );
-    let mut child = krops_with_tmpdir(&sb, &["populate"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = sb.krops_with_tmpdir(&["populate"]).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until the master is up (the slow source runs after the sentinel check).
     let deadline = Instant::now() + Duration::from_secs(10);
     let socket_up = || {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use krops_tests::secrets::PassageStore;
 
 use crate::on_every_site;
-use crate::support::{Kind, Outcome, Sandbox, Site};
+use crate::support::{processes_mentioning, wait_until, Kind, Outcome, Sandbox, Site};
 
 on_every_site!(
     file_source_replaces_a_symlink_instead_of_writing_through_it,
@@ -167,34 +167,6 @@ fn a_second_run_reports_the_lock_and_wait_lock_waits(kind: Kind) {
     }
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && !cmdline.contains("cargo") {
-            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
-        }
-    }
-    found
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// krops with TMPDIR in the sandbox (its ssh control directory becomes ours to inspect).
-fn krops_in(sb: &Sandbox, args: &[&str]) -> Command {
-    let mut command = sb.krops_command(args);
-    command.env("TMPDIR", sb.mkdir("tmp"));
-    command
-}
-
 fn sigterm_sighup_and_sigint_end_every_child_and_activate_nothing(kind: Kind) {
     for (signal, status) in [("TERM", 143), ("HUP", 129), ("INT", 130)] {
         let sb = Sandbox::new();
@@ -211,7 +183,8 @@ fn sigterm_sighup_and_sigint_end_every_child_and_activate_nothing(kind: Kind) {
             ),
         );
         let sleeper = format!("sleep 7.{}", std::process::id());
-        let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut krops =
+            sb.krops_with_tmpdir(&["run"]).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         wait_until("the slow pipe command runs", || !processes_mentioning(&sleeper).is_empty());
         let sent =
             Command::new("kill").args([&format!("-{signal}"), &krops.id().to_string()]).status().unwrap();
@@ -287,7 +260,7 @@ fn the_ssh_control_directory_is_private() {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Root);
     config(&sb, &site, "slow.pipe = \"sleep 1; echo x\"");
-    let mut krops = krops_in(&sb, &["populate"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut krops = sb.krops_with_tmpdir(&["populate"]).stderr(Stdio::null()).spawn().unwrap();
     let control_dir = || std::fs::read_dir(sb.path("tmp")).unwrap().flatten().map(|e| e.path()).next();
     wait_until("the control directory exists", || control_dir().is_some());
     let mode = crate::support::mode(&control_dir().unwrap());
@@ -310,7 +283,8 @@ fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
                 site.target()
             ),
         );
-        let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut krops =
+            sb.krops_with_tmpdir(&["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         // The test host shares this machine's process table: the remote command is visible.
         wait_until("the remote command runs", || !processes_mentioning(&sleeper).is_empty());
         let pid = match victim {
@@ -328,7 +302,7 @@ fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
         let _ = krops.wait();
         config(&sb, &site, "info.pipe = \"echo after\"");
         let started = Instant::now();
-        Outcome::of(krops_in(&sb, &["--wait-lock", "20", "populate"])).success();
+        Outcome::of(sb.krops_with_tmpdir(&["--wait-lock", "20", "populate"])).success();
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{victim}: lock held for {:?}",
@@ -378,7 +352,8 @@ fn interrupted_at_random_points_nothing_half_done_remains() {
         let delay_ms = u64::from(seed.wrapping_mul(2_654_435_761).wrapping_add(trial * 40_503) % 1200);
         let mode = modes[trial as usize % modes.len()];
         let context = format!("trial {trial} (seed {seed}): {mode} after {delay_ms} ms");
-        let krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let krops =
+            sb.krops_with_tmpdir(&["run"]).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let pid = match mode {
             "master" => processes_mentioning(&tmp)
@@ -404,7 +379,7 @@ fn interrupted_at_random_points_nothing_half_done_remains() {
             assert!(!site.path(".activated").exists(), "{context}: activated after an interruption");
         }
         let _ = std::fs::remove_file(site.path(".activated"));
-        Outcome::of(krops_in(&sb, &["--wait-lock", "20", "run"])).success();
+        Outcome::of(sb.krops_with_tmpdir(&["--wait-lock", "20", "run"])).success();
         assert!(site.path(".activated").exists(), "{context}: the rerun activates");
         assert_eq!(walk_files(&secrets), 100, "{context}");
         assert_eq!(walk_files(&site.path("conf")), 30, "{context}");
@@ -621,7 +596,8 @@ fn the_lock_is_held_while_a_killed_runs_remote_work_goes_on() {
             site.target()
         ),
     );
-    let mut krops = krops_in(&sb, &["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut krops =
+        sb.krops_with_tmpdir(&["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // The test host shares this machine's process table: the remote `sleep` itself is visible
     // (not only the local ssh client whose command line mentions it).
     let remote_sleep = || {
@@ -633,7 +609,7 @@ fn the_lock_is_held_while_a_killed_runs_remote_work_goes_on() {
     Command::new("kill").args(["-KILL", &krops.id().to_string()]).status().unwrap();
     let _ = krops.wait();
     assert!(!site.path(".after").exists(), "the remote command had not finished yet");
-    Outcome::of(krops_in(&sb, &["--wait-lock", "30", "populate"])).success();
+    Outcome::of(sb.krops_with_tmpdir(&["--wait-lock", "30", "populate"])).success();
     assert!(site.path(".after").exists(), "the second run started before the first run's remote work ended");
 }
 

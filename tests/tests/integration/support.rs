@@ -75,6 +75,14 @@ impl Sandbox {
     }
 
     /// The `krops ARGS...` command, to add environment or run in the background.
+    /// krops with TMPDIR pointing into the sandbox (`tmp/`), so that its ssh control directory
+    /// is the test's to inspect.
+    pub fn krops_with_tmpdir(&self, args: &[&str]) -> Command {
+        let mut command = self.krops_command(args);
+        command.env("TMPDIR", self.mkdir("tmp"));
+        command
+    }
+
     pub fn krops_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(krops_bin());
         command.args(args).current_dir(self.dir.path()).env_remove("KROPS_PLUGIN_PATH");
@@ -300,4 +308,27 @@ macro_rules! on_every_site {
             $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Sudo) } )*
         }
     };
+}
+
+/// Processes whose command line mentions `needle` (an ssh master's socket directory, a marked
+/// command), as `PID: COMMAND LINE`; the test harness's own (cargo) left out.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !cmdline.contains("cargo") {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Waits (up to 15 s) until `done`, failing with `what`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
