@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use krops::config::{self, check_operation, Kind};
+use krops::config::{self, Kind};
 use krops::exec;
 use krops::loader::{self, search_dirs, Registry};
 use krops::pipeline::{self, Action};
@@ -254,11 +254,8 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Deploy { names, operation } => {
-            let operation = operation.map(|op| op.to_possible_value().map(|v| v.get_name().to_owned()));
-            let operation = operation.flatten();
-            if let Some(op) = &operation {
-                check_operation(op).map_err(|e| UsageError(anyhow!("--operation: {e}")))?;
-            }
+            // clap has already held it to nixos-rebuild's actions (the `Operation` enum).
+            let operation = operation.and_then(|op| op.to_possible_value()).map(|v| v.get_name().to_owned());
             (Action::Deploy { operation }, names, Purpose::Activate(Kind::Deploy), read()?)
         }
         Command::Build { names, trace } => {
