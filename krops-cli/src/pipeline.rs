@@ -156,7 +156,7 @@ fn deploy_one(
     hosts.push(target.clone());
     // Each host's lock is held until this function returns: through activation, and released
     // on every way out (the holder's input closes when its `Held` is dropped or released).
-    let mut locks = Locks(Vec::new());
+    let mut locks = Locks(Vec::new(), false);
     for host in &hosts {
         let (lock, seen) = lock_with_sentinel(host, deployment, &fingerprints, wait_lock, origin, reporter)?;
         locks.0.push((lock, host.local));
@@ -291,9 +291,11 @@ fn stage_script(
 }
 
 /// The locks a deployment holds on its hosts (and whether each host is local), released when
-/// it ends. A local holder is waited for (it ends at once); a remote one is let go, since
-/// waiting would cost a round trip and the next run needs a connection of its own first.
-struct Locks(Vec<(exec::Held, bool)>);
+/// it ends, and whether the holders were told an activation to record. A local holder is
+/// waited for (it ends at once); so is every holder that has an activation to write into the
+/// record (a `status` right after must see it). A remote holder with nothing left to do is let
+/// go: waiting would cost a round trip, and the next run needs a connection of its own first.
+struct Locks(Vec<(exec::Held, bool)>, bool);
 
 impl Locks {
     /// Has every host record how activation ended (in its deploy record, when it has one).
@@ -303,13 +305,15 @@ impl Locks {
         for (lock, _) in &mut self.0 {
             lock.tell(&format!("activation {operation} {ended} {when}"));
         }
+        self.1 = true;
     }
 }
 
 impl Drop for Locks {
     fn drop(&mut self) {
+        let wait = self.1;
         for (lock, local) in self.0.drain(..) {
-            if local {
+            if local || wait {
                 lock.release();
             } else {
                 lock.let_go();
