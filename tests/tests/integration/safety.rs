@@ -318,8 +318,9 @@ fn the_lock_goes_with_a_killed_krops_or_a_dropped_connection() {
 
 /// Ten runs against a root ssh target, each interrupted at a random point by SIGINT, SIGTERM,
 /// SIGKILL of krops or SIGKILL of its ssh master. Afterwards no process of the run remains,
-/// the secrets directory is absent or whole, nothing was activated (unless the run had already
-/// finished), and an uninterrupted rerun converges.
+/// the secrets directory is absent or whole, an activation ran only on a complete population
+/// and only if krops had begun it before the interruption (a command already running on the
+/// target cannot be called back), and an uninterrupted rerun converges.
 #[test]
 fn interrupted_at_random_points_nothing_half_done_remains() {
     let sb = Sandbox::new();
@@ -332,10 +333,14 @@ fn interrupted_at_random_points_nothing_half_done_remains() {
         sb.write(&format!("conf/file-{i}.nix"), &format!("{{ n = {i}; }}"));
     }
     let sleeper = format!("sleep 0.3{}", std::process::id());
+    // The activation itself checks that it runs on a whole population.
+    let activation = "if [ \"$(find /var/src/secrets /var/src/conf -type f | wc -l)\" = 130 ] && \
+                      [ \"$(cat /var/src/slow)\" = slow ]; then touch /var/src/.activated; \
+                      else touch /var/src/.activated-on-a-partial-population; fi";
     sb.write(
         "krops.toml",
         &format!(
-            "[deployments.site]\ntarget = {}\ncommand = \"touch /var/src/.activated\"\n\
+            "[deployments.site]\ntarget = {}\ncommand = {activation:?}\n\
              [deployments.site.source]\nconf.file = \"conf\"\nlink.symlink = \"conf\"\n\
              slow.pipe = \"{sleeper}; echo slow\"\n\
              [deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n",
@@ -352,8 +357,13 @@ fn interrupted_at_random_points_nothing_half_done_remains() {
         let delay_ms = u64::from(seed.wrapping_mul(2_654_435_761).wrapping_add(trial * 40_503) % 1200);
         let mode = modes[trial as usize % modes.len()];
         let context = format!("trial {trial} (seed {seed}): {mode} after {delay_ms} ms");
-        let krops =
-            sb.krops_with_tmpdir(&["run"]).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let krops = sb
+            .krops_with_tmpdir(&["--json", "run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let pid = match mode {
             "master" => processes_mentioning(&tmp)
@@ -375,7 +385,11 @@ fn interrupted_at_random_points_nothing_half_done_remains() {
             let count = walk_files(&secrets);
             assert_eq!(count, 100, "{context}: a partially installed secrets directory");
         }
-        if !finished.status.success() {
+        assert!(!site.path(".activated-on-a-partial-population").exists(), "{context}");
+        let activation_begun = String::from_utf8_lossy(&finished.stdout)
+            .lines()
+            .any(|line| line.contains("\"stage_started\"") && line.contains("\"activate\""));
+        if !finished.status.success() && !activation_begun {
             assert!(!site.path(".activated").exists(), "{context}: activated after an interruption");
         }
         let _ = std::fs::remove_file(site.path(".activated"));
