@@ -106,6 +106,9 @@ mod tests {
             tags: Vec::new(),
             kind: None,
             flake: None,
+            health_checks: Vec::new(),
+            rollback: false,
+            confirm_timeout: 0,
             source: BTreeMap::new(),
         }
     }

@@ -56,7 +56,98 @@ pub struct Deployment {
     pub kind: Option<Kind>,
     /// `SOURCE#ATTR`: deploy the flake populated at `<path>/SOURCE` instead of NIX_PATH.
     pub flake: Option<String>,
+    /// Run after a `switch` or `test` activation; a failing one fails the deployment.
+    pub health_checks: Vec<HealthCheck>,
+    /// On a failed activation or health check, `nixos-rebuild switch --rollback`.
+    pub rollback: bool,
+    /// Seconds (0: off) within which krops must confirm the new system over a new connection,
+    /// else a watchdog armed on the target before activation rolls it back.
+    pub confirm_timeout: u64,
     pub source: BTreeMap<String, Source>,
+}
+
+/// One health check: a command on the target, or an HTTP GET from the deploying machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    #[serde(flatten)]
+    pub probe: Probe,
+    /// Seconds one attempt may take.
+    pub timeout: u64,
+    /// Attempts after the first failed one, a second apart.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Probe {
+    /// Run with `/bin/sh -c` on the target (under sudo when the target uses it); exit 0 passes.
+    Command { command: String },
+    /// Fetched from the deploying machine; passes when the response has `status`.
+    Url { url: String, status: u16 },
+}
+
+impl HealthCheck {
+    /// How the check is named in messages: its command or URL.
+    pub fn label(&self) -> String {
+        match &self.probe {
+            Probe::Command { command } => format!("`{command}`"),
+            Probe::Url { url, .. } => crate::redact::credentials(url).into_owned(),
+        }
+    }
+}
+
+/// A health check as written: exactly one of `command` and `url`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    command: Option<String>,
+    url: Option<String>,
+    status: Option<u16>,
+    timeout: Option<u64>,
+    retries: Option<u32>,
+}
+
+/// Seconds a health check attempt may take unless it says otherwise.
+const HEALTH_CHECK_TIMEOUT: u64 = 10;
+
+impl TryFrom<RawHealthCheck> for HealthCheck {
+    type Error = String;
+    fn try_from(raw: RawHealthCheck) -> Result<HealthCheck, String> {
+        let probe = match (raw.command, raw.url) {
+            (Some(command), None) => {
+                if raw.status.is_some() {
+                    return Err("healthChecks: `status` goes with `url`, not `command`".to_owned());
+                }
+                if command.trim().is_empty() {
+                    return Err("healthChecks: `command` is empty".to_owned());
+                }
+                Probe::Command { command }
+            }
+            (None, Some(url)) => {
+                if !url.starts_with("http://") {
+                    return Err(format!(
+                        "healthChecks: url {:?} must start with http:// (for https, check with a command such as curl on the target)",
+                        crate::redact::credentials(&url)
+                    ));
+                }
+                Probe::Url { url, status: raw.status.unwrap_or(200) }
+            }
+            _ => return Err("healthChecks: each check has exactly one of `command` and `url`".to_owned()),
+        };
+        let timeout = raw.timeout.unwrap_or(HEALTH_CHECK_TIMEOUT);
+        if timeout == 0 {
+            return Err("healthChecks: `timeout` must be at least 1 second".to_owned());
+        }
+        Ok(HealthCheck { probe, timeout, retries: raw.retries.unwrap_or(0) })
+    }
+}
+
+fn health_checks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HealthCheck>, D::Error> {
+    Vec::<RawHealthCheck>::deserialize(d)?
+        .into_iter()
+        .map(|raw| HealthCheck::try_from(raw).map_err(de::Error::custom))
+        .collect()
 }
 
 /// What a deployment is for.
@@ -403,6 +494,12 @@ struct RawDeployment {
     #[serde(default)]
     kind: Option<Kind>,
     flake: Option<String>,
+    #[serde(default, deserialize_with = "health_checks")]
+    health_checks: Vec<HealthCheck>,
+    #[serde(default)]
+    rollback: bool,
+    #[serde(default)]
+    confirm_timeout: u64,
     #[serde(default)]
     source: Sources,
 }
@@ -426,6 +523,9 @@ impl From<RawDeployment> for Deployment {
             tags: raw.tags,
             kind: raw.kind,
             flake: raw.flake,
+            health_checks: raw.health_checks,
+            rollback: raw.rollback,
+            confirm_timeout: raw.confirm_timeout,
             source: raw.source.0,
         }
     }

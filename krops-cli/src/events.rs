@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// The stages of SPEC, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Before any target is touched: plugins resolve what may fail (git refs).
     Prepare,
@@ -16,6 +16,8 @@ pub enum Stage {
     Backup,
     Populate,
     Activate,
+    /// After a `switch` or `test` activation: the deployment's `healthChecks`.
+    HealthCheck,
     /// `krops status`: reading the record and the sources' states.
     Status,
 }
@@ -28,6 +30,7 @@ impl std::fmt::Display for Stage {
             Stage::Backup => "backup",
             Stage::Populate => "populate",
             Stage::Activate => "activate",
+            Stage::HealthCheck => "health check",
             Stage::Status => "status",
         })
     }
@@ -55,6 +58,8 @@ pub struct DeployError {
     /// `message`): for `-q`, which showed nothing, and for `--json`'s `detail`.
     #[serde(skip)]
     pub output: Option<String>,
+    /// What `rollback = true` or the confirm watchdog did about it: `rolled back`, or why not.
+    pub rollback: Option<String>,
 }
 
 impl DeployError {
@@ -66,7 +71,17 @@ impl DeployError {
         message: String,
     ) -> DeployError {
         let headline = headline(&message);
-        DeployError { host, stage, source_name, program, headline, message, exit_status: None, output: None }
+        DeployError {
+            host,
+            stage,
+            source_name,
+            program,
+            headline,
+            message,
+            exit_status: None,
+            output: None,
+            rollback: None,
+        }
     }
 
     /// Where it failed, without the message: `activate on web1`.
@@ -83,11 +98,15 @@ impl DeployError {
 
     /// One line for summaries: `activate on web1 failed: nixos-rebuild: error: …`.
     pub fn summary(&self) -> String {
-        match &self.program {
+        let summary = match &self.program {
             Some(program) if !self.headline.starts_with(program.as_str()) => {
                 format!("{} failed: {program}: {}", self.place(), self.headline)
             }
             _ => format!("{} failed: {}", self.place(), self.headline),
+        };
+        match &self.rollback {
+            Some(rollback) => format!("{summary}; {rollback}"),
+            None => summary,
         }
     }
 }

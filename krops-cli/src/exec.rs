@@ -369,7 +369,7 @@ pub struct Held {
 
 impl Held {
     /// Starts `argv` and reads its output up to the first line that is its answer (`locked`,
-    /// `missing`, `busy …`: any line not prefixed `state ` or `record `); returns that line
+    /// `missing`, `busy …`: any line not prefixed `state `, `record ` or `profile `); returns that line
     /// (trimmed) and the lines before it. A child that ends without answering is an error
     /// carrying its stderr.
     pub fn start(argv: &Argv) -> Result<(Held, String, Vec<String>), ExecError> {
@@ -385,7 +385,7 @@ impl Held {
         if let Some(stdout) = held.child.stdout.take() {
             for line in lossy_lines(stdout) {
                 let Ok(line) = line else { break };
-                if line.starts_with("state ") || line.starts_with("record ") {
+                if ["state ", "record ", "profile "].iter().any(|prefix| line.starts_with(prefix)) {
                     before.push(line);
                 } else {
                     answer = line;

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod nix;
 pub mod pipeline;
 pub mod record;
+pub mod recovery;
 pub mod redact;
 pub mod select;
 pub mod ssh;

@@ -17,6 +17,7 @@ use crate::exec::{self, Argv, Input, Output, Stream};
 use crate::handle::HostHandle;
 use crate::loader::Registry;
 use crate::record;
+use crate::recovery;
 use crate::ssh::Multiplexer;
 use crate::target::Origin;
 use crate::transport::{Transport, Tty};
@@ -157,9 +158,12 @@ fn deploy_one(
     // Each host's lock is held until this function returns: through activation, and released
     // on every way out (the holder's input closes when its `Held` is dropped or released).
     let mut locks = Locks(Vec::new(), false);
+    // The target's system generation before activation (the target comes last).
+    let mut profile_before = None;
     for host in &hosts {
         let (lock, seen) = lock_with_sentinel(host, deployment, &fingerprints, wait_lock, origin, reporter)?;
         locks.0.push((lock, host.local));
+        profile_before = seen.profile.clone();
         if deployment.backup {
             backup(host, reporter)?;
         }
@@ -174,9 +178,8 @@ fn deploy_one(
         Action::Deploy { operation } => {
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
-            let script = activation::deploy_script(deployment, operation);
-            let argv = host.shell(&script, &[], &[], Tty::No);
-            (operation.to_owned(), activate(host, &argv, "nixos-rebuild", Io::Forwarded, reporter))
+            let result = deploy(host, &target, deployment, operation, profile_before.as_deref(), reporter);
+            (operation.to_owned(), result)
         }
         Action::Build { trace } => {
             let script = activation::build_script(&target.target, *trace || deployment.trace);
@@ -200,6 +203,59 @@ fn deploy_one(
         }
     };
     locks.record_activation(&operation, &result);
+    result
+}
+
+/// `deploy`'s activation on `host` (the build host, else the target), then what SPEC's
+/// "Knowing before and after" adds: the confirm watchdog armed before, the health checks
+/// after, a rollback when either fails and `rollback` is set.
+fn deploy(
+    host: &Transport,
+    target: &Transport,
+    deployment: &Deployment,
+    operation: &str,
+    profile_before: Option<&str>,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let guarded = recovery::checks_after(operation);
+    let watchdog = match deployment.confirm_timeout {
+        seconds if seconds > 0 && guarded => Some(recovery::arm(target, seconds, reporter)?),
+        _ => None,
+    };
+    let script = activation::deploy_script(deployment, operation);
+    let argv = host.shell(&script, &[], &[], Tty::No);
+    let mut result = activate(host, &argv, "nixos-rebuild", Io::Forwarded, reporter);
+    if result.is_ok() && guarded && !deployment.health_checks.is_empty() {
+        result = timed(reporter, &target.host_label(), Stage::HealthCheck, || {
+            recovery::run_checks(target, &deployment.health_checks, reporter)
+        });
+    }
+    let rolled_back = match &mut result {
+        Err(error) if deployment.rollback && recovery::rolls_back_after(operation) => {
+            error.rollback = Some(recovery::roll_back(host, target, deployment, profile_before, reporter));
+            true
+        }
+        _ => false,
+    };
+    match (watchdog, &mut result) {
+        (None, _) => {}
+        (Some(_), _) if rolled_back => recovery::disarm(target, reporter),
+        (Some(watchdog), Ok(())) => {
+            if let Err(message) = recovery::confirm(target, &watchdog, reporter) {
+                let mut failed = failure(&target.host_label(), Stage::Activate, None, message);
+                failed.program = Some("ssh".to_owned());
+                failed.rollback = Some("the target rolls itself back".to_owned());
+                result = Err(failed);
+            }
+        }
+        // The activation failed and krops does not roll back: the new system may still be
+        // running, and reachable; confirm what can be confirmed, else the watchdog acts.
+        (Some(watchdog), Err(error)) => {
+            if let Err(message) = recovery::confirm(target, &watchdog, reporter) {
+                error.rollback = Some(format!("not confirmed: {message}"));
+            }
+        }
+    }
     result
 }
 
@@ -300,7 +356,11 @@ struct Locks(Vec<(exec::Held, bool)>, bool);
 impl Locks {
     /// Has every host record how activation ended (in its deploy record, when it has one).
     fn record_activation(&mut self, operation: &str, result: &Result<(), DeployError>) {
-        let ended = if result.is_ok() { "ok" } else { "failed" };
+        let ended = match result {
+            Ok(()) => "ok",
+            Err(error) if error.rollback.as_deref() == Some("rolled back") => "rolled-back",
+            Err(_) => "failed",
+        };
         let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         for (lock, _) in &mut self.0 {
             lock.tell(&format!("activation {operation} {ended} {when}"));
@@ -361,6 +421,8 @@ done
 if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
   while IFS= read -r line; do printf 'record %s\n' "$line"; done < "$p/.krops-record"
 fi
+# The system generation before activation: a rollback only undoes a change of it.
+printf 'profile %s\n' "$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)"
 echo locked
 # krops says `done` when it releases the lock. Without it (krops was killed, its connection
 # dropped), work of this run may still be going on here (a nix-build, an activation): the lock
@@ -393,7 +455,16 @@ if [ "$line" != done ]; then
     [ -n "$busy" ] || break
     sleep 0.2
   done
-fi"#;
+fi
+# An armed confirm watchdog (see recovery.rs) keeps the lock until it fires or is confirmed:
+# no other run deploys a system it would roll back.
+w="$p/.krops-watchdog"
+while [ -f "$w" ] && [ ! -L "$w" ]; do
+  pid=$(cat -- "$w" 2>/dev/null) || break
+  case $pid in ''|*[!0-9]*) break ;; esac
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.5
+done"#;
 
 fn lock_with_sentinel(
     host: &Transport,

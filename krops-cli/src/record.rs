@@ -52,6 +52,8 @@ pub struct Seen {
     pub states: BTreeMap<String, String>,
     /// `(fingerprint, state)` by source, as recorded after the last populate.
     pub recorded: BTreeMap<String, (String, String)>,
+    /// Where the system profile pointed before activation (`None`: not asked, or no profile).
+    pub profile: Option<String>,
 }
 
 impl Seen {
@@ -60,7 +62,9 @@ impl Seen {
     pub fn parse(lines: &[String]) -> Seen {
         let mut seen = Seen::default();
         for line in lines {
-            if let Some(rest) = line.strip_prefix("state ") {
+            if let Some(profile) = line.strip_prefix("profile ") {
+                seen.profile = Some(profile.trim().to_owned()).filter(|p| !p.is_empty());
+            } else if let Some(rest) = line.strip_prefix("state ") {
                 if let Some((hash, name)) = rest.split_once(' ') {
                     seen.states.insert(name.to_owned(), hash.to_owned());
                 }

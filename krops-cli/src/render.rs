@@ -226,6 +226,7 @@ fn error_json(error: &DeployError) -> Value {
     json!({
         "message": error.headline, "detail": detail, "program": error.program,
         "host": error.host, "stage": error.stage, "source": error.source_name,
+        "rollback": error.rollback,
     })
 }
 
@@ -416,7 +417,10 @@ pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
             .map(|(name, result)| {
                 let entry = match result {
                     Ok(()) => json!({ "status": "ok" }),
-                    Err(error) => json!({ "status": "failed", "error": error_json(error) }),
+                    Err(error) => json!({
+                        "status": "failed", "error": error_json(error),
+                        "rolled_back": error.rollback.as_deref() == Some("rolled back"),
+                    }),
                 };
                 (name.clone(), entry)
             })

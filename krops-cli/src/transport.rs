@@ -71,6 +71,15 @@ impl Transport {
         }
     }
 
+    /// This transport on a connection of its own, never the run's master nor one that
+    /// `~/.ssh/config` shares (`-S none`), giving up on connecting after `timeout` seconds.
+    pub fn new_connection(&self, timeout: u64) -> Transport {
+        let mut fresh = self.clone();
+        fresh.control_socket = Some(PathBuf::from("none"));
+        fresh.target.extra_options.extend(["-o".to_owned(), format!("ConnectTimeout={timeout}")]);
+        fresh
+    }
+
     /// The host as shown in messages: `None` for a local target.
     pub fn host_label(&self) -> Option<String> {
         (!self.local).then(|| self.target.display_host())

@@ -69,7 +69,7 @@ fn setup_machine() -> Result<Client, String> {
         std::fs::create_dir_all("/etc/nix").map_err(|e| format!("mkdir /etc/nix: {e}"))?;
         std::fs::write("/etc/nix/nix.conf", NIX_CONF).map_err(|e| format!("/etc/nix/nix.conf: {e}"))?;
     }
-    for dir in ["/run/sshd", "/var/src", STATE_DIR, "/usr/local/sbin"] {
+    for dir in ["/run/sshd", "/var/src", STATE_DIR, "/usr/local/sbin", "/nix/var/nix/profiles"] {
         std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
     }
     if run("id", &["-u", SUDO_USER]).is_err() {
@@ -122,7 +122,11 @@ mount --bind "$1/bin" /usr/local/sbin
 # this machine once, empty, as the mount point).
 mkdir -p /etc/nixos
 mount --bind "$1/etc-nixos" /etc/nixos
+# A private system profile, whose generations the test nixos-rebuild keeps.
+mount --bind "$1/profiles" /nix/var/nix/profiles
 hostname "$2"
+# The sshd's PID (this shell's, after exec): a configuration can stop it (see the fixtures).
+echo $$ > /var/lib/krops-test/sshd.pid
 exec /usr/sbin/sshd -D -e -f "$1/sshd_config""#;
 
 impl TestHost {
@@ -149,7 +153,7 @@ impl TestHost {
             tempfile::Builder::new().prefix("krops-host-").tempdir_in(base).map_err(|e| e.to_string())?;
         let root = dir.path();
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        for sub in ["var-src", "root-home/.ssh", "home", "state", "bin", "etc-nixos"] {
+        for sub in ["var-src", "root-home/.ssh", "home", "state", "bin", "etc-nixos", "profiles"] {
             std::fs::create_dir_all(root.join(sub)).map_err(|e| io(sub, e))?;
         }
         std::fs::set_permissions(root.join("home"), std::fs::Permissions::from_mode(0o755))

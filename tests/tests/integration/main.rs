@@ -14,6 +14,7 @@ mod nix_config;
 mod nix_corpus;
 mod output;
 mod plugins;
+mod recovery;
 mod remote;
 mod safety;
 mod scenarios;

@@ -1,0 +1,250 @@
+//! Health checks, rollback and the confirm watchdog, against real sshd hosts whose test
+//! nixos-rebuild keeps system generations in the host's private profile and records every
+//! call (tests/fixtures/nix). A configuration can make switching fail (`failsSwitch`) or stop
+//! the host's sshd (`stopsSshd`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::{Kind, Sandbox, Site};
+
+macro_rules! on_remote_sites {
+    ($($scenario:ident),* $(,)?) => {
+        mod root {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Root) } )*
+        }
+        mod sudo {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Sudo) } )*
+        }
+    };
+}
+
+on_remote_sites!(
+    a_failing_check_rolls_back_to_the_previous_generation,
+    a_passing_check_leaves_the_new_system,
+    a_failed_switch_rolls_back,
+    a_failed_build_has_nothing_to_roll_back,
+    an_unreachable_new_system_rolls_itself_back,
+    a_confirmed_system_stays_and_its_watchdog_is_gone,
+);
+
+const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
+
+/// A deployment of the test nixpkgs and a nixos-config with `marker` and `test` (more of the
+/// configuration's `krops-test` attributes); `extra` goes into the deployment's table.
+fn config(sb: &Sandbox, site: &Site, marker: &str, test: &str, extra: &str) {
+    sb.write(
+        "configuration.nix",
+        &format!("{{ ... }}: {{ krops-test = {{ marker = \"{marker}\"; {test} }}; }}\n"),
+    );
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n{extra}\n[deployments.site.source]\n\
+             nixpkgs.file = {NIXPKGS:?}\nnixos-config.file = \"configuration.nix\"\n",
+            site.target()
+        ),
+    );
+}
+
+fn state(site: &Site, file: &str) -> String {
+    std::fs::read_to_string(site.host().unwrap().state().join(file)).unwrap_or_default()
+}
+
+/// The system the host switched to last (`OPERATION /nix/store/…-nixos-system-MARKER`).
+fn last_activation(site: &Site) -> String {
+    state(site, "activations").lines().last().unwrap_or_default().to_owned()
+}
+
+fn rollbacks(site: &Site) -> usize {
+    state(site, "nixos-rebuild.log").lines().filter(|l| l.contains("--rollback")).count()
+}
+
+fn sudo_flag(kind: Kind) -> &'static str {
+    if kind == Kind::Sudo {
+        " --use-remote-sudo"
+    } else {
+        ""
+    }
+}
+
+fn a_failing_check_rolls_back_to_the_previous_generation(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "first", "", "");
+    sb.krops(&["deploy"]).success();
+    let checks = "rollback = true\nhealthChecks = [{ command = \"test ! -e /var/lib/krops-test/unhealthy\", timeout = 5, retries = 1 }]";
+    config(&sb, &site, "second", "", checks);
+    std::fs::write(site.host().unwrap().state().join("unhealthy"), "").unwrap();
+    sb.krops(&["deploy"])
+        .code(1)
+        .stderr_has("health check on 127.0.0.1 failed")
+        .stderr_has("`test ! -e /var/lib/krops-test/unhealthy` failed (2 attempts): exited with status 1")
+        .stderr_has("rolled back");
+    let log = state(&site, "nixos-rebuild.log");
+    assert!(
+        log.lines().last().unwrap().starts_with(&format!("argv=switch --rollback{}", sudo_flag(kind))),
+        "{log}"
+    );
+    assert!(last_activation(&site).ends_with("-nixos-system-first"), "{}", state(&site, "activations"));
+    let record = site.read(".krops-record");
+    assert!(record.contains("activation switch rolled-back "), "{record}");
+}
+
+fn a_passing_check_leaves_the_new_system(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let server = HttpServer::start(200);
+    config(&sb, &site, "first", "", "");
+    sb.krops(&["deploy"]).success();
+    let checks = format!(
+        "rollback = true\nhealthChecks = [{{ command = \"grep -q second /nix/var/nix/profiles/system/marker\" }}, \
+         {{ url = \"{}\", status = 200, timeout = 2 }}]",
+        server.url()
+    );
+    config(&sb, &site, "second", "", &checks);
+    sb.krops(&["deploy"]).success();
+    assert_eq!(server.requests(), 1);
+    assert_eq!(rollbacks(&site), 0);
+    assert!(last_activation(&site).ends_with("-nixos-system-second"));
+
+    // The same URL answering otherwise fails the deployment after its retries; without
+    // `rollback` the new system stays.
+    let failing = HttpServer::start(503);
+    let checks = format!("healthChecks = [{{ url = \"{}\", retries = 2, timeout = 2 }}]", failing.url());
+    config(&sb, &site, "third", "", &checks);
+    sb.krops(&["deploy"]).code(1).stderr_has("status 503, expected 200");
+    assert_eq!(failing.requests(), 3, "the first attempt and two retries");
+    assert_eq!(rollbacks(&site), 0);
+    assert!(last_activation(&site).ends_with("-nixos-system-third"));
+}
+
+fn a_failed_switch_rolls_back(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "good", "", "");
+    sb.krops(&["deploy"]).success();
+    config(&sb, &site, "broken", "failsSwitch = true;", "rollback = true");
+    let outcome = sb.krops(&["--json", "deploy"]);
+    outcome.code(1);
+    let summary = outcome.stdout.lines().last().unwrap();
+    let summary: serde_json::Value = serde_json::from_str(summary).unwrap();
+    let entry = &summary["deployments"]["site"];
+    assert_eq!(entry["status"], "failed", "{summary}");
+    assert_eq!(entry["rolled_back"], true, "{summary}");
+    assert_eq!(entry["error"]["rollback"], "rolled back", "{summary}");
+    assert_eq!(rollbacks(&site), 1);
+    let activations = state(&site, "activations");
+    let last_two: Vec<&str> = activations.lines().rev().take(2).collect();
+    assert!(last_two[1].ends_with("-nixos-system-broken"), "{activations}");
+    assert!(last_two[0].ends_with("-nixos-system-good"), "{activations}");
+}
+
+fn a_failed_build_has_nothing_to_roll_back(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "good", "", "");
+    sb.krops(&["deploy"]).success();
+    config(&sb, &site, "good", "failsSwitch = throw \"broken configuration\";", "rollback = true");
+    sb.krops(&["deploy"])
+        .code(1)
+        .stderr_has("broken configuration")
+        .stderr_has("not rolled back: the system profile did not change");
+    assert_eq!(rollbacks(&site), 0, "--rollback would go one generation too far");
+    assert!(last_activation(&site).ends_with("-nixos-system-good"));
+}
+
+fn an_unreachable_new_system_rolls_itself_back(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "reachable", "", "");
+    sb.krops(&["deploy"]).success();
+    let timeout = 6;
+    config(&sb, &site, "locked-out", "stopsSshd = true;", &format!("confirmTimeout = {timeout}"));
+    let started = Instant::now();
+    sb.krops(&["deploy"])
+        .code(1)
+        .stderr_has("cannot reach the target over a new connection to confirm")
+        .stderr_has("rolls itself back");
+    let deadline = started + Duration::from_secs(timeout + 5);
+    while !last_activation(&site).ends_with("-nixos-system-reachable") {
+        assert!(
+            Instant::now() < deadline,
+            "not rolled back within {timeout} s + 5 s: {}\n{}",
+            state(&site, "activations"),
+            std::fs::read_to_string(site.path(".krops-watchdog.fired")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let activations = state(&site, "activations");
+    let systems: Vec<&str> = activations.lines().map(|l| l.rsplit('-').next().unwrap()).collect();
+    assert_eq!(systems, ["reachable", "out", "reachable"], "{activations}");
+    assert_eq!(rollbacks(&site), 1);
+    assert!(state(&site, "nixos-rebuild.log").lines().last().unwrap().starts_with("argv=switch --rollback"));
+    crate::support::wait_until("the watchdog records the rollback", || {
+        site.read(".krops-record").contains("activation watchdog rolled-back ")
+    });
+}
+
+fn a_confirmed_system_stays_and_its_watchdog_is_gone(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "first", "", "");
+    sb.krops(&["deploy"]).success();
+    let timeout = 3;
+    config(&sb, &site, "second", "", &format!("confirmTimeout = {timeout}\nrollback = true"));
+    sb.krops(&["deploy"]).success();
+    let pid = site.read(".krops-watchdog.confirmed");
+    // A zombie waiting for its reaper has ended too.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+    assert!(
+        status.is_empty() || status.contains("State:\tZ"),
+        "the confirmed watchdog (pid {pid}) was ended:\n{status}"
+    );
+    std::thread::sleep(Duration::from_secs(timeout + 1));
+    assert_eq!(rollbacks(&site), 0);
+    assert!(last_activation(&site).ends_with("-nixos-system-second"));
+    assert!(!site.path(".krops-watchdog").exists() && !site.path(".krops-watchdog.fired").exists());
+}
+
+/// A one-thread HTTP server on 127.0.0.1 answering every request with `status`, counting them.
+struct HttpServer {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+}
+
+impl HttpServer {
+    fn start(status: u16) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} Status\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                );
+            }
+        });
+        HttpServer { port, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/health", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
