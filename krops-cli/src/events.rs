@@ -20,6 +20,8 @@ pub enum Stage {
     HealthCheck,
     /// `krops status`: reading the record and the sources' states.
     Status,
+    /// `krops diff`: asking each source what populate would change.
+    Diff,
 }
 
 impl std::fmt::Display for Stage {
@@ -32,6 +34,7 @@ impl std::fmt::Display for Stage {
             Stage::Activate => "activate",
             Stage::HealthCheck => "health check",
             Stage::Status => "status",
+            Stage::Diff => "diff",
         })
     }
 }
@@ -199,6 +202,15 @@ pub enum Event {
         deployed: bool,
         record: Vec<String>,
         sources: Vec<(String, String)>,
+    },
+    /// `krops diff`: what populating `source` would change; `changes: None` when its plugin
+    /// cannot tell.
+    Diff {
+        deployment: String,
+        host: Option<String>,
+        source: String,
+        source_type: String,
+        changes: Option<Vec<krops_core::wire::Change>>,
     },
     /// An ssh connection to `host` is being set up (`done: false`) or is up or failed (`done:
     /// true`). In between, ssh may ask the user something on the terminal.

@@ -18,7 +18,9 @@ use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RStr;
 use krops_core::abi::{PopulatorBox, PopulatorModuleRef, TargetHandle_TO, ABI_VERSION, ABI_VERSION_SYMBOL};
-use krops_core::wire::{method, Description, PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::wire::{
+    method, Description, Diff, PopulateRequest, PrepareRequest, ValidateRequest, UNSUPPORTED,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -94,6 +96,28 @@ impl Plugin {
         let request = PopulateRequest { name: name.to_owned(), attrs, target_path: target_path.to_owned() };
         let report = self.call(method::POPULATE, &request, handle)?;
         Ok(serde_json::from_str(&report).unwrap_or(Value::Null))
+    }
+
+    /// What populating source `name` would change (see `wire::method::DIFF`); `None` when the
+    /// plugin cannot tell (it predates the method, or declines for this source).
+    pub fn diff(
+        &self,
+        handle: &HostHandle<'_>,
+        name: &str,
+        attrs: Value,
+        target_path: &str,
+    ) -> Result<Option<Diff>, String> {
+        if !self.methods.iter().any(|m| m == method::DIFF) {
+            return Ok(None);
+        }
+        let request = PopulateRequest { name: name.to_owned(), attrs, target_path: target_path.to_owned() };
+        match self.call(method::DIFF, &request, handle) {
+            Ok(answer) => serde_json::from_str(&answer)
+                .map(Some)
+                .map_err(|e| format!("the {} plugin returned a malformed diff: {e}", self.source_type)),
+            Err(error) if error.starts_with(UNSUPPORTED) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     fn call_for_attrs(

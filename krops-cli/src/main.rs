@@ -109,6 +109,12 @@ enum Command {
         #[arg(value_name = "NAME")]
         names: Vec<String>,
     },
+    /// What populate would change on each target; changes nothing
+    Diff {
+        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// What was last deployed to each target, and what drifted since; changes nothing
     Status {
         /// Deployments: names, globs (web-*) or @TAG; none: every deployment
@@ -268,6 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         }
         Command::Populate { names } => (Action::Populate, names, Purpose::Any, read()?),
         Command::Status { names } => (Action::Status, names, Purpose::Any, read()?),
+        Command::Diff { names } => (Action::Diff, names, Purpose::Any, read()?),
     };
     let single = matches!(action, Action::Run { .. });
     let deployments = validated_selection(&text, &names, purpose, single, registry.clone())?;

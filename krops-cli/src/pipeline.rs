@@ -28,6 +28,8 @@ pub enum Action {
     Populate,
     /// Report what the target's deploy record says and what drifted since; changes nothing.
     Status,
+    /// Report what populate would change on the target; changes nothing.
+    Diff,
     Deploy {
         operation: Option<String>,
     },
@@ -145,6 +147,9 @@ fn deploy_one(
     // (read-only), e.g. for a git URL only the target reaches.
     let (prepared, fingerprints) = prepare(deployment, &target, registry, reporter)?;
     let deployment = &prepared;
+    if let Action::Diff = action {
+        return diff(&target, deployment, registry, reporter);
+    }
     // krops populates the build host too when it differs from the target.
     let mut hosts = Vec::new();
     if let (Action::Deploy { .. }, Some(build)) = (action, &deployment.build_target) {
@@ -174,7 +179,7 @@ fn deploy_one(
         }
     }
     let (operation, result) = match action {
-        Action::Populate | Action::Status => return Ok(()),
+        Action::Populate | Action::Status | Action::Diff => return Ok(()),
         Action::Deploy { operation } => {
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
@@ -676,6 +681,47 @@ fn status(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Res
             sources,
         });
         Ok(())
+    })
+}
+
+/// Asks every source's plugin what populating it would change on `host` (the target: a build
+/// host gets the same sources), and reports each answer; nothing is written, no lock taken.
+fn diff(
+    host: &Transport,
+    deployment: &Deployment,
+    registry: &Registry,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let label = host.host_label();
+    timed(reporter, &label, Stage::Diff, || {
+        let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
+        let results = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
+            let fail = |message: String| {
+                let program = program_of_plugin_error(source, &message);
+                DeployError::new(label.clone(), Stage::Diff, Some(name.to_string()), program, message)
+            };
+            let plugin = registry.plugin(&source.source_type).map_err(fail)?;
+            let handle = HostHandle::for_target(host, reporter);
+            plugin.diff(&handle, name, source.attrs.clone(), &host.target.path).map_err(fail)
+        });
+        // Reported in configuration order, whichever finished first; a failed source (populate
+        // would fail too) fails the deployment after the others are told.
+        let mut failed = None;
+        for ((name, source), result) in sources.iter().zip(results) {
+            match result {
+                Ok(diff) => reporter.emit(Event::Diff {
+                    deployment: reporter.deployment.clone(),
+                    host: label.clone(),
+                    source: (*name).clone(),
+                    source_type: source.source_type.clone(),
+                    changes: diff.map(|d| d.changes),
+                }),
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     })
 }
 

@@ -127,7 +127,10 @@ pub async fn render(events: UnboundedReceiver<Event>, style: Style, terminal_fre
 async fn render_lines(mut events: UnboundedReceiver<Event>, verbosity: Verbosity, progress: Progress) {
     while let Some(event) = events.recv().await {
         progress.note(&event);
-        if let Some(line) = line_for(&event, verbosity) {
+        let result = result_lines(&event);
+        if !result.is_empty() {
+            print_result(&result);
+        } else if let Some(line) = line_for(&event, verbosity) {
             eprintln!("{}", printable(&credentials(&line)));
         }
     }
@@ -210,6 +213,11 @@ fn json_of(event: &Event) -> Value {
                 "record": record, "sources": sources,
             })
         }
+        Event::Diff { deployment, host, source, source_type, changes } => json!({
+            "event": "diff", "deployment": deployment, "host": host, "source": source,
+            "type": source_type, "known": changes.is_some(),
+            "unchanged": changes.as_ref().is_some_and(Vec::is_empty), "changes": changes,
+        }),
         Event::DeploymentFinished { deployment, millis, error } => json!({
             "event": "deployment_finished", "deployment": deployment, "duration_ms": millis,
             "status": if error.is_some() { "failed" } else { "ok" },
@@ -291,10 +299,8 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
             Event::Output { deployment, host, line } => {
                 let _ = bars.println(credentials(&format!("{} | {line}", at(deployment, host))));
             }
-            Event::Status { .. } => {
-                for line in status_lines(&event) {
-                    let _ = bars.println(credentials(&line));
-                }
+            Event::Status { .. } | Event::Diff { .. } => {
+                bars.suspend(|| print_result(&result_lines(&event)));
             }
             Event::Log { deployment, host, level, message } if *level <= Level::Warn => {
                 let _ = bars.println(credentials(&format!("{} {message}", at(deployment, host))));
@@ -366,7 +372,6 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         Event::DeploymentFinished { deployment, millis, error: None } if chatty => {
             Some(format!("[{deployment}] finished in {}", human(*millis)))
         }
-        Event::Status { .. } => Some(status_lines(event).join("\n")),
         Event::DeploymentFinished { deployment, error: Some(error), .. } => {
             // Quiet runs showed no output as it came: the failed program's is shown now.
             let output = match (&error.output, verbosity.quiet) {
@@ -377,6 +382,72 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// What `status` and `diff` found goes to standard output (it is what they are run for);
+/// progress and errors stay on standard error.
+fn print_result(lines: &[String]) {
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(stdout, "{}", printable(&credentials(line)));
+    }
+    let _ = stdout.flush();
+}
+
+/// The lines of a result event (`status`, `diff`) for people; none for other events.
+fn result_lines(event: &Event) -> Vec<String> {
+    match event {
+        Event::Status { .. } => status_lines(event),
+        Event::Diff { .. } => diff_lines(event),
+        _ => Vec::new(),
+    }
+}
+
+/// `krops diff`, for people: `conf (file): 2 changes` and a line per change, or the one
+/// change of a whole source on its line (`nixpkgs (git): commit A → B`).
+fn diff_lines(event: &Event) -> Vec<String> {
+    let Event::Diff { deployment, host, source, source_type, changes } = event else { return Vec::new() };
+    let at = format!("{} {source} ({source_type})", at(deployment, host));
+    let Some(changes) = changes else {
+        return vec![format!("{at}: unknown (the {source_type} plugin cannot tell what would change)")];
+    };
+    match changes.as_slice() {
+        [] => vec![format!("{at}: unchanged")],
+        [only] if only.path.is_empty() => vec![format!("{at}: {}", change_text(only))],
+        _ => {
+            let count = changes.len();
+            let mut lines = vec![format!("{at}: {count} change{}", if count == 1 { "" } else { "s" })];
+            lines.extend(changes.iter().map(|change| format!("{at}   {}", change_text(change))));
+            lines
+        }
+    }
+}
+
+/// `+ path`, `- path`, `~ path`, with what changed from what to what when the plugin says.
+fn change_text(change: &krops_core::wire::Change) -> String {
+    use krops_core::wire::ChangeKind;
+    let mut text = match (change.change, change.path.is_empty()) {
+        (ChangeKind::Added, true) => "added".to_owned(),
+        (ChangeKind::Changed, true) => "changed".to_owned(),
+        (ChangeKind::Deleted, true) => "deleted".to_owned(),
+        (ChangeKind::Added, false) => format!("+ {}", change.path),
+        (ChangeKind::Changed, false) => format!("~ {}", change.path),
+        (ChangeKind::Deleted, false) => format!("- {}", change.path),
+    };
+    if let Some(what) = &change.what {
+        let value = match (&change.from, &change.to) {
+            (Some(from), Some(to)) => format!("{from} → {to}"),
+            (None, Some(to)) => format!("(none) → {to}"),
+            (Some(from), None) => format!("{from} → (none)"),
+            (None, None) => text.clone(),
+        };
+        text = if change.path.is_empty() {
+            format!("{what} {value}")
+        } else {
+            format!("{text}: {what} {value}")
+        };
+    }
+    text.trim_end().to_owned()
 }
 
 /// `krops status`, for people: what the record says, then each source's verdict.

@@ -13,7 +13,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::abi::{log_level, Populator, PopulatorBox, Populator_TO, TargetHandleRef};
 use crate::sdk::{secret_archive, SecretFile, INSTALL_SECRETS_SCRIPT};
 use crate::wire::{
-    capability, method, Description, PopulateRequest, PrepareRequest, RsyncReport, RsyncRequest,
+    capability, method, Description, Diff, PopulateRequest, PrepareRequest, RsyncReport, RsyncRequest,
     RunLocalRequest, RunScriptRequest, TargetInfo, ValidateRequest, WriteFileRequest, UNSUPPORTED,
 };
 
@@ -56,6 +56,14 @@ pub trait PopulatorPlugin: Default + Send + Sync + 'static {
     ) -> Result<Option<String>, String> {
         let _ = (target, request);
         Ok(None)
+    }
+
+    /// What `populate` would change at `request.destination()`, found without changing
+    /// anything on the target (`krops diff`). Secrets are compared by name and salted hash,
+    /// never shown (see [`crate::sdk::secrets_diff`]). The default: the plugin cannot tell.
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Self::Attrs>) -> Result<Diff, String> {
+        let _ = (target, request);
+        Err(format!("{UNSUPPORTED} the {} populator cannot tell what would change", Self::TYPE))
     }
 
     /// Puts the source at `request.destination()` through `target`; returns a report.
@@ -204,6 +212,12 @@ impl<P: PopulatorPlugin> Adapter<P> {
                 let request = PopulateRequest { name: request.name, attrs, target_path: request.target_path };
                 answer(&self.0.populate(target, request)?)
             }
+            method::DIFF => {
+                let request: PopulateRequest = parse(request)?;
+                let attrs = typed_attrs::<P>(request.attrs)?;
+                let request = PopulateRequest { name: request.name, attrs, target_path: request.target_path };
+                answer(&self.0.diff(target, request)?)
+            }
             other => Err(format!("{UNSUPPORTED} the {} populator has no method {other:?}", P::TYPE)),
         }
     }
@@ -214,7 +228,7 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
         let description = Description {
             source_type: P::TYPE.to_owned(),
             version: P::VERSION.to_owned(),
-            methods: [method::VALIDATE, method::PREPARE, method::FINGERPRINT, method::POPULATE]
+            methods: [method::VALIDATE, method::PREPARE, method::FINGERPRINT, method::POPULATE, method::DIFF]
                 .map(str::to_owned)
                 .to_vec(),
         };

@@ -24,6 +24,86 @@ if [ -e "$dest" ] || [ -L "$dest" ]; then mv -- "$dest" "$old"; fi
 mv -- "$staging" "$dest"
 rm -rf -- "$old""#;
 
+/// `$1` the secrets' directory, `$2` a salt: `HASH<TAB>NAME` per file below it, HASH being
+/// SHA-256 of the salt followed by the file's content; `absent` when no directory is there
+/// (a symlink counts as none: installing replaces it).
+const SECRET_HASHES_SCRIPT: &str = r#"set -eu
+if [ -L "$1" ] || [ ! -d "$1" ]; then echo absent; exit 0; fi
+cd -- "$1"
+find . -type f -exec /bin/sh -c '
+salt=$1; shift
+for f do
+  h=$({ printf "%s" "$salt"; cat -- "$f"; } | sha256sum | cut -c1-64)
+  printf "%s\t%s\n" "$h" "${f#./}"
+done' sh "$2" {} +"#;
+
+/// What installing `files` at `destination` would change, by name (`ignored` names, such as
+/// bookkeeping files, left out on both sides). Contents are compared through SHA-256 hashes
+/// salted afresh for each call, computed on each side: no plaintext, nor a hash that could be
+/// matched against a guess made elsewhere, leaves either machine.
+pub fn secrets_diff(
+    target: &crate::plugin::Target<'_>,
+    destination: &str,
+    files: &[SecretFile],
+    ignored: &[&str],
+) -> Result<crate::wire::Diff, String> {
+    use crate::wire::{Change, ChangeKind, Diff};
+    use sha2::Digest;
+    let salt = salt();
+    let hash = |contents: &[u8]| {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(salt.as_bytes());
+        hasher.update(contents);
+        format!("{:x}", hasher.finalize())
+    };
+    let answer = target.run_script(SECRET_HASHES_SCRIPT, &[destination, &salt], b"")?;
+    let answer = String::from_utf8_lossy(&answer);
+    let there: std::collections::BTreeMap<&str, &str> = answer
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(hash, name)| (name, hash))
+        .filter(|(name, _)| !ignored.contains(name))
+        .collect();
+    let mut changes = Vec::new();
+    let mut wanted = std::collections::BTreeSet::new();
+    for file in files.iter().filter(|f| !ignored.contains(&f.path.as_str())) {
+        wanted.insert(file.path.as_str());
+        match there.get(file.path.as_str()) {
+            None => changes.push(Change::new(ChangeKind::Added, &file.path)),
+            Some(theirs) if *theirs != hash(&file.contents) => {
+                changes.push(Change::new(ChangeKind::Changed, &file.path))
+            }
+            Some(_) => {}
+        }
+    }
+    changes.extend(
+        there
+            .keys()
+            .filter(|name| !wanted.contains(*name))
+            .map(|name| Change::new(ChangeKind::Deleted, *name)),
+    );
+    changes.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Diff { changes })
+}
+
+/// SHA-256 of `bytes` in hex, as `sha256sum` prints it: for comparing non-secret content with
+/// a file on the target.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// A salt no one can know in advance: the time and this process's randomly keyed hasher.
+fn salt() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    format!("{:016x}{:08x}", hasher.finish(), nanos as u32)
+}
+
 /// A tar stream of `files`: directories 0700, files 0600, owned by root.
 pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());

@@ -22,6 +22,9 @@ pub mod method {
     /// `populate` would put on the target changes, or `null` (always populate). The host skips
     /// a source whose fingerprint and target-side state are those of its last populate.
     pub const FINGERPRINT: &str = "fingerprint";
+    /// [`super::PopulateRequest`] (prepared attributes) → [`super::Diff`]: what `populate`
+    /// would change on the target, found without changing anything there (`krops diff`).
+    pub const DIFF: &str = "diff";
 }
 
 /// The capabilities a host offers through [`crate::abi::TargetHandle::call`].
@@ -95,6 +98,49 @@ impl<A> PopulateRequest<A> {
     /// `<targetPath>/<name>`, where this source lands.
     pub fn destination(&self) -> String {
         format!("{}/{}", self.target_path.trim_end_matches('/'), self.name)
+    }
+}
+
+/// `diff`'s answer: what populating the source would change. No change: unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diff {
+    pub changes: Vec<Change>,
+}
+
+/// One change `populate` would make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub change: ChangeKind,
+    /// Below the source, `/`-separated; empty for the source as a whole.
+    #[serde(default)]
+    pub path: String,
+    /// What changes when it is not the content: `commit`, `symlink target`, `replaced`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+    /// The old and new value of `what` (a commit, a link target), never secret content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Added,
+    Changed,
+    Deleted,
+}
+
+impl Change {
+    pub fn new(change: ChangeKind, path: impl Into<String>) -> Change {
+        Change { change, path: path.into(), what: None, from: None, to: None }
+    }
+
+    /// The source as a whole changes `what`, from `from` (if it was there) to `to`.
+    pub fn whole(what: &str, from: Option<String>, to: Option<String>) -> Change {
+        let change = if from.is_some() { ChangeKind::Changed } else { ChangeKind::Added };
+        Change { change, path: String::new(), what: Some(what.to_owned()), from, to }
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`nix-build -E <text> -o <path>/<name>`), so `<path>/<name>` is a link to its output.
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::wire::{PopulateRequest, ValidateRequest};
+use krops_core::wire::{Change, Diff, PopulateRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -47,6 +47,33 @@ nix-build -E "$2" -o "$1""#;
         let output = target.run_script(script, &[&request.destination(), &expression], b"")?;
         let store_path = String::from_utf8_lossy(&output).lines().last().unwrap_or_default().to_owned();
         Ok(serde_json::json!({ "output": store_path }))
+    }
+
+    /// The output path the expression evaluates to on the target (`nix-instantiate --eval`
+    /// computes it without building or writing to the store) against the out-link there.
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
+        let script = r#"if [ -L "$1" ]; then printf 'link %s\n' "$(readlink -- "$1")"
+elif [ -e "$1" ]; then echo other
+else echo absent
+fi
+nix-instantiate --eval --json -E "$2""#;
+        let expression = format!("(\n{}\n).outPath", request.attrs.text);
+        let answer = target.run_script(script, &[&request.destination(), &expression], b"")?;
+        let answer = String::from_utf8_lossy(&answer);
+        let mut lines = answer.lines();
+        let there = lines.next().unwrap_or_default();
+        let wanted: String = serde_json::from_str(lines.next().unwrap_or_default())
+            .map_err(|_| "nix-instantiate did not print an output path".to_owned())?;
+        let from = match there {
+            "absent" => None,
+            "other" => Some("not an out-link".to_owned()),
+            link => match link.strip_prefix("link ") {
+                Some(old) if old == wanted => return Ok(Diff::default()),
+                Some(old) => Some(old.to_owned()),
+                None => Some(link.to_owned()),
+            },
+        };
+        Ok(Diff { changes: vec![Change::whole("output", from, Some(wanted))] })
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use krops_core::plugin::{PopulatorPlugin, Target};
 use krops_core::sdk::{resolve_path, Fingerprint};
-use krops_core::wire::{PopulateRequest, PrepareRequest, RsyncRequest, ValidateRequest};
+use krops_core::wire::{
+    Change, ChangeKind, Diff, PopulateRequest, PrepareRequest, RsyncRequest, ValidateRequest,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -101,6 +103,69 @@ impl PopulatorPlugin for File {
         let changes = report.itemized.iter().filter(|line| is_change(line)).count();
         Ok(serde_json::json!({ "changes": changes }))
     }
+
+    /// rsync's own answer, from a `--dry-run` with populate's options; what would make way
+    /// first (see [`CLEAR_THE_WAY`]) is reported instead, as rsync would look through it.
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
+        let attrs = &request.attrs;
+        let destination = request.destination();
+        let (kind, becomes) = if attrs.path.is_dir() { ("-d", "a directory") } else { ("-f", "a file") };
+        let standing = target.run_script(WHAT_MAKES_WAY, &[&destination, kind], b"")?;
+        let standing = String::from_utf8_lossy(&standing).trim().to_owned();
+        if !standing.is_empty() {
+            return Ok(Diff {
+                changes: vec![Change::whole("replaced", Some(standing), Some(becomes.into()))],
+            });
+        }
+        let mut options = rsync_options(attrs);
+        options.push("--dry-run".to_owned());
+        let report =
+            target.rsync(&RsyncRequest { source: rsync_source(&attrs.path), destination, options })?;
+        let single_file = !attrs.path.is_dir();
+        let changes = report
+            .itemized
+            .iter()
+            .filter_map(|line| itemized_change(line))
+            .map(|change| if single_file { Change { path: String::new(), ..change } } else { change })
+            .collect();
+        Ok(Diff { changes })
+    }
+}
+
+/// What [`CLEAR_THE_WAY`] would remove, said in words (nothing: rsync writes into it).
+const WHAT_MAKES_WAY: &str = r#"if [ -L "$1" ]; then echo "a symlink"
+elif [ -e "$1" ] && ! test "$2" "$1"; then
+  if [ -d "$1" ]; then echo "a directory"; else echo "a file"; fi
+fi"#;
+
+/// One line of `rsync --itemize-changes` as a change: a creation is an addition, `*deleting`
+/// a deletion, a transfer or changed attribute of anything but a directory a change. A
+/// directory whose times or modes alone change is no change worth telling.
+fn itemized_change(line: &str) -> Option<Change> {
+    if let Some(path) = line.strip_prefix("*deleting") {
+        return Some(Change::new(ChangeKind::Deleted, path.trim().trim_end_matches('/')));
+    }
+    let bytes = line.as_bytes();
+    if bytes.len() < 13 || bytes[11] != b' ' || !b"<>ch.".contains(&bytes[0]) {
+        return None;
+    }
+    let mut path = &line[12..];
+    if bytes[1] == b'L' {
+        path = path.split_once(" -> ").map_or(path, |(name, _)| name);
+    }
+    let path = path.trim_end_matches('/');
+    if path == "." || path.is_empty() {
+        return None;
+    }
+    let flags = &bytes[2..11];
+    let kind = if flags.iter().all(|c| *c == b'+') {
+        ChangeKind::Added
+    } else if bytes[1] == b'd' || (bytes[0] == b'.' && flags.iter().all(|c| *c == b'.' || *c == b' ')) {
+        return None;
+    } else {
+        ChangeKind::Changed
+    };
+    Some(Change::new(kind, path))
 }
 
 /// rsync writes *into* whatever stands at the destination: through a symlink (deleting, with
@@ -183,6 +248,21 @@ mod tests {
                 "--delete-excluded"
             ]
         );
+    }
+
+    #[test]
+    fn itemized_lines_as_changes() {
+        let change = |line| itemized_change(line).map(|c| (c.change, c.path));
+        assert_eq!(change(">f+++++++++ dir/new.nix"), Some((ChangeKind::Added, "dir/new.nix".into())));
+        assert_eq!(change("cd+++++++++ dir/"), Some((ChangeKind::Added, "dir".into())));
+        assert_eq!(change("cL+++++++++ link -> elsewhere"), Some((ChangeKind::Added, "link".into())));
+        assert_eq!(change(">f.st...... a b.nix"), Some((ChangeKind::Changed, "a b.nix".into())));
+        assert_eq!(change(".f...p..... mode"), Some((ChangeKind::Changed, "mode".into())));
+        assert_eq!(change("*deleting   old/"), Some((ChangeKind::Deleted, "old".into())));
+        assert_eq!(change(".d..t...... ./"), None);
+        assert_eq!(change(".d..t...... sub/"), None);
+        assert_eq!(change(".f          same"), None);
+        assert_eq!(change("sending incremental file list"), None);
     }
 
     #[test]

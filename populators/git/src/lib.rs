@@ -8,7 +8,7 @@
 use krops_core::plugin::{PopulatorPlugin, Target};
 use krops_core::sdk::Fingerprint;
 use krops_core::wire::capability::RUN_SCRIPT;
-use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::wire::{Change, Diff, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -91,6 +91,19 @@ shift "$count"
 git clean -q -dfx "$@"
 git rev-parse HEAD"#;
 
+/// `$1` the work tree: `absent`, `replaced` (not a work tree of its own: populate would clone
+/// afresh), or `head COMMIT`, then `modified` when tracked files differ from HEAD. Reads only:
+/// no index refresh, no hooks, no fsmonitor.
+const HEAD_SCRIPT: &str = r#"dest=$1
+git() { GIT_OPTIONAL_LOCKS=0 command git -c core.hooksPath=/dev/null -c core.fsmonitor=false "$@"; }
+if [ ! -e "$dest" ] && [ ! -L "$dest" ]; then echo absent; exit 0; fi
+top=$(git -C "$dest" rev-parse --show-toplevel 2>/dev/null || true)
+if [ -L "$dest" ] || [ -L "$dest/.git" ] || [ ! -d "$dest/.git" ] || [ "$top" != "$(cd -- "$dest" && pwd -P)" ]; then
+  echo replaced; exit 0
+fi
+echo "head $(git -C "$dest" rev-parse -q --verify HEAD || echo none)"
+if [ -n "$(git -C "$dest" status --porcelain --untracked-files=no 2>/dev/null)" ]; then echo modified; fi"#;
+
 impl PopulatorPlugin for Git {
     const TYPE: &'static str = "git";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -133,6 +146,35 @@ impl PopulatorPlugin for Git {
     fn fingerprint(&self, _: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Option<String>, String> {
         let attrs = serde_json::to_string(&request.attrs).map_err(|e| e.to_string())?;
         Ok(request.attrs.commit.is_some().then(|| Fingerprint::default().add(attrs).finish()))
+    }
+
+    /// The work tree's commit against the resolved one, and local edits `reset` would undo.
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
+        let commit = request.attrs.commit.clone().ok_or("git source was not prepared")?;
+        let answer = target.run_script(HEAD_SCRIPT, &[&request.destination()], b"")?;
+        let answer = String::from_utf8_lossy(&answer);
+        let mut changes = Vec::new();
+        for line in answer.lines() {
+            match line.split_once(' ') {
+                Some(("head", head)) if head != commit => {
+                    changes.push(Change::whole("commit", Some(head.to_owned()), Some(commit.clone())))
+                }
+                Some(_) => {}
+                None if line == "absent" => changes.push(Change::whole("commit", None, Some(commit.clone()))),
+                None if line == "replaced" => changes.push(Change::whole(
+                    "replaced",
+                    Some("not a work tree of its own".into()),
+                    Some(commit.clone()),
+                )),
+                None if line == "modified" => changes.push(Change::whole(
+                    "local changes",
+                    Some("modified".into()),
+                    Some("reset".into()),
+                )),
+                None => {}
+            }
+        }
+        Ok(Diff { changes })
     }
 
     fn populate(

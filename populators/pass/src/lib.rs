@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::sdk::{files_with_extension, mtime, resolve_path, Fingerprint, SecretFile};
-use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::sdk::{files_with_extension, mtime, resolve_path, secrets_diff, Fingerprint, SecretFile};
+use krops_core::wire::{Diff, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -71,40 +71,13 @@ impl PopulatorPlugin for Pass {
         target: &Target<'_>,
         request: PopulateRequest<Attrs>,
     ) -> Result<serde_json::Value, String> {
-        let Attrs { dir, name } = &request.attrs;
         let destination = request.destination();
-        let in_git = dir.join(".git").exists();
-        let pass_info = if in_git {
-            let dir = dir.to_string_lossy();
-            let commit =
-                target.run_local(&["git", "-C", &dir, "log", "-1", "--format=%H", "--", name], b"")?;
-            Some(format!("{name} {}", String::from_utf8_lossy(&commit).trim()))
-        } else {
-            None
-        };
-        if let Some(info) = &pass_info {
-            let deployed = target.run_script(
-                r#"[ -L "$1" ] || cat -- "$1/.pass_info" 2>/dev/null || true"#,
-                &[&destination],
-                b"",
-            )?;
-            if String::from_utf8_lossy(&deployed).trim() == info {
-                return Ok(serde_json::json!({ "skipped": "unchanged since the last deploy" }));
-            }
+        let in_git = request.attrs.dir.join(".git").exists();
+        let pass_info = pass_info(target, &request.attrs)?;
+        if unchanged_since_deployed(target, &destination, pass_info.as_deref())? {
+            return Ok(serde_json::json!({ "skipped": "unchanged since the last deploy" }));
         }
-        let root = dir.join(name);
-        let files = files_with_extension(&root, "gpg")?;
-        let dates = if in_git { author_dates(target, dir, name)? } else { HashMap::new() };
-        let decrypted = decrypt_all(target, &files)?;
-        let mut secrets = Vec::new();
-        for ((path, relative), contents) in files.iter().zip(decrypted) {
-            let in_store = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-            let mtime = match dates.get(&in_store) {
-                Some(date) => *date,
-                None => mtime(path)?,
-            };
-            secrets.push(SecretFile { path: relative.clone(), contents, mtime });
-        }
+        let mut secrets = decrypt(target, &request.attrs, in_git)?;
         let count = secrets.len();
         if let Some(info) = pass_info {
             secrets.push(SecretFile {
@@ -116,6 +89,68 @@ impl PopulatorPlugin for Pass {
         target.install_secrets(&destination, &secrets)?;
         Ok(serde_json::json!({ "secrets": count }))
     }
+
+    /// The secrets by name (the `.pass_info` bookkeeping left aside).
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
+        if unchanged_since_deployed(
+            target,
+            &request.destination(),
+            pass_info(target, &request.attrs)?.as_deref(),
+        )? {
+            return Ok(Diff::default());
+        }
+        let in_git = request.attrs.dir.join(".git").exists();
+        let secrets = decrypt(target, &request.attrs, in_git)?;
+        secrets_diff(target, &request.destination(), &secrets, &[".pass_info"])
+    }
+}
+
+/// `NAME COMMIT`: the store's last commit touching `name`, as krops's `.pass_info` records it
+/// (`None`: the store is no git repository).
+fn pass_info(target: &Target<'_>, attrs: &Attrs) -> Result<Option<String>, String> {
+    if !attrs.dir.join(".git").exists() {
+        return Ok(None);
+    }
+    let dir = attrs.dir.to_string_lossy();
+    let commit =
+        target.run_local(&["git", "-C", &dir, "log", "-1", "--format=%H", "--", &attrs.name], b"")?;
+    Ok(Some(format!("{} {}", attrs.name, String::from_utf8_lossy(&commit).trim())))
+}
+
+/// Whether the secrets at `destination` carry `pass_info`: populated from this git state
+/// already, and skipped as krops skips them.
+fn unchanged_since_deployed(
+    target: &Target<'_>,
+    destination: &str,
+    pass_info: Option<&str>,
+) -> Result<bool, String> {
+    let Some(info) = pass_info else { return Ok(false) };
+    let deployed = target.run_script(
+        r#"[ -L "$1" ] || cat -- "$1/.pass_info" 2>/dev/null || true"#,
+        &[destination],
+        b"",
+    )?;
+    Ok(String::from_utf8_lossy(&deployed).trim() == info)
+}
+
+/// Every secret below `dir/name`, decrypted into memory, with its mtime (the last author date
+/// when the store is a git repository).
+fn decrypt(target: &Target<'_>, attrs: &Attrs, in_git: bool) -> Result<Vec<SecretFile>, String> {
+    let Attrs { dir, name } = attrs;
+    let root = dir.join(name);
+    let files = files_with_extension(&root, "gpg")?;
+    let dates = if in_git { author_dates(target, dir, name)? } else { HashMap::new() };
+    let decrypted = decrypt_all(target, &files)?;
+    let mut secrets = Vec::new();
+    for ((path, relative), contents) in files.iter().zip(decrypted) {
+        let in_store = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        let mtime = match dates.get(&in_store) {
+            Some(date) => *date,
+            None => mtime(path)?,
+        };
+        secrets.push(SecretFile { path: relative.clone(), contents, mtime });
+    }
+    Ok(secrets)
 }
 
 /// The last author date of every file below `name`, from one `git log`.

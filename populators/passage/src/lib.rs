@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::sdk::{files_with_extension, mtime, resolve_path, Fingerprint, SecretFile};
-use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::sdk::{files_with_extension, mtime, resolve_path, secrets_diff, Fingerprint, SecretFile};
+use krops_core::wire::{Diff, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -61,47 +61,56 @@ impl PopulatorPlugin for Passage {
         target: &Target<'_>,
         request: PopulateRequest<Attrs>,
     ) -> Result<serde_json::Value, String> {
-        let attrs = &request.attrs;
-        let identities_file = attrs.identities_file.as_deref().ok_or("passage source was not validated")?;
-        let age = attrs.age.clone().unwrap_or_else(|| PathBuf::from("age"));
-        let identities = match IdentitiesFile::read(identities_file)? {
-            IdentitiesFile::Plain(identities) => identities,
-            IdentitiesFile::Encrypted => {
-                // Decrypted once by the age binary (which asks for the passphrase), kept in memory.
-                let file = identities_file.to_string_lossy();
-                let plaintext = target.run_local(&[&age.to_string_lossy(), "-d", "--", &file], b"")?;
-                Identities::parse(&String::from_utf8_lossy(&plaintext), identities_file)?
-            }
-        };
-        let files = files_with_extension(&attrs.dir, "age")?;
-        // Decryption is CPU-bound and independent per secret.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let secrets = krops_core::sdk::parallel_map(&files, cores, |(path, relative)| {
-            let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-            let encrypted = std::fs::read(path).map_err(|e| fail(&e))?;
-            let mtime = mtime(path)?;
-            let contents = match identities.needs_binary {
-                0 => identities.decrypt(&encrypted).map_err(|e| fail(&e))?,
-                _ => target.run_local(
-                    &[
-                        &age.to_string_lossy(),
-                        "-d",
-                        "-i",
-                        &identities_file.to_string_lossy(),
-                        "--",
-                        &path.to_string_lossy(),
-                    ],
-                    b"",
-                )?,
-            };
-            Ok(SecretFile { path: relative.clone(), contents, mtime })
-        })
-        .into_iter()
-        .collect::<Result<Vec<_>, String>>()?;
+        let secrets = decrypt(target, &request.attrs)?;
         target.log_debug(&format!("{}: {} secrets decrypted", request.name, secrets.len()));
         target.install_secrets(&request.destination(), &secrets)?;
         Ok(serde_json::json!({ "secrets": secrets.len() }))
     }
+
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
+        let secrets = decrypt(target, &request.attrs)?;
+        secrets_diff(target, &request.destination(), &secrets, &[])
+    }
+}
+
+/// Every secret of the store, decrypted into memory.
+fn decrypt(target: &Target<'_>, attrs: &Attrs) -> Result<Vec<SecretFile>, String> {
+    let identities_file = attrs.identities_file.as_deref().ok_or("passage source was not validated")?;
+    let age = attrs.age.clone().unwrap_or_else(|| PathBuf::from("age"));
+    let identities = match IdentitiesFile::read(identities_file)? {
+        IdentitiesFile::Plain(identities) => identities,
+        IdentitiesFile::Encrypted => {
+            // Decrypted once by the age binary (which asks for the passphrase), kept in memory.
+            let file = identities_file.to_string_lossy();
+            let plaintext = target.run_local(&[&age.to_string_lossy(), "-d", "--", &file], b"")?;
+            Identities::parse(&String::from_utf8_lossy(&plaintext), identities_file)?
+        }
+    };
+    let files = files_with_extension(&attrs.dir, "age")?;
+    // Decryption is CPU-bound and independent per secret.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    krops_core::sdk::parallel_map(&files, cores, |(path, relative)| {
+        let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let encrypted = std::fs::read(path).map_err(|e| fail(&e))?;
+        let mtime = mtime(path)?;
+        let contents = match identities.needs_binary {
+            0 => identities.decrypt(&encrypted).map_err(|e| fail(&e))?,
+            _ => target.run_local(
+                &[
+                    &age.to_string_lossy(),
+                    "-d",
+                    "-i",
+                    &identities_file.to_string_lossy(),
+                    "--",
+                    &path.to_string_lossy(),
+                ],
+                b"",
+            )?,
+        };
+        Ok(SecretFile { path: relative.clone(), contents, mtime })
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>, String>>()
 }
 
 /// An identities file as found on disk: identities in the clear, or itself age-encrypted (with

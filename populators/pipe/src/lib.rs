@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::sdk::Fingerprint;
-use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::sdk::{sha256_hex, Fingerprint};
+use krops_core::wire::{Change, ChangeKind, Diff, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -69,6 +69,28 @@ impl PopulatorPlugin for Pipe {
         // krops writes with `cat >`, i.e. the remote umask's usual 0644.
         target.write_file(&request.destination(), 0o644, &output)?;
         Ok(serde_json::json!({ "bytes": output.len() }))
+    }
+
+    /// The output compared with the file on the target by SHA-256 (a pipe's output is no
+    /// secret; a secret belongs in pass or passage).
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
+        let output = self.output(target, &request.name, &request.attrs.command)?;
+        let script = r#"if [ -L "$1" ]; then echo "a symlink"
+elif [ -f "$1" ]; then sha256sum < "$1" | cut -c1-64
+elif [ -e "$1" ]; then echo "a directory"
+fi"#;
+        let there = target.run_script(script, &[&request.destination()], b"")?;
+        let there = String::from_utf8_lossy(&there).trim().to_owned();
+        let ours = sha256_hex(&output);
+        let change = match there.as_str() {
+            "" => Change::new(ChangeKind::Added, ""),
+            hash if hash == ours => return Ok(Diff::default()),
+            hash if hash.len() == 64 => {
+                Change { what: Some("output".into()), ..Change::new(ChangeKind::Changed, "") }
+            }
+            other => Change::whole("replaced", Some(other.to_owned()), Some("a file".into())),
+        };
+        Ok(Diff { changes: vec![change] })
     }
 }
 

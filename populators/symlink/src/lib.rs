@@ -2,7 +2,7 @@
 
 use krops_core::plugin::{PopulatorPlugin, Target};
 use krops_core::sdk::Fingerprint;
-use krops_core::wire::{PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::wire::{Change, Diff, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -48,6 +48,30 @@ ln -s -- "$2" "$1.krops-new"
 mv -fT -- "$1.krops-new" "$1""#;
         target.run_script(script, &[&request.destination(), &request.attrs.target], b"")?;
         Ok(serde_json::json!({ "target": request.attrs.target }))
+    }
+
+    fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
+        let script = r#"if [ -L "$1" ]; then printf 'link %s' "$(readlink -- "$1")"
+elif [ -d "$1" ]; then echo directory
+elif [ -e "$1" ]; then echo file
+fi"#;
+        let destination = request.destination();
+        let there = target.run_script(script, &[&destination], b"")?;
+        let there = String::from_utf8_lossy(&there);
+        let wanted = &request.attrs.target;
+        let from = match there.trim_end_matches('\n') {
+            "" => None,
+            "directory" => {
+                return Err(format!("{destination} is a directory; populate would refuse to replace it"))
+            }
+            "file" => Some("a file".to_owned()),
+            link => match link.strip_prefix("link ") {
+                Some(old) if old == wanted => return Ok(Diff::default()),
+                Some(old) => Some(old.to_owned()),
+                None => Some(link.to_owned()),
+            },
+        };
+        Ok(Diff { changes: vec![Change::whole("symlink target", from, Some(wanted.clone()))] })
     }
 }
 
