@@ -201,7 +201,7 @@ pub enum Event {
         host: Option<String>,
         deployed: bool,
         record: Vec<String>,
-        sources: Vec<(String, String)>,
+        sources: Vec<SourceStatus>,
     },
     /// `krops diff`: what populating `source` would change; `changes: None` when its plugin
     /// cannot tell.
@@ -219,6 +219,17 @@ pub enum Event {
         host: String,
         done: bool,
     },
+}
+
+/// One configured source as `krops status` found it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    /// `as recorded`, `drifted` (changed on the target since), `missing`, `not recorded`.
+    pub verdict: String,
+    /// As recorded: the type, and the commit of a git source.
+    pub source_type: Option<String>,
+    pub commit: Option<String>,
 }
 
 /// Emits events on behalf of one deployment.

@@ -174,7 +174,8 @@ fn deploy_one(
         }
         let unchanged = seen.unchanged(&fingerprints);
         populate(host, deployment, registry, &unchanged, reporter)?;
-        if !fingerprints.is_empty() && unchanged.len() < fingerprints.len() {
+        // A run that changed nothing leaves the record as it is: it still says what is there.
+        if unchanged.len() < deployment.source.len() {
             write_record(host, deployment, &fingerprints, origin, reporter)?;
         }
     }
@@ -653,31 +654,31 @@ fn status(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Res
         let lines = stage_script(host, Stage::Status, &script, &args, reporter)?;
         let lines: Vec<String> = String::from_utf8_lossy(&lines).lines().map(str::to_owned).collect();
         let seen = record::Seen::parse(&lines);
-        let record: Vec<String> = lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("record "))
-            .filter(|l| !l.starts_with("source "))
-            .map(str::to_owned)
-            .collect();
         let sources = deployment
             .source
             .keys()
             .map(|name| {
                 let state = seen.states.get(name).map_or("unknown", String::as_str);
-                let verdict = match seen.recorded.get(name) {
+                let verdict = match seen.states_recorded.get(name) {
                     None => "not recorded",
                     Some(_) if state == "absent" => "missing",
-                    Some((_, recorded)) if recorded == state => "as recorded",
+                    Some(recorded) if recorded == state => "as recorded",
                     Some(_) => "drifted",
                 };
-                (name.clone(), verdict.to_owned())
+                let (source_type, commit) = seen.kinds.get(name).cloned().unzip();
+                crate::events::SourceStatus {
+                    name: name.clone(),
+                    verdict: verdict.to_owned(),
+                    source_type,
+                    commit: commit.flatten(),
+                }
             })
             .collect();
         reporter.emit(Event::Status {
             deployment: reporter.deployment.clone(),
             host: label.clone(),
-            deployed: !record.is_empty(),
-            record,
+            deployed: !seen.header.is_empty(),
+            record: seen.header,
             sources,
         });
         Ok(())
@@ -746,9 +747,12 @@ fn write_record(
     origin: &Origin,
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
-    let mut args = vec![host.target.path.clone(), format!("{}@{}", origin.user, origin.host)];
-    let types = deployment.source.iter().map(|(name, s)| (name.clone(), s.source_type.clone())).collect();
-    args.extend(record::write_arguments(fingerprints, &types));
+    let mut args = vec![
+        host.target.path.clone(),
+        format!("{}@{}", origin.user, origin.host),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    ];
+    args.extend(record::write_arguments(fingerprints, &deployment.source));
     let script = format!("{}\n{}", record::STATE_FUNCTION, record::WRITE_SCRIPT);
     stage_script(host, Stage::Populate, &script, &args, reporter).map(drop)
 }

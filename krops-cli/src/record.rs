@@ -4,10 +4,12 @@
 //! for in the round trip that takes the lock, so a redeploy that changes nothing costs that
 //! one round trip; a hand edit on the target changes the state and is repaired.
 //!
-//! The record is lines of text, written by the target's shell: `krops-record 1`, `by
-//! USER@HOST`, `when TIME`, then `source FINGERPRINT STATE NAME` per source. It never holds
-//! secret content: fingerprints of secrets come from their ciphertexts, states from names,
-//! sizes and mtimes.
+//! The record is lines of text, written by the target's shell: `krops-record 2`, `by
+//! USER@HOST`, `when TIME`, `krops VERSION`, then `source FINGERPRINT STATE TYPE COMMIT NAME`
+//! per source (`-` for a missing fingerprint or commit), and, once activation ended,
+//! `activation OPERATION RESULT TIME`. It never holds secret content: fingerprints of secrets
+//! come from their ciphertexts, states from names, sizes and mtimes. (Version 1 records, whose
+//! source lines lack TYPE and COMMIT, are still read.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,8 +44,15 @@ pub const STATE_FUNCTION: &str = r#"state() {
 /// How the lock script and `WRITE_SCRIPT` are told about a source: `KIND NAME`, KIND `g` for a
 /// git work tree, `-` otherwise.
 pub fn state_argument(source_type: &str, name: &str) -> String {
-    let kind = if source_type == "git" { "g" } else { "-" };
-    format!("{kind} {name}")
+    format!("{} {name}", state_kind(source_type))
+}
+
+fn state_kind(source_type: &str) -> &'static str {
+    if source_type == "git" {
+        "g"
+    } else {
+        "-"
+    }
 }
 
 /// What the lock's round trip reported: each asked source's state, and the last record.
@@ -52,6 +61,12 @@ pub struct Seen {
     pub states: BTreeMap<String, String>,
     /// `(fingerprint, state)` by source, as recorded after the last populate.
     pub recorded: BTreeMap<String, (String, String)>,
+    /// The state of every recorded source, fingerprinted or not: what `status` compares.
+    pub states_recorded: BTreeMap<String, String>,
+    /// `(type, commit)` by source, as recorded (version 2 records).
+    pub kinds: BTreeMap<String, (String, Option<String>)>,
+    /// The record's other lines (`by …`, `when …`, `krops …`, `activation …`).
+    pub header: Vec<String>,
     /// Where the system profile pointed before activation (`None`: not asked, or no profile).
     pub profile: Option<String>,
 }
@@ -61,6 +76,7 @@ impl Seen {
     /// record's own lines, prefixed `record `.
     pub fn parse(lines: &[String]) -> Seen {
         let mut seen = Seen::default();
+        let mut version = 1;
         for line in lines {
             if let Some(profile) = line.strip_prefix("profile ") {
                 seen.profile = Some(profile.trim().to_owned()).filter(|p| !p.is_empty());
@@ -69,11 +85,26 @@ impl Seen {
                     seen.states.insert(name.to_owned(), hash.to_owned());
                 }
             } else if let Some(rest) = line.strip_prefix("record source ") {
-                let mut fields = rest.splitn(3, ' ');
-                if let (Some(fingerprint), Some(state), Some(name)) =
-                    (fields.next(), fields.next(), fields.next())
-                {
-                    seen.recorded.insert(name.to_owned(), (fingerprint.to_owned(), state.to_owned()));
+                let fields: Vec<&str> = rest.splitn(if version >= 2 { 5 } else { 3 }, ' ').collect();
+                let (fingerprint, state, name) = match fields.as_slice() {
+                    [fingerprint, state, name] => (fingerprint, state, name),
+                    [fingerprint, state, kind, commit, name] => {
+                        let commit = (*commit != "-").then(|| (*commit).to_owned());
+                        seen.kinds.insert((*name).to_owned(), ((*kind).to_owned(), commit));
+                        (fingerprint, state, name)
+                    }
+                    _ => continue,
+                };
+                if *fingerprint != "-" {
+                    seen.recorded
+                        .insert((*name).to_owned(), ((*fingerprint).to_owned(), (*state).to_owned()));
+                }
+                seen.states_recorded.insert((*name).to_owned(), (*state).to_owned());
+            } else if let Some(rest) = line.strip_prefix("record ") {
+                if let Some(number) = rest.strip_prefix("krops-record ") {
+                    version = number.trim().parse().unwrap_or(1);
+                } else {
+                    seen.header.push(rest.to_owned());
                 }
             }
         }
@@ -97,34 +128,44 @@ impl Seen {
     }
 }
 
-/// The script that writes a new record: `$1` path, `$2` who, then `FINGERPRINT KIND NAME`
-/// triples as single arguments for every fingerprinted source. Each source's state is taken
-/// now, after populate; the file is written beside and renamed into place (`printf`, not
-/// `echo`, so that no name is read as escapes).
+/// The script that writes a new record: `$1` path, `$2` who, `$3` krops's version, then
+/// `FINGERPRINT KIND TYPE COMMIT NAME` as single arguments for every source. Each source's
+/// state is taken now, after populate; the file is written beside and renamed into place
+/// (`printf`, not `echo`, so that no name is read as escapes). The last activation's line is
+/// kept until the next activation replaces it.
 pub const WRITE_SCRIPT: &str = r#"set -e
-p=$1 by=$2
-shift 2
+p=$1 by=$2 version=$3
+shift 3
 tmp=$(mktemp -- "$p/.krops-record.XXXXXX")
 {
-  printf '%s\n' "krops-record 1" "by $by" "when $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf '%s\n' "krops-record 2" "by $by" "when $(date -u +%Y-%m-%dT%H:%M:%SZ)" "krops $version"
   for entry do
     fingerprint=${entry%% *} rest=${entry#* }
-    kind=${rest%% *} name=${rest#* }
-    printf 'source %s %s %s\n' "$fingerprint" "$(state "$kind" "$name")" "$name"
+    kind=${rest%% *} rest=${rest#* }
+    type=${rest%% *} rest=${rest#* }
+    commit=${rest%% *} name=${rest#* }
+    printf 'source %s %s %s %s %s\n' "$fingerprint" "$(state "$kind" "$name")" "$type" "$commit" "$name"
   done
+  if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then grep '^activation ' "$p/.krops-record" || true; fi
 } > "$tmp"
 mv -fT -- "$tmp" "$p/.krops-record""#;
 
-/// `WRITE_SCRIPT`'s arguments after path and holder: `FINGERPRINT KIND NAME` per source.
+/// `WRITE_SCRIPT`'s arguments after path, holder and version: `FINGERPRINT KIND TYPE COMMIT
+/// NAME` per source, `-` standing for no fingerprint or commit. Types are the configuration's
+/// keys; white space in one (no plugin file is named so) is written as `_`.
 pub fn write_arguments(
     fingerprints: &BTreeMap<String, String>,
-    types: &BTreeMap<String, String>,
+    sources: &BTreeMap<String, crate::config::Source>,
 ) -> Vec<String> {
-    fingerprints
+    sources
         .iter()
-        .map(|(name, fingerprint)| {
-            let source_type = types.get(name).map_or("", String::as_str);
-            format!("{fingerprint} {}", state_argument(source_type, name))
+        .map(|(name, source)| {
+            let fingerprint = fingerprints.get(name).map_or("-", String::as_str);
+            let source_type: String =
+                source.source_type.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
+            let commit = source.attrs.get("commit").and_then(|c| c.as_str()).unwrap_or("-");
+            let commit = if commit.is_empty() || commit.contains(char::is_whitespace) { "-" } else { commit };
+            format!("{fingerprint} {} {source_type} {commit} {name}", state_kind(&source.source_type))
         })
         .collect()
 }

@@ -206,11 +206,16 @@ fn json_of(event: &Event) -> Value {
             json!({ "event": "connecting", "deployment": deployment, "host": host })
         }
         Event::Status { deployment, host, deployed, record, sources } => {
-            let sources: serde_json::Map<String, Value> =
-                sources.iter().map(|(name, verdict)| (name.clone(), json!(verdict))).collect();
+            let sources: serde_json::Map<String, Value> = sources
+                .iter()
+                .map(|s| {
+                    let entry = json!({ "status": s.verdict, "type": s.source_type, "commit": s.commit });
+                    (s.name.clone(), entry)
+                })
+                .collect();
             json!({
                 "event": "status", "deployment": deployment, "host": host, "deployed": deployed,
-                "record": record, "sources": sources,
+                "record": record_json(record), "sources": sources,
             })
         }
         Event::Diff { deployment, host, source, source_type, changes } => json!({
@@ -224,6 +229,17 @@ fn json_of(event: &Event) -> Value {
             "error": error.as_ref().map(error_json),
         }),
     }
+}
+
+/// The record's lines as an object: `by`, `when`, `krops`, and the last `activation`
+/// (`operation`, `result`: ok, failed, rolled-back…, `time`), null where the record says nothing.
+fn record_json(lines: &[String]) -> Value {
+    let field = |key: &str| lines.iter().find_map(|l| l.strip_prefix(key)).map(str::to_owned);
+    let activation = field("activation ").map(|a| {
+        let parts: Vec<&str> = a.split(' ').collect();
+        json!({ "operation": parts.first(), "result": parts.get(1), "time": parts.get(2) })
+    });
+    json!({ "by": field("by "), "when": field("when "), "krops": field("krops "), "activation": activation })
 }
 
 fn error_json(error: &DeployError) -> Value {
@@ -454,12 +470,36 @@ fn change_text(change: &krops_core::wire::Change) -> String {
 fn status_lines(event: &Event) -> Vec<String> {
     let Event::Status { deployment, host, deployed, record, sources } = event else { return Vec::new() };
     let at = at(deployment, host);
+    let field = |key: &str| record.iter().find_map(|l| l.strip_prefix(key));
     let mut lines = vec![if *deployed {
-        format!("{at} deployed: {}", record.join("; "))
+        let mut line = format!("{at} populated");
+        if let Some(by) = field("by ") {
+            line.push_str(&format!(" by {by}"));
+        }
+        if let Some(when) = field("when ") {
+            line.push_str(&format!(" at {when}"));
+        }
+        if let Some(version) = field("krops ") {
+            line.push_str(&format!(" (krops {version})"));
+        }
+        match field("activation ").map(|a| a.splitn(3, ' ').collect::<Vec<_>>()) {
+            Some(parts) if parts.len() == 3 => {
+                line.push_str(&format!("; last activation: {} {} at {}", parts[0], parts[1], parts[2]))
+            }
+            _ => line.push_str("; not activated since"),
+        }
+        line
     } else {
         format!("{at} never deployed by krops (no record)")
     }];
-    lines.extend(sources.iter().map(|(name, verdict)| format!("{at}   {name}: {verdict}")));
+    lines.extend(sources.iter().map(|s| {
+        let kind = match (&s.source_type, &s.commit) {
+            (Some(kind), Some(commit)) => format!(" ({kind} {commit})"),
+            (Some(kind), None) => format!(" ({kind})"),
+            _ => String::new(),
+        };
+        format!("{at}   {}{kind}: {}", s.name, s.verdict)
+    }));
     lines
 }
 

@@ -120,6 +120,8 @@ fn git_commit_old_to_new(kind: Kind) {
     diff_changing_nothing(&sb, &site, &[]).stdout_has(&format!("repo (git): commit (none) → {first}"));
     sb.krops(&["populate"]).success();
     diff_changing_nothing(&sb, &site, &[]).stdout_has("repo (git): unchanged");
+    // The deploy record names the type and the commit; status reads them back.
+    sb.krops(&["status"]).success().stdout_has(&format!("repo (git {first}): as recorded"));
     let second = repo.commit("a.nix", "2");
     let outcome = diff_changing_nothing(&sb, &site, &["--json"]);
     let change = &json_diffs(&outcome)["repo"]["changes"][0];

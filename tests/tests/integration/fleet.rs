@@ -159,34 +159,31 @@ fn status_reports_the_record_and_drift() {
     };
     let never = status(&sb);
     assert_eq!(never["deployed"], false);
-    assert_eq!(never["sources"]["conf"], "not recorded");
+    assert_eq!(never["sources"]["conf"]["status"], "not recorded");
     sb.krops(&["run"]).success();
     let listing = site.listing("");
     let after = status(&sb);
     assert_eq!(after["deployed"], true);
-    assert_eq!(after["sources"]["conf"], "as recorded");
-    assert!(
-        after["record"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l.as_str().unwrap().starts_with("activation run ok ")),
-        "{after}"
-    );
+    assert_eq!(after["sources"]["conf"]["status"], "as recorded");
+    assert_eq!(after["sources"]["conf"]["type"], "file");
+    assert_eq!(after["sources"]["info"]["type"], "pipe");
+    assert_eq!(after["record"]["activation"]["operation"], "run", "{after}");
+    assert_eq!(after["record"]["activation"]["result"], "ok", "{after}");
+    let version = sb.krops(&["--version"]).stdout.clone();
+    assert!(version.contains(after["record"]["krops"].as_str().unwrap()), "{after} {version}");
+    assert!(after["record"]["by"].as_str().unwrap().contains('@'), "{after}");
     assert_eq!(site.listing(""), listing, "status changed the target");
     site.write("conf/a.nix", "edited by hand");
-    assert_eq!(status(&sb)["sources"]["conf"], "drifted");
+    let drifted = status(&sb);
+    assert_eq!(drifted["sources"]["conf"]["status"], "drifted");
+    assert_eq!(drifted["sources"]["info"]["status"], "as recorded", "drift is named per source");
     write("exit 3");
     sb.krops(&["run"]).code(3);
     let failed = status(&sb);
-    let activations: Vec<&str> = failed["record"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.as_str())
-        .filter(|l| l.starts_with("activation "))
-        .collect();
-    assert_eq!(activations.len(), 1, "{failed}");
-    assert!(activations[0].starts_with("activation run failed "), "{failed}");
-    assert_eq!(failed["sources"]["conf"], "as recorded", "the failed run repaired the hand edit first");
+    assert_eq!(failed["record"]["activation"]["result"], "failed", "{failed}");
+    assert_eq!(
+        failed["sources"]["conf"]["status"], "as recorded",
+        "the failed run repaired the hand edit first"
+    );
+    assert_eq!(site.read(".krops-record").matches("activation ").count(), 1, "the last activation only");
 }

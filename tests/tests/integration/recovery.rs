@@ -137,6 +137,8 @@ fn a_failed_switch_rolls_back(kind: Kind) {
     assert_eq!(entry["rolled_back"], true, "{summary}");
     assert_eq!(entry["error"]["rollback"], "rolled back", "{summary}");
     assert_eq!(rollbacks(&site), 1);
+    let status = sb.krops(&["status"]);
+    status.success().stdout_has("last activation: switch rolled-back at ");
     let activations = state(&site, "activations");
     let last_two: Vec<&str> = activations.lines().rev().take(2).collect();
     assert!(last_two[1].ends_with("-nixos-system-broken"), "{activations}");
