@@ -417,6 +417,9 @@ if ! flock $how 9; then echo "busy $(cat -- "$who" 2>/dev/null)"; exit 0; fi
 tmp=$(mktemp -- "$who.XXXXXX")
 printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp"
 mv -fT -- "$tmp" "$who"
+# What an interrupted earlier run left half-written beside the record or the holder (their
+# temporary files, made by mktemp) goes: only the lock's holder writes them.
+rm -f -- "$p"/.krops-record.?????? "$p"/.krops-holder.??????
 # The state of the sources krops asks about ($5…), and the last record, for skipping what is
 # unchanged (see record.rs).
 shift 4

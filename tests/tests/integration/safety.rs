@@ -223,6 +223,29 @@ fn sigterm_sighup_and_sigint_end_every_child_and_activate_nothing(kind: Kind) {
     }
 }
 
+/// An interrupted run may leave the temporary files of the record and the lock holder behind;
+/// the next run that holds the lock removes them, and nothing else of that shape it does not own.
+#[test]
+fn half_written_record_files_of_an_interrupted_run_go() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    sb.write("conf/a.nix", "a");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source]\nconf.file = \"conf\"\n",
+            site.target()
+        ),
+    );
+    site.write(".krops-record.Ab3dE9", "source half");
+    site.write(".krops-holder.x1Y2z3", "someone since");
+    site.write("conf.krops-record.keep", "not krops's");
+    sb.krops(&["populate"]).success();
+    assert!(!site.path(".krops-record.Ab3dE9").exists() && !site.path(".krops-holder.x1Y2z3").exists());
+    assert!(site.path(".krops-record").exists());
+    assert_eq!(site.read("conf.krops-record.keep"), "not krops's");
+}
+
 #[test]
 fn reserved_names_are_configuration_errors_and_touch_nothing() {
     for name in
