@@ -16,14 +16,25 @@ crate::on_every_site!(
 );
 
 /// Every entry below the site's path (the sentinel included) with what `find -printf` says of
-/// it: a diff must leave all of it as it was.
+/// it, and every file's content: a diff must leave all of it as it was.
 fn snapshot(site: &Site) -> String {
     let output = std::process::Command::new("find")
         .arg(site.path(""))
-        .args(["-printf", "%P %y %s %m %T@ %l\n"])
+        .args(["-printf", "%P\t%y\t%s\t%m\t%T@\t%l\n"])
         .output()
         .unwrap();
-    let mut lines: Vec<&str> = std::str::from_utf8(&output.stdout).unwrap().lines().collect();
+    // And every regular file's bytes.
+    let mut lines: Vec<String> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| match line.split('\t').collect::<Vec<_>>().as_slice() {
+            [relative, "f", ..] => {
+                let bytes = std::fs::read(site.path(relative)).unwrap_or_default();
+                format!("{line} {}", String::from_utf8_lossy(&bytes).escape_debug())
+            }
+            _ => line.to_owned(),
+        })
+        .collect();
     lines.sort_unstable();
     lines.join("\n")
 }
