@@ -125,22 +125,66 @@ impl TryFrom<RawHealthCheck> for HealthCheck {
                 Probe::Command { command }
             }
             (None, Some(url)) => {
-                if !url.starts_with("http://") {
-                    return Err(format!(
-                        "healthChecks: url {:?} must start with http:// (for https, check with a command such as curl on the target)",
-                        crate::redact::credentials(&url)
-                    ));
+                check_url(&url)?;
+                let status = raw.status.unwrap_or(200);
+                if !(100..=599).contains(&status) {
+                    return Err(format!("healthChecks: status {status} is no HTTP status (100 to 599)"));
                 }
-                Probe::Url { url, status: raw.status.unwrap_or(200) }
+                Probe::Url { url, status }
             }
             _ => return Err("healthChecks: each check has exactly one of `command` and `url`".to_owned()),
         };
         let timeout = raw.timeout.unwrap_or(HEALTH_CHECK_TIMEOUT);
-        if timeout == 0 {
-            return Err("healthChecks: `timeout` must be at least 1 second".to_owned());
+        if timeout == 0 || timeout > MAX_SECONDS {
+            return Err(format!("healthChecks: `timeout` must be 1 to {MAX_SECONDS} seconds, not {timeout}"));
         }
-        Ok(HealthCheck { probe, timeout, retries: raw.retries.unwrap_or(0) })
+        let retries = raw.retries.unwrap_or(0);
+        if retries > MAX_RETRIES {
+            return Err(format!("healthChecks: `retries` must be at most {MAX_RETRIES}, not {retries}"));
+        }
+        Ok(HealthCheck { probe, timeout, retries })
     }
+}
+
+/// The longest a health check attempt or a confirm watchdog may wait: a day.
+const MAX_SECONDS: u64 = 86_400;
+const MAX_RETRIES: u32 = 1_000;
+
+/// A health check's URL: `http://HOST[:PORT]/…`, parsed as the client will (https would need a
+/// TLS stack krops does not carry; a command on the target can use curl).
+fn check_url(url: &str) -> Result<(), String> {
+    let shown = crate::redact::credentials(url);
+    let bad = |why: &str| format!("healthChecks: url {shown:?} {why}");
+    if !url.starts_with("http://") {
+        return Err(bad(
+            "must start with http:// (for https, check with a command such as curl on the target)",
+        ));
+    }
+    let uri: ureq::http::Uri = url.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    match uri.authority() {
+        Some(authority) if !authority.host().is_empty() => {
+            if authority
+                .as_str()
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| !port.is_empty() && !port.contains(']'))
+                && authority.port_u16().is_none()
+            {
+                return Err(bad("has no valid port (1 to 65535)"));
+            }
+            Ok(())
+        }
+        _ => Err(bad("names no host")),
+    }
+}
+
+fn confirm_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let seconds = u64::deserialize(d)?;
+    if seconds > MAX_SECONDS {
+        return Err(de::Error::custom(format!(
+            "confirmTimeout must be at most {MAX_SECONDS} seconds, not {seconds}"
+        )));
+    }
+    Ok(seconds)
 }
 
 fn health_checks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HealthCheck>, D::Error> {
@@ -498,7 +542,7 @@ struct RawDeployment {
     health_checks: Vec<HealthCheck>,
     #[serde(default)]
     rollback: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "confirm_timeout")]
     confirm_timeout: u64,
     #[serde(default)]
     source: Sources,

@@ -18,6 +18,8 @@ pub enum Stage {
     Activate,
     /// After a `switch` or `test` activation: the deployment's `healthChecks`.
     HealthCheck,
+    /// With `confirmTimeout`: confirming the new system over a new connection.
+    Confirm,
     /// `krops status`: reading the record and the sources' states.
     Status,
     /// `krops diff`: asking each source what populate would change.
@@ -33,6 +35,7 @@ impl std::fmt::Display for Stage {
             Stage::Populate => "populate",
             Stage::Activate => "activate",
             Stage::HealthCheck => "health check",
+            Stage::Confirm => "confirm",
             Stage::Status => "status",
             Stage::Diff => "diff",
         })

@@ -174,9 +174,18 @@ fn deploy_one(
         }
         let unchanged = seen.unchanged(&fingerprints);
         populate(host, deployment, registry, &unchanged, reporter)?;
-        // A run that changed nothing leaves the record as it is: it still says what is there.
         if unchanged.len() < deployment.source.len() {
             write_record(host, deployment, &fingerprints, origin, reporter)?;
+        } else if let Some((lock, _)) = locks.0.last_mut() {
+            // Nothing changed: the record's sources still hold; the lock holder renews who
+            // populated and when, without a round trip of its own.
+            let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            lock.tell(&format!(
+                "populated {}@{} {when} {}",
+                origin.user,
+                origin.host,
+                env!("CARGO_PKG_VERSION")
+            ));
         }
     }
     let (operation, result) = match action {
@@ -208,7 +217,10 @@ fn deploy_one(
             )
         }
     };
-    locks.record_activation(&operation, &result);
+    // An unconfirmed activation is the watchdog's to record: it rolls back, or finds nothing to.
+    if !matches!(&result, Err(error) if error.stage == Stage::Confirm) {
+        locks.record_activation(&operation, &result);
+    }
     result
 }
 
@@ -225,7 +237,7 @@ fn deploy(
 ) -> Result<(), DeployError> {
     let guarded = recovery::checks_after(operation);
     let watchdog = match deployment.confirm_timeout {
-        seconds if seconds > 0 && guarded => Some(recovery::arm(target, seconds, reporter)?),
+        seconds if seconds > 0 && guarded => Some(recovery::arm(target, seconds, operation, reporter)?),
         _ => None,
     };
     let script = activation::deploy_script(deployment, operation);
@@ -238,7 +250,8 @@ fn deploy(
     }
     let rolled_back = match &mut result {
         Err(error) if deployment.rollback && recovery::rolls_back_after(operation) => {
-            error.rollback = Some(recovery::roll_back(host, target, deployment, profile_before, reporter));
+            error.rollback =
+                Some(recovery::roll_back(host, target, deployment, operation, profile_before, reporter));
             true
         }
         _ => false,
@@ -246,19 +259,16 @@ fn deploy(
     match (watchdog, &mut result) {
         (None, _) => {}
         (Some(_), _) if rolled_back => recovery::disarm(target, reporter),
+        // Confirmed even after a failed activation or check when krops does not roll back:
+        // the watchdog guards reachability; `rollback` is what answers a failure.
         (Some(watchdog), Ok(())) => {
-            if let Err(message) = recovery::confirm(target, &watchdog, reporter) {
-                let mut failed = failure(&target.host_label(), Stage::Activate, None, message);
-                failed.program = Some("ssh".to_owned());
-                failed.rollback = Some("the target rolls itself back".to_owned());
-                result = Err(failed);
-            }
+            result = timed(reporter, &target.host_label(), Stage::Confirm, || {
+                recovery::confirm(target, &watchdog, reporter)
+            });
         }
-        // The activation failed and krops does not roll back: the new system may still be
-        // running, and reachable; confirm what can be confirmed, else the watchdog acts.
         (Some(watchdog), Err(error)) => {
-            if let Err(message) = recovery::confirm(target, &watchdog, reporter) {
-                error.rollback = Some(format!("not confirmed: {message}"));
+            if let Err(unconfirmed) = recovery::confirm(target, &watchdog, reporter) {
+                error.rollback = unconfirmed.rollback;
             }
         }
     }
@@ -413,6 +423,17 @@ if [ -L "$lock" ] || { [ -e "$lock" ] && [ ! -f "$lock" ]; }; then rm -rf -- "$l
 exec 9>>"$lock"
 if [ -n "$wait" ]; then how="-w $wait"; else how=-n; fi
 if ! flock $how 9; then echo "busy $(cat -- "$who" 2>/dev/null)"; exit 0; fi
+# A confirm watchdog an earlier run armed (see recovery.rs) may still roll back the system it
+# guards: until it fires or is confirmed, the target is as good as locked by that run, even
+# when the run itself is gone.
+w="$p/.krops-watchdog" waited=0
+while [ -f "$w" ] && [ ! -L "$w" ] && pid=$(head -n 1 -- "$w" 2>/dev/null) &&
+  case $pid in ''|*[!0-9]*) false ;; esac && kill -0 "$pid" 2>/dev/null; do
+  if [ -z "$wait" ] || [ "$waited" -ge "$((wait * 2))" ]; then
+    echo "busy $(cat -- "$who" 2>/dev/null), whose confirm watchdog is armed"; exit 0
+  fi
+  sleep 0.5; waited=$((waited + 1))
+done
 # Who holds it, written beside and renamed into place: never half-written, never through a link.
 tmp=$(mktemp -- "$who.XXXXXX")
 printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp"
@@ -428,7 +449,8 @@ for entry do
   printf 'state %s %s\n' "$(state "$kind" "$name")" "$name"
 done
 if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
-  while IFS= read -r line; do printf 'record %s\n' "$line"; done < "$p/.krops-record"
+  # Bounded: a record krops wrote is a few lines; garbage must not hold the lock for long.
+  head -n 10000 -- "$p/.krops-record" | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
 fi
 # The system generation before activation: a rollback only undoes a change of it.
 printf 'profile %s\n' "$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)"
@@ -436,17 +458,24 @@ echo locked
 # krops says `done` when it releases the lock. Without it (krops was killed, its connection
 # dropped), work of this run may still be going on here (a nix-build, an activation): the lock
 # is held until every process of the run, named by the run's marker ($0), has ended.
-# Lines before `done` may report the activation, for the record (`activation OP RESULT TIME`).
+# Lines before `done` update the record, beside and renamed into place: `activation OP RESULT
+# TIME` replaces the last activation; `populated BY TIME VERSION` (a run that changed nothing)
+# renews who populated, when, with which krops.
 line=
+rec="$p/.krops-record"
 while IFS= read -r line; do
   case $line in
     done) break ;;
-    "activation "*)
-      # The last activation replaces the one before, beside and renamed into place.
-      rec="$p/.krops-record"
+    "activation "*|"populated "*)
       if [ -f "$rec" ] && [ ! -L "$rec" ]; then
         tmp=$(mktemp -- "$rec.XXXXXX")
-        { grep -v '^activation ' "$rec" || true; printf '%s\n' "$line"; } > "$tmp"
+        case $line in
+          activation*) { grep -v '^activation ' "$rec" || true; printf '%s\n' "$line"; } > "$tmp" ;;
+          *)
+            set -f; set -- $line; set +f
+            { printf '%s\n' "krops-record 2" "by $2" "when $3" "krops $4"
+              grep -v -e '^krops-record ' -e '^by ' -e '^when ' -e '^krops ' "$rec" || true; } > "$tmp" ;;
+        esac
         mv -fT -- "$tmp" "$rec"
       fi ;;
   esac
@@ -464,16 +493,7 @@ if [ "$line" != done ]; then
     [ -n "$busy" ] || break
     sleep 0.2
   done
-fi
-# An armed confirm watchdog (see recovery.rs) keeps the lock until it fires or is confirmed:
-# no other run deploys a system it would roll back.
-w="$p/.krops-watchdog"
-while [ -f "$w" ] && [ ! -L "$w" ]; do
-  pid=$(cat -- "$w" 2>/dev/null) || break
-  case $pid in ''|*[!0-9]*) break ;; esac
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.5
-done"#;
+fi"#;
 
 fn lock_with_sentinel(
     host: &Transport,
@@ -698,6 +718,23 @@ fn diff(
 ) -> Result<(), DeployError> {
     let label = host.host_label();
     timed(reporter, &label, Stage::Diff, || {
+        if !deployment.force {
+            let sentinel = format!("{}/.populate", host.target.path.trim_end_matches('/'));
+            let there = stage_script(
+                host,
+                Stage::Diff,
+                "[ -e \"$1\" ] || echo missing",
+                &[sentinel.clone()],
+                reporter,
+            )?;
+            if !there.is_empty() {
+                reporter.log(
+                    &label,
+                    Level::Warn,
+                    format!("populate would fail here: missing sentinel file: {}", host.location(&sentinel)),
+                );
+            }
+        }
         let sources: Vec<(&String, &crate::config::Source)> = deployment.source.iter().collect();
         let results = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
             let fail = |message: String| {
@@ -734,7 +771,7 @@ const STATUS_SCRIPT: &str = r#"set -e
 p=$1
 shift
 if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
-  while IFS= read -r line; do printf 'record %s\n' "$line"; done < "$p/.krops-record"
+  head -n 10000 -- "$p/.krops-record" | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
 fi
 for entry do
   kind=${entry%% *} name=${entry#* }

@@ -131,11 +131,13 @@ impl Seen {
 /// The script that writes a new record: `$1` path, `$2` who, `$3` krops's version, then
 /// `FINGERPRINT KIND TYPE COMMIT NAME` as single arguments for every source. Each source's
 /// state is taken now, after populate; the file is written beside and renamed into place
-/// (`printf`, not `echo`, so that no name is read as escapes). The last activation's line is
-/// kept until the next activation replaces it.
+/// (`printf`, not `echo`, so that no name is read as escapes). It has no activation line until
+/// krops tells the lock holder how this run's activation ended.
 pub const WRITE_SCRIPT: &str = r#"set -e
 p=$1 by=$2 version=$3
 shift 3
+# The name is krops's own: whatever else stands there makes way.
+if [ -d "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then rm -rf -- "$p/.krops-record"; fi
 tmp=$(mktemp -- "$p/.krops-record.XXXXXX")
 {
   printf '%s\n' "krops-record 2" "by $by" "when $(date -u +%Y-%m-%dT%H:%M:%SZ)" "krops $version"
@@ -146,7 +148,6 @@ tmp=$(mktemp -- "$p/.krops-record.XXXXXX")
     commit=${rest%% *} name=${rest#* }
     printf 'source %s %s %s %s %s\n' "$fingerprint" "$(state "$kind" "$name")" "$type" "$commit" "$name"
   done
-  if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then grep '^activation ' "$p/.krops-record" || true; fi
 } > "$tmp"
 mv -fT -- "$tmp" "$p/.krops-record""#;
 

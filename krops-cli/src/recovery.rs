@@ -20,7 +20,8 @@ pub fn checks_after(operation: &str) -> bool {
     matches!(operation, "switch" | "test")
 }
 
-/// The operations whose failure `rollback = true` undoes: those that change the system.
+/// The operations whose failure `rollback = true` undoes: those that change the system
+/// (`switch` and `boot` make a generation; `test` only activates one).
 pub fn rolls_back_after(operation: &str) -> bool {
     matches!(operation, "switch" | "test" | "boot")
 }
@@ -93,7 +94,8 @@ fn command_check(target: &Transport, command: &str, seconds: u64, reporter: &Rep
         Err(exec::ExecError::Failed { status, stderr, stdout, .. }) => {
             let said = crate::events::headline(&format!("{}\n{stderr}", String::from_utf8_lossy(&stdout)));
             let how = match status.code() {
-                Some(124) => format!("timed out after {seconds} s"),
+                // `timeout` says 124, or 137 when the command needed its KILL.
+                Some(124 | 137) => format!("timed out after {seconds} s"),
                 Some(code) => format!("exited with status {code}"),
                 None => format!("ended by {status}"),
             };
@@ -108,6 +110,9 @@ fn url_check(url: &str, expected: u16, seconds: u64) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(seconds)))
         .http_status_as_error(false)
+        // A redirect is an answer of its own: `status = 302` can be checked, and a failure is
+        // never reported against an address the check does not name.
+        .max_redirects(0)
         .build()
         .into();
     match agent.get(url).call() {
@@ -118,41 +123,53 @@ fn url_check(url: &str, expected: u16, seconds: u64) -> Result<(), String> {
     }
 }
 
-/// `nixos-rebuild switch --rollback` on the activation host, with the deployment's sudo and
-/// host flags, unless the target's system profile shows nothing was switched. Returns what to
-/// add to the failure: `rolled back`, or why not.
+/// Undoes a failed `operation` and returns what to add to the failure: `rolled back`, or why
+/// not. `switch` and `boot`: `nixos-rebuild OPERATION --rollback` on the activation host, with
+/// the deployment's sudo and host flags, unless the target's system profile shows nothing was
+/// switched. `test` makes no generation: the profile's current one is activated again.
 pub fn roll_back(
     activation_host: &Transport,
     target: &Transport,
     deployment: &Deployment,
+    operation: &str,
     profile_before: Option<&str>,
     reporter: &Reporter,
 ) -> String {
-    let label = activation_host.host_label();
-    if let Some(before) = profile_before.filter(|p| !p.is_empty()) {
-        let argv = target.shell("readlink -- \"$1\" || true", &[PROFILE.to_owned()], &[], Tty::No);
-        if let Ok(now) = exec::run(&argv, &[], Input::Null, Output::Capture) {
-            if String::from_utf8_lossy(&now).trim() == before {
-                return "not rolled back: the system profile did not change".to_owned();
+    let (host, script) = if operation == "test" {
+        (target, REACTIVATE_SCRIPT.to_owned())
+    } else {
+        if let Some(before) = profile_before.filter(|p| !p.is_empty()) {
+            let argv = target.shell("readlink -- \"$1\" || true", &[PROFILE.to_owned()], &[], Tty::No);
+            if let Ok(now) = exec::run(&argv, &[], Input::Null, Output::Capture) {
+                if String::from_utf8_lossy(&now).trim() == before {
+                    return "not rolled back: the system profile did not change".to_owned();
+                }
             }
         }
-    }
-    let argv = activation_host.shell(&rollback_script(deployment), &[], &[], Tty::No);
-    reporter.log(&label, Level::Info, "rolling back: nixos-rebuild switch --rollback".to_owned());
+        (activation_host, rollback_script(deployment, operation))
+    };
+    let label = host.host_label();
+    let argv = host.shell(&script, &[PROFILE.to_owned()], &[], Tty::No);
+    reporter.log(&label, Level::Info, "rolling back".to_owned());
+    reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
     let forward = |_: Stream, line: &str| reporter.output(&label, line);
     match exec::run(&argv, &[], Input::Null, Output::Lines(&forward)) {
         Ok(_) => "rolled back".to_owned(),
         Err(exec::ExecError::Failed { stderr, .. }) => {
-            format!("rollback failed: nixos-rebuild: {}", crate::events::headline(&stderr))
+            format!("rollback failed: {}", crate::events::headline(&stderr))
         }
         Err(other) => format!("rollback failed: {other}"),
     }
 }
 
+/// After a failed `test`, the system profile's generation (`$1`), activated again.
+const REACTIVATE_SCRIPT: &str = r#"if [ ! -e "$1" ]; then echo "error: no system profile ($1) to return to" >&2; exit 1; fi
+exec "$1/bin/switch-to-configuration" test"#;
+
 /// The rollback command line: like the deploy's, without building anything.
-fn rollback_script(deployment: &Deployment) -> String {
+fn rollback_script(deployment: &Deployment, operation: &str) -> String {
     let target = &deployment.target;
-    let mut args = vec!["switch".to_owned(), "--rollback".to_owned()];
+    let mut args = vec![operation.to_owned(), "--rollback".to_owned()];
     if let Some(build) = &deployment.build_target {
         args.extend(["--build-host".into(), build.user_at_host()]);
         args.extend(["--target-host".into(), target.user_at_host()]);
@@ -169,29 +186,33 @@ pub struct Watchdog {
     pub fires_at: SystemTime,
 }
 
-/// `$1` path, `$2` seconds. Starts the watchdog, detached from the connection (its own
-/// session, no inherited descriptors), and leaves its PID in `<path>/.krops-watchdog`: the
-/// armed file. Whoever renames that file first decides: krops confirming
-/// (`.krops-watchdog.confirmed`) or the watchdog firing (`.krops-watchdog.fired`, which then
-/// holds its log). The lock holder of the run keeps the lock while an armed watchdog lives.
+/// `$1` path, `$2` seconds, `$3` the operation it guards (`switch` or `test`). Starts the
+/// watchdog, detached from the connection (its own session, no inherited descriptors), and
+/// leaves its PID in `<path>/.krops-watchdog`: the armed file. Whoever renames that file first
+/// decides: krops confirming (`.krops-watchdog.confirmed`) or the watchdog firing
+/// (`.krops-watchdog.fired`, which then holds its log). Until then no other run takes the
+/// target's lock (see `pipeline::LOCK_SCRIPT`). The watchdog records what it did as the
+/// record's last activation.
 const ARM_SCRIPT: &str = r#"set -e
-p=$1 seconds=$2
+p=$1 seconds=$2 operation=$3
 w="$p/.krops-watchdog"
 rm -rf -- "$w" "$w.confirmed" "$w.fired"
 profile=$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)
 : > "$w"
 setsid /bin/sh -c '
-w=$1 seconds=$2 before=$3
+w=$1 seconds=$2 before=$3 operation=$4 system=/nix/var/nix/profiles/system
 sleep "$seconds"
 mv -T -- "$w" "$w.fired" 2>/dev/null || exit 0
 exec >> "$w.fired" 2>&1
-now=$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)
-if [ -n "$before" ] && [ "$now" = "$before" ]; then
-  echo "not confirmed; nothing to roll back: the system profile did not change"
-  exit 0
+echo "not confirmed within $seconds s"
+if [ "$operation" = test ]; then
+  # nixos-rebuild test made no generation: the current one is what to return to.
+  if [ -e "$system" ] && "$system/bin/switch-to-configuration" test; then result=rolled-back; else result=rollback-failed; fi
+elif [ -n "$before" ] && [ "$(readlink -- "$system" 2>/dev/null || true)" = "$before" ]; then
+  echo "nothing to roll back: the system profile did not change"; result=unchanged
+elif nixos-rebuild switch --rollback; then result=rolled-back
+else result=rollback-failed
 fi
-echo "not confirmed within $seconds s: rolling back"
-if nixos-rebuild switch --rollback; then result=rolled-back; else result=rollback-failed; fi
 echo "$result"
 rec="${w%/*}/.krops-record"
 if [ -f "$rec" ] && [ ! -L "$rec" ]; then
@@ -200,38 +221,56 @@ if [ -f "$rec" ] && [ ! -L "$rec" ]; then
     printf "activation watchdog %s %s\n" "$result" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"; } > "$tmp"
   mv -fT -- "$tmp" "$rec"
 fi
-' krops-watchdog "$w" "$seconds" "$profile" < /dev/null > /dev/null 2>&1 &
+' krops-watchdog "$w" "$seconds" "$profile" "$operation" < /dev/null > /dev/null 2>&1 &
 echo $! > "$w""#;
 
 /// Arms the watchdog on `target` (over the run's connection), before activation.
-pub fn arm(target: &Transport, seconds: u64, reporter: &Reporter) -> Result<Watchdog, DeployError> {
+pub fn arm(
+    target: &Transport,
+    seconds: u64,
+    operation: &str,
+    reporter: &Reporter,
+) -> Result<Watchdog, DeployError> {
     let label = target.host_label();
-    let argv = target.shell(ARM_SCRIPT, &[target.target.path.clone(), seconds.to_string()], &[], Tty::No);
+    let args = [target.target.path.clone(), seconds.to_string(), operation.to_owned()];
+    let argv = target.shell(ARM_SCRIPT, &args, &[], Tty::No);
     reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
     let armed_at = Instant::now();
     exec::run(&argv, &[], Input::Null, Output::Capture).map_err(|e| {
         DeployError::new(
             label.clone(),
-            Stage::Activate,
+            Stage::Confirm,
             None,
             Some("sh".to_owned()),
             format!("cannot arm the confirm watchdog: {e}"),
         )
     })?;
-    Ok(Watchdog {
+    let watchdog = Watchdog {
         deadline: armed_at + Duration::from_secs(seconds),
         fires_at: SystemTime::now() + Duration::from_secs(seconds),
-    })
+    };
+    reporter.log(
+        &label,
+        Level::Info,
+        format!(
+            "confirm watchdog armed: unless krops confirms by {}, the target rolls itself back",
+            humantime::format_rfc3339_seconds(watchdog.fires_at)
+        ),
+    );
+    Ok(watchdog)
 }
 
-/// `$1` path: takes the armed file before the watchdog does, and ends the watchdog. Answers
-/// `confirmed`, or `fired` when the watchdog was first.
+/// `$1` path: takes the armed file before the watchdog does, and ends the watchdog (its whole
+/// session). Answers `confirmed`; `fired` when the watchdog was first; `gone` when there is
+/// neither (removed by hand).
 const CONFIRM_SCRIPT: &str = r#"w="$1/.krops-watchdog"
-if [ -f "$w" ] && [ ! -L "$w" ] && pid=$(cat -- "$w") && mv -T -- "$w" "$w.confirmed" 2>/dev/null; then
+if [ -f "$w" ] && [ ! -L "$w" ] && pid=$(head -n 1 -- "$w") && mv -T -- "$w" "$w.confirmed" 2>/dev/null; then
   case $pid in ''|*[!0-9]*) ;; *) kill -- "-$pid" 2>/dev/null || true ;; esac
   echo confirmed
-else
+elif [ -e "$w.fired" ]; then
   echo fired
+else
+  echo gone
 fi"#;
 
 /// How long one attempt to reach the target over a new connection may take.
@@ -239,26 +278,43 @@ const RECONNECT_TIMEOUT: u64 = 5;
 
 /// Confirms the new system over a *new* connection (the run's own may survive a change that
 /// locks out everyone else), trying until the watchdog's deadline.
-pub fn confirm(target: &Transport, watchdog: &Watchdog, reporter: &Reporter) -> Result<(), String> {
-    let fresh = target.new_connection(RECONNECT_TIMEOUT);
+pub fn confirm(target: &Transport, watchdog: &Watchdog, reporter: &Reporter) -> Result<(), DeployError> {
     let label = target.host_label();
+    let fresh = target.new_connection(RECONNECT_TIMEOUT);
     let argv = fresh.shell(CONFIRM_SCRIPT, std::slice::from_ref(&target.target.path), &[], Tty::No);
     let fires_at = humantime::format_rfc3339_seconds(watchdog.fires_at);
+    let unconfirmed = |program: &str, message: String, rollback: String| {
+        let mut failed =
+            DeployError::new(label.clone(), Stage::Confirm, None, Some(program.to_owned()), message);
+        failed.rollback = Some(rollback);
+        failed
+    };
     loop {
         reporter.log(&label, Level::Debug, "confirming the new system over a new connection".to_owned());
         let why = match exec::run(&argv, &[], Input::Null, Output::Capture) {
-            Ok(answer) if String::from_utf8_lossy(&answer).trim() == "confirmed" => return Ok(()),
-            Ok(_) => {
-                return Err(format!(
-                    "the confirm watchdog fired before krops confirmed (at {fires_at}): the target rolls itself back"
-                ))
+            Ok(answer) => {
+                return match String::from_utf8_lossy(&answer).trim() {
+                    "confirmed" => Ok(()),
+                    "fired" => Err(unconfirmed(
+                        "krops",
+                        format!("the confirm watchdog fired before krops confirmed (at {fires_at})"),
+                        "the target rolled itself back".to_owned(),
+                    )),
+                    _ => Err(unconfirmed(
+                        "krops",
+                        "the confirm watchdog is gone from the target (removed by hand?)".to_owned(),
+                        "nothing guards the new system".to_owned(),
+                    )),
+                }
             }
             Err(exec::ExecError::Failed { stderr, .. }) => crate::events::headline(&stderr),
             Err(other) => other.to_string(),
         };
         if Instant::now() + RETRY_PAUSE >= watchdog.deadline {
-            return Err(format!(
-                "cannot reach the target over a new connection to confirm ({why}); it rolls itself back at {fires_at}"
+            return Err(unconfirmed(
+                "ssh",
+                format!("cannot reach the target over a new connection to confirm: {why}"),
+                format!("not confirmed: the target rolls itself back at {fires_at}"),
             ));
         }
         reporter.log(

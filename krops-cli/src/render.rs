@@ -258,7 +258,7 @@ fn error_json(error: &DeployError) -> Value {
 fn interrupted_json(signal: &str) -> Value {
     json!({
         "message": format!("interrupted by {signal}"), "detail": null, "program": null,
-        "host": null, "stage": null, "source": null,
+        "host": null, "stage": null, "source": null, "rollback": null,
     })
 }
 

@@ -24,7 +24,7 @@ if [ -e "$dest" ] || [ -L "$dest" ]; then mv -- "$dest" "$old"; fi
 mv -- "$staging" "$dest"
 rm -rf -- "$old""#;
 
-/// `$1` the secrets' directory, `$2` a salt: `HASH<TAB>NAME` per file below it, HASH being
+/// `$1` the secrets' directory, `$2` a salt: `HASH<TAB>NAME<NUL>` per file below it, HASH being
 /// SHA-256 of the salt followed by the file's content; `absent` when no directory is there
 /// (a symlink counts as none: installing replaces it).
 const SECRET_HASHES_SCRIPT: &str = r#"set -eu
@@ -34,7 +34,7 @@ find . -type f -exec /bin/sh -c '
 salt=$1; shift
 for f do
   h=$({ printf "%s" "$salt"; cat -- "$f"; } | sha256sum | cut -c1-64)
-  printf "%s\t%s\n" "$h" "${f#./}"
+  printf "%s\t%s\0" "$h" "${f#./}"
 done' sh "$2" {} +"#;
 
 /// What installing `files` at `destination` would change, by name (`ignored` names, such as
@@ -59,8 +59,8 @@ pub fn secrets_diff(
     let answer = target.run_script(SECRET_HASHES_SCRIPT, &[destination, &salt], b"")?;
     let answer = String::from_utf8_lossy(&answer);
     let there: std::collections::BTreeMap<&str, &str> = answer
-        .lines()
-        .filter_map(|line| line.split_once('\t'))
+        .split('\0')
+        .filter_map(|entry| entry.split_once('\t'))
         .map(|(hash, name)| (name, hash))
         .filter(|(name, _)| !ignored.contains(name))
         .collect();

@@ -143,7 +143,7 @@ fi"#;
 /// directory whose times or modes alone change is no change worth telling.
 fn itemized_change(line: &str) -> Option<Change> {
     if let Some(path) = line.strip_prefix("*deleting") {
-        return Some(Change::new(ChangeKind::Deleted, path.trim().trim_end_matches('/')));
+        return Some(Change::new(ChangeKind::Deleted, unescape(path.trim().trim_end_matches('/'))));
     }
     let bytes = line.as_bytes();
     if bytes.len() < 13 || bytes[11] != b' ' || !b"<>ch.".contains(&bytes[0]) {
@@ -165,7 +165,29 @@ fn itemized_change(line: &str) -> Option<Change> {
     } else {
         ChangeKind::Changed
     };
-    Some(Change::new(kind, path))
+    Some(Change::new(kind, unescape(path)))
+}
+
+/// A name as rsync prints it, with the bytes it escapes (`\#012` for a newline, in octal)
+/// restored.
+fn unescape(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 2..i + 5).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (bytes[i], bytes.get(i + 1), octal) {
+            (b'\\', Some(b'#'), Some(digits)) => {
+                out.push(digits.iter().fold(0u8, |n, d| n.wrapping_mul(8).wrapping_add(d - b'0')));
+                i += 5;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// rsync writes *into* whatever stands at the destination: through a symlink (deleting, with
@@ -263,6 +285,8 @@ mod tests {
         assert_eq!(change(".d..t...... sub/"), None);
         assert_eq!(change(".f          same"), None);
         assert_eq!(change("sending incremental file list"), None);
+        assert_eq!(change(">f+++++++++ new\\#012line"), Some((ChangeKind::Added, "new\nline".into())));
+        assert_eq!(change("*deleting   tab\\#011x"), Some((ChangeKind::Deleted, "tab\tx".into())));
     }
 
     #[test]

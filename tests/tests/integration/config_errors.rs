@@ -112,3 +112,25 @@ fn no_configuration_file() {
     let sb = Sandbox::new();
     sb.krops(&["populate"]).code(2).stderr_has("no krops.toml, krops.nix, krops.json in");
 }
+
+#[test]
+fn health_checks_rollback_and_confirm_timeout() {
+    let cases: [(&'static str, &str); 9] = [
+        (
+            "healthChecks = [{ command = \"true\", url = \"http://h/\" }]",
+            "exactly one of `command` and `url`",
+        ),
+        ("healthChecks = [{ timeout = 3 }]", "exactly one of `command` and `url`"),
+        ("healthChecks = [{ command = \"true\", status = 200 }]", "`status` goes with `url`"),
+        ("healthChecks = [{ url = \"https://h/\" }]", "must start with http://"),
+        ("healthChecks = [{ url = \"http://h:99999/\" }]", "no valid port"),
+        ("healthChecks = [{ url = \"http://h/\", status = 999 }]", "no HTTP status"),
+        ("healthChecks = [{ command = \"true\", timeout = 0 }]", "`timeout` must be 1 to 86400 seconds"),
+        ("healthChecks = [{ command = \"true\", retry = 2 }]", "unknown field `retry`"),
+        ("confirmTimeout = 100000", "confirmTimeout must be at most 86400 seconds"),
+    ];
+    for (line, message) in cases {
+        rejects("toml", toml(line), "3:", message);
+    }
+    rejects("toml", toml("rollback = \"yes\""), "3:12: ", "expected a boolean");
+}

@@ -29,6 +29,8 @@ on_remote_sites!(
     a_failed_build_has_nothing_to_roll_back,
     an_unreachable_new_system_rolls_itself_back,
     a_confirmed_system_stays_and_its_watchdog_is_gone,
+    a_failed_test_activation_returns_to_the_current_generation,
+    a_killed_run_s_watchdog_keeps_the_target_locked,
 );
 
 const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
@@ -210,6 +212,49 @@ fn a_confirmed_system_stays_and_its_watchdog_is_gone(kind: Kind) {
     assert_eq!(rollbacks(&site), 0);
     assert!(last_activation(&site).ends_with("-nixos-system-second"));
     assert!(!site.path(".krops-watchdog").exists() && !site.path(".krops-watchdog.fired").exists());
+}
+
+fn a_failed_test_activation_returns_to_the_current_generation(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "current", "", "");
+    sb.krops(&["deploy"]).success();
+    let checks = "rollback = true\nhealthChecks = [{ command = \"false\" }]";
+    config(&sb, &site, "tried", "", checks);
+    sb.krops(&["deploy", "--operation", "test"]).code(1).stderr_has("rolled back");
+    let activations = state(&site, "activations");
+    let last: Vec<&str> = activations.lines().rev().take(2).collect();
+    assert!(last[1].starts_with("test ") && last[1].ends_with("-nixos-system-tried"), "{activations}");
+    assert!(last[0].starts_with("test ") && last[0].ends_with("-nixos-system-current"), "{activations}");
+    assert_eq!(rollbacks(&site), 0, "`test` made no generation to go back from");
+}
+
+/// A run killed while its watchdog is armed leaves the watchdog in charge: no other run takes
+/// the target (it would deploy a system the watchdog then rolls back) until it has fired.
+fn a_killed_run_s_watchdog_keeps_the_target_locked(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "first", "", "");
+    sb.krops(&["deploy"]).success();
+    let timeout = 6;
+    let extra =
+        format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 30\", timeout = 60 }}]");
+    config(&sb, &site, "second", "", &extra);
+    let started = Instant::now();
+    let mut krops = sb.krops_command(&["deploy"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    crate::support::wait_until("the second system is active", || {
+        last_activation(&site).ends_with("-system-second")
+    });
+    krops.kill().unwrap();
+    krops.wait().unwrap();
+    config(&sb, &site, "third", "", "");
+    sb.krops(&["populate"]).code(1).stderr_has("whose confirm watchdog is armed");
+    // Waiting for the lock waits for the watchdog, which rolls back to the first system.
+    sb.krops(&["--wait-lock", "30", "deploy"]).success();
+    assert!(started.elapsed() >= Duration::from_secs(timeout), "deployed before the watchdog fired");
+    let activations = state(&site, "activations");
+    let systems: Vec<&str> = activations.lines().map(|l| l.rsplit('-').next().unwrap()).collect();
+    assert_eq!(systems, ["first", "second", "first", "third"], "{activations}");
 }
 
 /// A one-thread HTTP server on 127.0.0.1 answering every request with `status`, counting them.
