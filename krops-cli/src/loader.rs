@@ -460,7 +460,7 @@ fn check_complete_elf(file: &Path) -> Result<(), String> {
     }
     let (header, endian) = (elf.elf_header(), elf.endian());
     for segment in elf.elf_program_headers() {
-        let end = Into::<u64>::into(segment.p_offset(endian)).checked_add(segment.p_filesz(endian).into());
+        let end = segment.p_offset(endian).checked_add(segment.p_filesz(endian));
         if end.is_none_or(|end| end > length) {
             return Err(not_library(&format!("truncated ({length} bytes, a segment ends beyond)")));
         }

@@ -724,7 +724,7 @@ fn diff(
                 host,
                 Stage::Diff,
                 "[ -e \"$1\" ] || echo missing",
-                &[sentinel.clone()],
+                std::slice::from_ref(&sentinel),
                 reporter,
             )?;
             if !there.is_empty() {
