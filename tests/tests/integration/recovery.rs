@@ -31,6 +31,7 @@ on_remote_sites!(
     a_confirmed_system_stays_and_its_watchdog_is_gone,
     a_failed_test_activation_returns_to_the_current_generation,
     a_killed_run_s_watchdog_keeps_the_target_locked,
+    a_rollback_carries_the_build_and_target_host_flags,
 );
 
 const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
@@ -238,7 +239,7 @@ fn a_killed_run_s_watchdog_keeps_the_target_locked(kind: Kind) {
     sb.krops(&["deploy"]).success();
     let timeout = 6;
     let extra =
-        format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 30\", timeout = 60 }}]");
+        format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 10\", timeout = 60 }}]");
     config(&sb, &site, "second", "", &extra);
     let started = Instant::now();
     let mut krops = sb.krops_command(&["deploy"]).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -248,13 +249,44 @@ fn a_killed_run_s_watchdog_keeps_the_target_locked(kind: Kind) {
     krops.kill().unwrap();
     krops.wait().unwrap();
     config(&sb, &site, "third", "", "");
-    sb.krops(&["populate"]).code(1).stderr_has("whose confirm watchdog is armed");
+    // Locked by the watchdog, or still by the killed run's lock holder, which (through sudo)
+    // waits for the run's health check to end first.
+    sb.krops(&["populate"]).code(1).stderr_has("is locked by another krops run");
+    if kind == Kind::Root {
+        // As root nothing of the killed run outlives it but the watchdog, which soon is all
+        // that holds the target.
+        crate::support::wait_until("the watchdog alone holds the target", || {
+            sb.krops(&["populate"]).code(1).stderr.contains("whose confirm watchdog is armed")
+        });
+        assert!(started.elapsed() < Duration::from_secs(timeout), "the watchdog fired already");
+    }
     // Waiting for the lock waits for the watchdog, which rolls back to the first system.
-    sb.krops(&["--wait-lock", "30", "deploy"]).success();
+    sb.krops(&["--wait-lock", "40", "deploy"]).success();
     assert!(started.elapsed() >= Duration::from_secs(timeout), "deployed before the watchdog fired");
     let activations = state(&site, "activations");
     let systems: Vec<&str> = activations.lines().map(|l| l.rsplit('-').next().unwrap()).collect();
     assert_eq!(systems, ["first", "second", "first", "third"], "{activations}");
+}
+
+/// With a build host, the health check runs on the target and the rollback where the
+/// activation ran, with the same host and sudo flags.
+fn a_rollback_carries_the_build_and_target_host_flags(kind: Kind) {
+    let sb = Sandbox::new();
+    let target = Site::named(&sb, kind, "target").with_sentinel();
+    let builder = Site::named(&sb, kind, "builder").with_sentinel();
+    let extra = format!(
+        "buildTarget = {}\nrollback = true\nhealthChecks = [{{ command = \"test -e /var/lib/krops-test/healthy\" }}]",
+        builder.target()
+    );
+    config(&sb, &target, "remote", "", &extra);
+    std::fs::write(builder.host().unwrap().state().join("healthy"), "").unwrap();
+    sb.krops(&["deploy"]).code(1).stderr_has("health check on 127.0.0.1 failed").stderr_has("rolled back");
+    let user = if kind == Kind::Sudo { krops_tests::hosts::SUDO_USER } else { "root" };
+    let flags = format!("--build-host {user}@127.0.0.1 --target-host {user}@127.0.0.1{}", sudo_flag(kind));
+    let log = state(&builder, "nixos-rebuild.log");
+    let calls: Vec<&str> = log.lines().map(|l| l.split(" NIX_PATH=").next().unwrap()).collect();
+    assert_eq!(calls, [format!("argv=switch {flags}"), format!("argv=switch --rollback {flags}")], "{log}");
+    assert_eq!(state(&target, "nixos-rebuild.log"), "");
 }
 
 /// A one-thread HTTP server on 127.0.0.1 answering every request with `status`, counting them.
