@@ -1,7 +1,7 @@
 //! After a deploy's activation (SPEC "Knowing before and after"): health checks, rollback,
 //! and the confirm watchdog. The watchdog is a detached shell on the target, armed before
-//! activation: unless krops confirms over a *new* connection within `confirmTimeout`, it runs
-//! `nixos-rebuild switch --rollback` there itself, for configurations that lock krops out.
+//! activation: unless krops confirms over a *new* connection within `confirmTimeout`, it rolls
+//! back there itself, for configurations that lock krops out.
 //!
 //! Rolling back is guarded by the system profile: when the profile exists and still names the
 //! generation it named before activation (the new system never became a generation, e.g. its
