@@ -122,6 +122,9 @@ impl TryFrom<RawHealthCheck> for HealthCheck {
                 if command.trim().is_empty() {
                     return Err("healthChecks: `command` is empty".to_owned());
                 }
+                if command.contains('\0') {
+                    return Err("healthChecks: `command` contains a NUL byte".to_owned());
+                }
                 Probe::Command { command }
             }
             (None, Some(url)) => {
@@ -161,19 +164,17 @@ fn check_url(url: &str) -> Result<(), String> {
         ));
     }
     let uri: ureq::http::Uri = url.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
-    match uri.authority() {
-        Some(authority) if !authority.host().is_empty() => {
-            if authority
-                .as_str()
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| !port.is_empty() && !port.contains(']'))
-                && authority.port_u16().is_none()
-            {
-                return Err(bad("has no valid port (1 to 65535)"));
-            }
-            Ok(())
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return Err(bad("names no host"));
+    };
+    // After the user information and an IPv6 address's brackets, a `:` starts the port.
+    let host_and_port = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, rest)| rest);
+    let port = host_and_port.rsplit_once(']').map_or(host_and_port, |(_, rest)| rest).rsplit_once(':');
+    match port {
+        Some((_, port)) if !port.is_empty() && !matches!(port.parse::<u16>(), Ok(1..)) => {
+            Err(bad("has no valid port (1 to 65535)"))
         }
-        _ => Err(bad("names no host")),
+        _ => Ok(()),
     }
 }
 

@@ -52,7 +52,7 @@ struct Cli {
     #[arg(long = "show-trace", global = true)]
     show_trace: bool,
     /// Wait up to SECONDS for another krops run's lock on a target instead of failing
-    #[arg(long = "wait-lock", global = true, value_name = "SECONDS")]
+    #[arg(long = "wait-lock", global = true, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=604_800))]
     wait_lock: Option<u64>,
     #[command(subcommand)]
     command: Command,

@@ -193,7 +193,11 @@ fn deploy_one(
         Action::Deploy { operation } => {
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
-            let result = deploy(host, &target, deployment, operation, profile_before.as_deref(), reporter);
+            let (result, record) =
+                deploy(host, &target, deployment, operation, profile_before.as_deref(), reporter);
+            if !record {
+                return result;
+            }
             (operation.to_owned(), result)
         }
         Action::Build { trace } => {
@@ -217,16 +221,14 @@ fn deploy_one(
             )
         }
     };
-    // An unconfirmed activation is the watchdog's to record: it rolls back, or finds nothing to.
-    if !matches!(&result, Err(error) if error.stage == Stage::Confirm) {
-        locks.record_activation(&operation, &result);
-    }
+    locks.record_activation(&operation, &result);
     result
 }
 
 /// `deploy`'s activation on `host` (the build host, else the target), then what SPEC's
 /// "Knowing before and after" adds: the confirm watchdog armed before, the health checks
-/// after, a rollback when either fails and `rollback` is set.
+/// after, a rollback when either fails and `rollback` is set. Also says whether krops records
+/// the activation (not when a fired or unconfirmed watchdog writes its own verdict).
 fn deploy(
     host: &Transport,
     target: &Transport,
@@ -234,10 +236,13 @@ fn deploy(
     operation: &str,
     profile_before: Option<&str>,
     reporter: &Reporter,
-) -> Result<(), DeployError> {
+) -> (Result<(), DeployError>, bool) {
     let guarded = recovery::checks_after(operation);
     let watchdog = match deployment.confirm_timeout {
-        seconds if seconds > 0 && guarded => Some(recovery::arm(target, seconds, operation, reporter)?),
+        seconds if seconds > 0 && guarded => match recovery::arm(target, seconds, operation, reporter) {
+            Ok(watchdog) => Some(watchdog),
+            Err(error) => return (Err(error), false),
+        },
         _ => None,
     };
     let script = activation::deploy_script(deployment, operation);
@@ -248,31 +253,43 @@ fn deploy(
             recovery::run_checks(target, &deployment.health_checks, reporter)
         });
     }
-    let rolled_back = match &mut result {
-        Err(error) if deployment.rollback && recovery::rolls_back_after(operation) => {
+    let wants_rollback = deployment.rollback && recovery::rolls_back_after(operation);
+    let mut watchdog_records = false;
+    match (watchdog, &mut result) {
+        (None, Err(error)) if wants_rollback => {
             error.rollback =
                 Some(recovery::roll_back(host, target, deployment, operation, profile_before, reporter));
-            true
         }
-        _ => false,
-    };
-    match (watchdog, &mut result) {
         (None, _) => {}
-        (Some(_), _) if rolled_back => recovery::disarm(target, reporter),
+        // The watchdog first: krops and it must never both roll back.
+        (Some(watchdog), Err(error)) if wants_rollback => match recovery::disarm(target, reporter) {
+            Some(fired) if fired.watchdog_records() => {
+                error.rollback = fired.failure(target, &watchdog).and_then(|f| f.rollback);
+                watchdog_records = true;
+            }
+            _ => {
+                let note = recovery::roll_back(host, target, deployment, operation, profile_before, reporter);
+                error.rollback = Some(note);
+            }
+        },
         // Confirmed even after a failed activation or check when krops does not roll back:
         // the watchdog guards reachability; `rollback` is what answers a failure.
-        (Some(watchdog), Ok(())) => {
-            result = timed(reporter, &target.host_label(), Stage::Confirm, || {
-                recovery::confirm(target, &watchdog, reporter)
-            });
-        }
-        (Some(watchdog), Err(error)) => {
-            if let Err(unconfirmed) = recovery::confirm(target, &watchdog, reporter) {
-                error.rollback = unconfirmed.rollback;
+        (Some(watchdog), _) => {
+            let label = target.host_label();
+            let started = Instant::now();
+            reporter.stage_started(&label, Stage::Confirm);
+            let confirmation = recovery::confirm(target, &watchdog, reporter);
+            reporter.stage_finished(&label, Stage::Confirm, started.elapsed());
+            watchdog_records = confirmation.watchdog_records();
+            if let Some(unconfirmed) = confirmation.failure(target, &watchdog) {
+                match &mut result {
+                    Ok(()) => result = Err(unconfirmed),
+                    Err(error) => error.rollback = unconfirmed.rollback,
+                }
             }
         }
     }
-    result
+    (result, !watchdog_records)
 }
 
 /// Runs `work` as `stage` on `host` (`None`: before any host), reporting its start and, when
@@ -424,15 +441,24 @@ exec 9>>"$lock"
 if [ -n "$wait" ]; then how="-w $wait"; else how=-n; fi
 if ! flock $how 9; then echo "busy $(cat -- "$who" 2>/dev/null)"; exit 0; fi
 # A confirm watchdog an earlier run armed (see recovery.rs) may still roll back the system it
-# guards: until it fires or is confirmed, the target is as good as locked by that run, even
-# when the run itself is gone.
-w="$p/.krops-watchdog" waited=0
-while [ -f "$w" ] && [ ! -L "$w" ] && pid=$(head -n 1 -- "$w" 2>/dev/null) &&
-  case $pid in ''|*[!0-9]*) false ;; esac && kill -0 "$pid" 2>/dev/null; do
-  if [ -z "$wait" ] || [ "$waited" -ge "$((wait * 2))" ]; then
+# guards: while it lives (armed, or rolling back), the target is as good as locked by that run,
+# even when the run itself is gone. Its PID heads the armed file, and the log it fires into;
+# only a live process named krops-watchdog counts (a PID may be reused).
+watchdog_lives() {
+  for f in "$p/.krops-watchdog" "$p/.krops-watchdog.fired"; do
+    [ -f "$f" ] && [ ! -L "$f" ] || continue
+    pid=$(head -n 1 -- "$f" 2>/dev/null) || continue
+    case $pid in ''|0*|*[!0-9]*) continue ;; esac
+    case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in *" krops-watchdog "*) return 0 ;; esac
+  done
+  return 1
+}
+waited=0
+while watchdog_lives; do
+  if [ -z "$wait" ] || [ "$waited" -ge "$wait" ]; then
     echo "busy $(cat -- "$who" 2>/dev/null), whose confirm watchdog is armed"; exit 0
   fi
-  sleep 0.5; waited=$((waited + 1))
+  sleep 1; waited=$((waited + 1))
 done
 # Who holds it, written beside and renamed into place: never half-written, never through a link.
 tmp=$(mktemp -- "$who.XXXXXX")

@@ -196,6 +196,7 @@ pub struct Watchdog {
 const ARM_SCRIPT: &str = r#"set -e
 p=$1 seconds=$2 operation=$3
 w="$p/.krops-watchdog"
+command -v setsid > /dev/null || { echo "setsid (util-linux) is missing: cannot arm the watchdog" >&2; exit 1; }
 rm -rf -- "$w" "$w.confirmed" "$w.fired"
 profile=$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)
 : > "$w"
@@ -204,12 +205,12 @@ w=$1 seconds=$2 before=$3 operation=$4 system=/nix/var/nix/profiles/system
 sleep "$seconds"
 mv -T -- "$w" "$w.fired" 2>/dev/null || exit 0
 exec >> "$w.fired" 2>&1
-echo "not confirmed within $seconds s"
+echo "not confirmed within $seconds s" >&2
 if [ "$operation" = test ]; then
   # nixos-rebuild test made no generation: the current one is what to return to.
   if [ -e "$system" ] && "$system/bin/switch-to-configuration" test; then result=rolled-back; else result=rollback-failed; fi
 elif [ -n "$before" ] && [ "$(readlink -- "$system" 2>/dev/null || true)" = "$before" ]; then
-  echo "nothing to roll back: the system profile did not change"; result=unchanged
+  echo "nothing to roll back: the system profile did not change" >&2; result=unchanged
 elif nixos-rebuild switch --rollback; then result=rolled-back
 else result=rollback-failed
 fi
@@ -222,7 +223,10 @@ if [ -f "$rec" ] && [ ! -L "$rec" ]; then
   mv -fT -- "$tmp" "$rec"
 fi
 ' krops-watchdog "$w" "$seconds" "$profile" "$operation" < /dev/null > /dev/null 2>&1 &
-echo $! > "$w""#;
+echo $! > "$w"
+# Started, and not gone at once.
+sleep 0.1
+kill -0 "$(cat -- "$w")" 2>/dev/null || { echo "the watchdog did not start" >&2; exit 1; }"#;
 
 /// Arms the watchdog on `target` (over the run's connection), before activation.
 pub fn arm(
@@ -261,14 +265,20 @@ pub fn arm(
 }
 
 /// `$1` path: takes the armed file before the watchdog does, and ends the watchdog (its whole
-/// session). Answers `confirmed`; `fired` when the watchdog was first; `gone` when there is
-/// neither (removed by hand).
+/// session, when the PID is still the watchdog's). Answers `confirmed`; `fired VERDICT` when
+/// the watchdog was first (`rolled-back`, `rollback-failed`, `unchanged`, or `running` while it
+/// still rolls back); `gone` when there is neither (removed by hand).
 const CONFIRM_SCRIPT: &str = r#"w="$1/.krops-watchdog"
 if [ -f "$w" ] && [ ! -L "$w" ] && pid=$(head -n 1 -- "$w") && mv -T -- "$w" "$w.confirmed" 2>/dev/null; then
-  case $pid in ''|*[!0-9]*) ;; *) kill -- "-$pid" 2>/dev/null || true ;; esac
+  case $pid in ''|0*|*[!0-9]*) ;; *)
+    case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in *" krops-watchdog "*) kill -- "-$pid" 2>/dev/null || true ;; esac ;;
+  esac
   echo confirmed
-elif [ -e "$w.fired" ]; then
-  echo fired
+elif [ -f "$w.fired" ] && [ ! -L "$w.fired" ]; then
+  case $(tail -n 1 -- "$w.fired") in
+    rolled-back|rollback-failed|unchanged) echo "fired $(tail -n 1 -- "$w.fired")" ;;
+    *) echo "fired running" ;;
+  esac
 else
   echo gone
 fi"#;
@@ -276,69 +286,117 @@ fi"#;
 /// How long one attempt to reach the target over a new connection may take.
 const RECONNECT_TIMEOUT: u64 = 5;
 
-/// Confirms the new system over a *new* connection (the run's own may survive a change that
-/// locks out everyone else), trying until the watchdog's deadline.
-pub fn confirm(target: &Transport, watchdog: &Watchdog, reporter: &Reporter) -> Result<(), DeployError> {
-    let label = target.host_label();
-    let fresh = target.new_connection(RECONNECT_TIMEOUT);
-    let argv = fresh.shell(CONFIRM_SCRIPT, std::slice::from_ref(&target.target.path), &[], Tty::No);
-    let fires_at = humantime::format_rfc3339_seconds(watchdog.fires_at);
-    let unconfirmed = |program: &str, message: String, rollback: String| {
-        let mut failed =
-            DeployError::new(label.clone(), Stage::Confirm, None, Some(program.to_owned()), message);
-        failed.rollback = Some(rollback);
-        failed
-    };
-    loop {
-        reporter.log(&label, Level::Debug, "confirming the new system over a new connection".to_owned());
-        let why = match exec::run(&argv, &[], Input::Null, Output::Capture) {
-            Ok(answer) => {
-                return match String::from_utf8_lossy(&answer).trim() {
-                    "confirmed" => Ok(()),
-                    "fired" => Err(unconfirmed(
-                        "krops",
-                        format!("the confirm watchdog fired before krops confirmed (at {fires_at})"),
-                        "the target rolled itself back".to_owned(),
-                    )),
-                    _ => Err(unconfirmed(
-                        "krops",
-                        "the confirm watchdog is gone from the target (removed by hand?)".to_owned(),
-                        "nothing guards the new system".to_owned(),
-                    )),
-                }
-            }
-            Err(exec::ExecError::Failed { stderr, .. }) => crate::events::headline(&stderr),
-            Err(other) => other.to_string(),
-        };
-        if Instant::now() + RETRY_PAUSE >= watchdog.deadline {
-            return Err(unconfirmed(
+/// What became of an armed watchdog when krops came to confirm (or disarm) it.
+pub enum Confirmation {
+    Confirmed,
+    /// It fired first; its verdict (`rolled-back`, `rollback-failed`, `unchanged`, `running`).
+    Fired(String),
+    /// Neither armed nor fired: removed by hand.
+    Gone,
+    /// No new connection reached the target before the deadline (why not).
+    Unreachable(String),
+}
+
+impl Confirmation {
+    /// Whether the watchdog writes the record's activation line (krops must not overwrite it).
+    pub fn watchdog_records(&self) -> bool {
+        matches!(self, Confirmation::Fired(_) | Confirmation::Unreachable(_))
+    }
+
+    /// What to tell about the new system when it was not confirmed, as a failure with the
+    /// watchdog's doing as its rollback note; `None` when confirmed.
+    pub fn failure(&self, target: &Transport, watchdog: &Watchdog) -> Option<DeployError> {
+        let fires_at = humantime::format_rfc3339_seconds(watchdog.fires_at);
+        let (program, message, note) = match self {
+            Confirmation::Confirmed => return None,
+            Confirmation::Fired(verdict) => (
+                "krops",
+                format!("the confirm watchdog fired at {fires_at}, before krops confirmed"),
+                fired_note(verdict),
+            ),
+            Confirmation::Gone => (
+                "krops",
+                "the confirm watchdog is gone from the target (removed by hand?)".to_owned(),
+                "nothing guards the new system".to_owned(),
+            ),
+            Confirmation::Unreachable(why) => (
                 "ssh",
                 format!("cannot reach the target over a new connection to confirm: {why}"),
                 format!("not confirmed: the target rolls itself back at {fires_at}"),
-            ));
-        }
-        reporter.log(
-            &label,
-            Level::Info,
-            format!("cannot confirm yet over a new connection ({why}); retrying"),
-        );
-        std::thread::sleep(RETRY_PAUSE);
+            ),
+        };
+        let mut failed =
+            DeployError::new(target.host_label(), Stage::Confirm, None, Some(program.to_owned()), message);
+        failed.rollback = Some(note);
+        Some(failed)
     }
 }
 
-/// Ends the watchdog after krops rolled back itself (over the run's connection, else a new
-/// one): two rollbacks would go back two generations.
-pub fn disarm(target: &Transport, reporter: &Reporter) {
+/// A fired watchdog's verdict, said for a summary.
+fn fired_note(verdict: &str) -> String {
+    match verdict {
+        "rolled-back" => "the target rolled itself back".to_owned(),
+        "rollback-failed" => "the target's own rollback failed".to_owned(),
+        "unchanged" => {
+            "the target found nothing to roll back (the system profile had not changed yet)".to_owned()
+        }
+        _ => "the target is rolling itself back".to_owned(),
+    }
+}
+
+/// Runs `CONFIRM_SCRIPT` over `transport`: `None` when it could not (why not).
+fn settle(transport: &Transport, path: &str) -> Result<Confirmation, String> {
+    let argv = transport.shell(CONFIRM_SCRIPT, &[path.to_owned()], &[], Tty::No);
+    match exec::run(&argv, &[], Input::Null, Output::Capture) {
+        Ok(answer) => {
+            let answer = String::from_utf8_lossy(&answer);
+            Ok(match answer.trim().split_once(' ') {
+                None if answer.trim() == "confirmed" => Confirmation::Confirmed,
+                Some(("fired", verdict)) => Confirmation::Fired(verdict.to_owned()),
+                _ => Confirmation::Gone,
+            })
+        }
+        Err(exec::ExecError::Failed { stderr, .. }) => Err(crate::events::headline(&stderr)),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// Confirms the new system over a *new* connection (the run's own may survive a change that
+/// locks out everyone else), trying until the watchdog's deadline.
+pub fn confirm(target: &Transport, watchdog: &Watchdog, reporter: &Reporter) -> Confirmation {
     let label = target.host_label();
+    let fresh = target.new_connection(RECONNECT_TIMEOUT);
+    loop {
+        reporter.log(&label, Level::Debug, "confirming the new system over a new connection".to_owned());
+        match settle(&fresh, &target.target.path) {
+            Ok(confirmation) => return confirmation,
+            Err(why) if Instant::now() + RETRY_PAUSE >= watchdog.deadline => {
+                return Confirmation::Unreachable(why)
+            }
+            Err(why) => {
+                reporter.log(
+                    &label,
+                    Level::Info,
+                    format!("cannot confirm yet over a new connection ({why}); retrying"),
+                );
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+    }
+}
+
+/// Ends the watchdog before krops rolls back itself (over the run's connection, else a new
+/// one): two rollbacks would go back two generations. `None` when neither reached it.
+pub fn disarm(target: &Transport, reporter: &Reporter) -> Option<Confirmation> {
     for transport in [target.clone(), target.new_connection(RECONNECT_TIMEOUT)] {
-        let argv = transport.shell(CONFIRM_SCRIPT, std::slice::from_ref(&target.target.path), &[], Tty::No);
-        if exec::run(&argv, &[], Input::Null, Output::Capture).is_ok() {
-            return;
+        if let Ok(confirmation) = settle(&transport, &target.target.path) {
+            return Some(confirmation);
         }
     }
     reporter.log(
-        &label,
+        &target.host_label(),
         Level::Warn,
         "could not disarm the confirm watchdog; it may roll back once more".to_owned(),
     );
+    None
 }

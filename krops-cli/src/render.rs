@@ -442,13 +442,20 @@ fn diff_lines(event: &Event) -> Vec<String> {
 /// `+ path`, `- path`, `~ path`, with what changed from what to what when the plugin says.
 fn change_text(change: &krops_core::wire::Change) -> String {
     use krops_core::wire::ChangeKind;
-    let mut text = match (change.change, change.path.is_empty()) {
+    // A name may hold a newline or another control character: shown escaped, it can never
+    // pass for a line of its own.
+    let path: String = change
+        .path
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect();
+    let mut text = match (change.change, path.is_empty()) {
         (ChangeKind::Added, true) => "added".to_owned(),
         (ChangeKind::Changed, true) => "changed".to_owned(),
         (ChangeKind::Deleted, true) => "deleted".to_owned(),
-        (ChangeKind::Added, false) => format!("+ {}", change.path),
-        (ChangeKind::Changed, false) => format!("~ {}", change.path),
-        (ChangeKind::Deleted, false) => format!("- {}", change.path),
+        (ChangeKind::Added, false) => format!("+ {path}"),
+        (ChangeKind::Changed, false) => format!("~ {path}"),
+        (ChangeKind::Deleted, false) => format!("- {path}"),
     };
     if let Some(what) = &change.what {
         let value = match (&change.from, &change.to) {
@@ -590,6 +597,13 @@ pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_name_never_makes_a_line_of_its_own() {
+        use krops_core::wire::{Change, ChangeKind};
+        let change = Change::new(ChangeKind::Added, "evil\n~ forged.nix\t");
+        assert_eq!(change_text(&change), "+ evil\\n~ forged.nix\\t");
+    }
 
     #[test]
     fn durations_read_as_durations() {

@@ -54,16 +54,16 @@ impl Transport {
     /// Whether both reach the same directory: both local with one path, or one login to one
     /// host and port with one path.
     pub fn same_place(&self, other: &Transport) -> bool {
-        let (a, b) = (&self.target, &other.target);
-        a.path.trim_end_matches('/') == b.path.trim_end_matches('/')
-            && self.local == other.local
-            && (self.local || (a.user == b.user && a.host == b.host && a.port == b.port))
+        self.place() == other.place()
     }
 
     /// Where this transport writes, as one string: two transports with the same place are
     /// the same directory (see [`Transport::same_place`]).
     pub fn place(&self) -> String {
-        let path = self.target.path.trim_end_matches('/');
+        // Lexically: `/a//b/./` is `/a/b` (a symlink to it is a place krops cannot see).
+        let normal = krops_core::sdk::normalise(std::path::Path::new(&self.target.path));
+        let normal = normal.to_string_lossy();
+        let path = normal.trim_end_matches('/');
         if self.local {
             format!("local:{path}")
         } else {

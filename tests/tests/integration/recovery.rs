@@ -32,6 +32,8 @@ on_remote_sites!(
     a_failed_test_activation_returns_to_the_current_generation,
     a_killed_run_s_watchdog_keeps_the_target_locked,
     a_rollback_carries_the_build_and_target_host_flags,
+    a_watchdog_that_fires_first_tells_its_verdict,
+    a_stale_watchdog_file_locks_nothing,
 );
 
 const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
@@ -287,6 +289,45 @@ fn a_rollback_carries_the_build_and_target_host_flags(kind: Kind) {
     let calls: Vec<&str> = log.lines().map(|l| l.split(" NIX_PATH=").next().unwrap()).collect();
     assert_eq!(calls, [format!("argv=switch {flags}"), format!("argv=switch --rollback {flags}")], "{log}");
     assert_eq!(state(&target, "nixos-rebuild.log"), "");
+}
+
+/// A slow health check outlasts the timeout: the watchdog fires and rolls back first; krops
+/// says so (not "confirmed"), and the record keeps the watchdog's verdict.
+fn a_watchdog_that_fires_first_tells_its_verdict(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "first", "", "");
+    sb.krops(&["deploy"]).success();
+    let extra = "confirmTimeout = 2\nhealthChecks = [{ command = \"sleep 4\", timeout = 20 }]";
+    config(&sb, &site, "slow", "", extra);
+    sb.krops(&["deploy"])
+        .code(1)
+        .stderr_has("the confirm watchdog fired at")
+        .stderr_has("the target rolled itself back");
+    assert!(last_activation(&site).ends_with("-nixos-system-first"), "{}", state(&site, "activations"));
+    let record = site.read(".krops-record");
+    assert!(record.contains("activation watchdog rolled-back "), "{record}");
+    assert!(!record.contains("activation switch"), "krops left the watchdog's verdict alone: {record}");
+    // Its work done, the watchdog holds nothing.
+    config(&sb, &site, "third", "", "");
+    sb.krops(&["deploy"]).success();
+}
+
+/// A `.krops-watchdog` naming a live process that is no watchdog (a reused PID), PID 0, or
+/// garbage locks nothing.
+fn a_stale_watchdog_file_locks_nothing(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "first", "", "");
+    let mut stranger = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    for content in [format!("{}\n", stranger.id()), "0\n".to_owned(), "x y\n".to_owned()] {
+        site.write(".krops-watchdog", &content);
+        site.write(".krops-watchdog.fired", &content);
+        sb.krops(&["populate"]).success();
+    }
+    assert!(stranger.try_wait().unwrap().is_none(), "the stranger was not signalled");
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
 }
 
 /// A one-thread HTTP server on 127.0.0.1 answering every request with `status`, counting them.
