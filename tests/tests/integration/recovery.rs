@@ -169,7 +169,7 @@ fn an_unreachable_new_system_rolls_itself_back(kind: Kind) {
     let site = Site::ready(&sb, kind);
     config(&sb, &site, "reachable", "", "");
     sb.krops(&["deploy"]).success();
-    let timeout = 6;
+    let timeout = 10;
     config(&sb, &site, "locked-out", "stopsSshd = true;", &format!("confirmTimeout = {timeout}"));
     let started = Instant::now();
     sb.krops(&["deploy"])
@@ -201,7 +201,7 @@ fn a_confirmed_system_stays_and_its_watchdog_is_gone(kind: Kind) {
     let site = Site::ready(&sb, kind);
     config(&sb, &site, "first", "", "");
     sb.krops(&["deploy"]).success();
-    let timeout = 3;
+    let timeout = 8;
     config(&sb, &site, "second", "", &format!("confirmTimeout = {timeout}\nrollback = true"));
     sb.krops(&["deploy"]).success();
     let pid = site.read(".krops-watchdog.confirmed");
@@ -239,9 +239,9 @@ fn a_killed_run_s_watchdog_keeps_the_target_locked(kind: Kind) {
     let site = Site::ready(&sb, kind);
     config(&sb, &site, "first", "", "");
     sb.krops(&["deploy"]).success();
-    let timeout = 6;
+    let timeout = 10;
     let extra =
-        format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 10\", timeout = 60 }}]");
+        format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 14\", timeout = 60 }}]");
     config(&sb, &site, "second", "", &extra);
     let started = Instant::now();
     let mut krops = sb.krops_command(&["deploy"]).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -298,7 +298,7 @@ fn a_watchdog_that_fires_first_tells_its_verdict(kind: Kind) {
     let site = Site::ready(&sb, kind);
     config(&sb, &site, "first", "", "");
     sb.krops(&["deploy"]).success();
-    let extra = "confirmTimeout = 2\nhealthChecks = [{ command = \"sleep 4\", timeout = 20 }]";
+    let extra = "confirmTimeout = 5\nhealthChecks = [{ command = \"sleep 8\", timeout = 20 }]";
     config(&sb, &site, "slow", "", extra);
     sb.krops(&["deploy"])
         .code(1)
