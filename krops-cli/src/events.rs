@@ -215,6 +215,13 @@ pub enum Event {
         source_type: String,
         changes: Option<Vec<krops_core::wire::Change>>,
     },
+    /// A confirm watchdog is armed on `host`: unless krops confirms by `fires_at` (RFC 3339),
+    /// the target rolls itself back.
+    WatchdogArmed {
+        deployment: String,
+        host: Option<String>,
+        fires_at: String,
+    },
     /// An ssh connection to `host` is being set up (`done: false`) or is up or failed (`done:
     /// true`). In between, ssh may ask the user something on the terminal.
     Connecting {

@@ -253,14 +253,11 @@ pub fn arm(
         deadline: armed_at + Duration::from_secs(seconds),
         fires_at: SystemTime::now() + Duration::from_secs(seconds),
     };
-    reporter.log(
-        &label,
-        Level::Info,
-        format!(
-            "confirm watchdog armed: unless krops confirms by {}, the target rolls itself back",
-            humantime::format_rfc3339_seconds(watchdog.fires_at)
-        ),
-    );
+    reporter.emit(crate::events::Event::WatchdogArmed {
+        deployment: reporter.deployment.clone(),
+        host: label,
+        fires_at: humantime::format_rfc3339_seconds(watchdog.fires_at).to_string(),
+    });
     Ok(watchdog)
 }
 

@@ -83,7 +83,8 @@ pub struct Progress(Arc<Mutex<BTreeMap<String, State>>>);
 #[derive(Clone)]
 enum State {
     Waiting,
-    Running,
+    /// With what an interruption leaves behind on a target: an armed watchdog's deadline.
+    Running(Option<String>),
     Done(Result<u128, DeployError>),
 }
 
@@ -97,8 +98,12 @@ impl Progress {
         match event {
             Event::StageStarted { deployment, .. } => {
                 if let Some(state @ State::Waiting) = states.get_mut(deployment) {
-                    *state = State::Running;
+                    *state = State::Running(None);
                 }
+            }
+            Event::WatchdogArmed { deployment, fires_at, .. } => {
+                let note = format!("not confirmed: the target rolls itself back at {fires_at}");
+                states.insert(deployment.clone(), State::Running(Some(note)));
             }
             Event::DeploymentFinished { deployment, millis, error } => {
                 let result = error.clone().map_or(Ok(*millis), Err);
@@ -205,6 +210,9 @@ fn json_of(event: &Event) -> Value {
         Event::Connecting { deployment, host, .. } => {
             json!({ "event": "connecting", "deployment": deployment, "host": host })
         }
+        Event::WatchdogArmed { deployment, host, fires_at } => json!({
+            "event": "watchdog_armed", "deployment": deployment, "host": host, "fires_at": fires_at,
+        }),
         Event::Status { deployment, host, deployed, record, sources } => {
             let sources: serde_json::Map<String, Value> = sources
                 .iter()
@@ -255,10 +263,10 @@ fn error_json(error: &DeployError) -> Value {
 }
 
 /// The `error` of a deployment a signal cut short.
-fn interrupted_json(signal: &str) -> Value {
+fn interrupted_json(signal: &str, rollback: Option<&str>) -> Value {
     json!({
         "message": format!("interrupted by {signal}"), "detail": null, "program": null,
-        "host": null, "stage": null, "source": null, "rollback": null,
+        "host": null, "stage": null, "source": null, "rollback": rollback,
     })
 }
 
@@ -366,6 +374,10 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         Event::Connecting { deployment, host, done: false } if detailed => {
             Some(format!("[{deployment}] connecting to {host}"))
         }
+        Event::WatchdogArmed { deployment, host, fires_at } if chatty => Some(format!(
+            "{} confirm watchdog armed: unless krops confirms by {fires_at}, the target rolls itself back",
+            at(deployment, host)
+        )),
         Event::StageFinished { deployment, host, stage, millis } if chatty => {
             Some(format!("{} {stage}: done in {}", at(deployment, host), human(*millis)))
         }
@@ -567,7 +579,9 @@ pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
             .map(|(name, state)| {
                 let entry = match state {
                     State::Waiting => json!({ "status": "skipped" }),
-                    State::Running => json!({ "status": "failed", "error": interrupted_json(signal) }),
+                    State::Running(rollback) => {
+                        json!({ "status": "failed", "error": interrupted_json(signal, rollback.as_deref()) })
+                    }
                     State::Done(Ok(_)) => json!({ "status": "ok" }),
                     State::Done(Err(error)) => json!({ "status": "failed", "error": error_json(error) }),
                 };
@@ -581,7 +595,10 @@ pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
     for (name, state) in &states {
         match state {
             State::Waiting => lines.push(format!("  {name}: not started")),
-            State::Running => lines.push(format!("  {name}: interrupted by {signal}")),
+            State::Running(None) => lines.push(format!("  {name}: interrupted by {signal}")),
+            State::Running(Some(rollback)) => {
+                lines.push(format!("  {name}: interrupted by {signal}; {rollback}"))
+            }
             State::Done(Err(error)) => lines.push(format!("  {name}: {}", credentials(&error.summary()))),
             State::Done(Ok(_)) => {}
         }

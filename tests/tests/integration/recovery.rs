@@ -34,6 +34,7 @@ on_remote_sites!(
     a_rollback_carries_the_build_and_target_host_flags,
     a_watchdog_that_fires_first_tells_its_verdict,
     a_stale_watchdog_file_locks_nothing,
+    an_interrupted_confirm_says_the_target_rolls_itself_back,
 );
 
 const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
@@ -328,6 +329,28 @@ fn a_stale_watchdog_file_locks_nothing(kind: Kind) {
     assert!(stranger.try_wait().unwrap().is_none(), "the stranger was not signalled");
     stranger.kill().unwrap();
     stranger.wait().unwrap();
+}
+
+/// SIGTERM while krops waits to confirm: the summary says the armed watchdog will act.
+fn an_interrupted_confirm_says_the_target_rolls_itself_back(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, "reachable", "", "");
+    sb.krops(&["deploy"]).success();
+    config(&sb, &site, "locked-out", "stopsSshd = true;", "confirmTimeout = 10");
+    let krops = sb
+        .krops_command(&["deploy"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until("the new system is active", || {
+        last_activation(&site).ends_with("-locked-out")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    std::process::Command::new("kill").args(["-TERM", &krops.id().to_string()]).status().unwrap();
+    let outcome = crate::support::Outcome::from_output(krops.wait_with_output().unwrap());
+    outcome.code(143).stderr_has("interrupted by SIGTERM; not confirmed: the target rolls itself back at");
 }
 
 /// A one-thread HTTP server on 127.0.0.1 answering every request with `status`, counting them.
