@@ -45,9 +45,12 @@ pub fn build_script(target: &Target, trace: bool) -> String {
     format!("NIX_PATH={} nix-build {}", quote(&target.path), join(&args))
 }
 
-/// `run`: the user's command, or krops's default (print the target path).
+/// `run`: the user's command, or krops's default (print the target path). After `--`, one
+/// argument is a command line for the target's shell (as ssh takes it, and as `command` is);
+/// several are argv, each word quoted.
 pub fn run_script(deployment: &Deployment, override_argv: Option<&[String]>) -> String {
     match (override_argv, &deployment.command) {
+        (Some([command]), _) => command.clone(),
         (Some(argv), _) if !argv.is_empty() => join(argv),
         (_, Some(command)) => command.clone(),
         _ => "echo \"$KROPS_TARGET_PATH\"".to_owned(),
@@ -207,5 +210,6 @@ mod tests {
         d.command = Some("ls $KROPS_TARGET_PATH".into());
         assert_eq!(run_script(&d, None), "ls $KROPS_TARGET_PATH");
         assert_eq!(run_script(&d, Some(&["echo".into(), "a b".into()])), "echo 'a b'");
+        assert_eq!(run_script(&d, Some(&["exit 5".into()])), "exit 5");
     }
 }

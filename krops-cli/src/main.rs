@@ -156,6 +156,7 @@ fn main() -> ExitCode {
             let message = error.kind().to_string();
             let error = serde_json::json!({ "message": message, "detail": error.to_string(), "program": null, "host": null, "stage": null, "source": null });
             render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
+            render::print_summary_of_no_deployments(Some(2));
             return ExitCode::from(2);
         }
         Err(error) => error.exit(),
@@ -169,6 +170,7 @@ fn main() -> ExitCode {
             if json {
                 let error = serde_json::json!({ "message": message, "detail": null, "program": null, "host": null, "stage": null, "source": null });
                 render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
+                render::print_summary_of_no_deployments(Some(2));
             }
             ExitCode::from(2)
         }
@@ -221,6 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             render::print_json(
                 serde_json::json!({ "event": "plugins", "plugins": plugins, "broken": broken }),
             );
+            render::print_summary_of_no_deployments(failed.then_some(2));
             return Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS });
         }
         Command::Plugins => {
@@ -252,6 +255,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 .map_err(|e| UsageError(e.into()))?;
             if cli.json {
                 render::print_json(serde_json::json!({ "event": "eval", "deployments": deployments }));
+                render::print_summary_of_no_deployments(None);
                 return Ok(ExitCode::SUCCESS);
             }
             let json = serde_json::json!({ "deployments": deployments });

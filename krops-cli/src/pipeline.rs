@@ -174,7 +174,8 @@ fn deploy_one(
         }
         let unchanged = seen.unchanged(&fingerprints);
         populate(host, deployment, registry, &unchanged, reporter)?;
-        if unchanged.len() < deployment.source.len() {
+        // A target without a record gets one, even for a deployment without sources.
+        if unchanged.len() < deployment.source.len() || seen.header.is_empty() {
             write_record(host, deployment, &fingerprints, origin, reporter)?;
         } else if let Some((lock, _)) = locks.0.last_mut() {
             // Nothing changed: the record's sources still hold; the lock holder renews who

@@ -125,21 +125,38 @@ pub async fn render(events: UnboundedReceiver<Event>, style: Style, terminal_fre
     match (style.json, live) {
         (true, _) => render_json(events, progress).await,
         (false, true) => render_live(events, style, progress).await,
-        (false, false) => render_lines(events, style.verbosity, progress).await,
+        (false, false) => render_lines(events, style.verbosity, style.color, progress).await,
     }
 }
 
-async fn render_lines(mut events: UnboundedReceiver<Event>, verbosity: Verbosity, progress: Progress) {
+async fn render_lines(
+    mut events: UnboundedReceiver<Event>,
+    verbosity: Verbosity,
+    color: bool,
+    progress: Progress,
+) {
     while let Some(event) = events.recv().await {
         progress.note(&event);
         let result = result_lines(&event);
         if !result.is_empty() {
             print_result(&result);
         } else if let Some(line) = line_for(&event, verbosity) {
-            eprintln!("{}", printable(&credentials(&line)));
+            let line = printable(&credentials(&line));
+            // Colour (a terminal, or `--color always`): errors red, finished deployments green.
+            let failed = matches!(event, Event::DeploymentFinished { error: Some(_), .. });
+            let finished = matches!(event, Event::DeploymentFinished { error: None, .. });
+            match (color, failed, finished) {
+                (true, true, _) => eprintln!("{RED}{line}{RESET}"),
+                (true, _, true) => eprintln!("{GREEN}{line}{RESET}"),
+                _ => eprintln!("{line}"),
+            }
         }
     }
 }
+
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const RESET: &str = "\x1b[0m";
 
 /// A line for a file, pipe or plain terminal: the escape sequences and other control
 /// characters a child printed are dropped (tabs kept), so colours and cursor moves never
@@ -536,6 +553,16 @@ fn describe(report: &Value) -> String {
     }
 }
 
+/// The `--json` summary of a command that deploys nothing (`eval`, `plugins`) or ended before
+/// any deployment started (a usage or configuration error, `exit_status` 2): SPEC's last line.
+pub fn print_summary_of_no_deployments(exit_status: Option<u8>) {
+    let mut summary = json!({ "event": "summary", "deployments": {}, "failed": 0 });
+    if let Some(status) = exit_status {
+        summary["exit_status"] = json!(status);
+    }
+    print_json(summary);
+}
+
 /// The summary of a finished run: which deployments failed and why (the program and its
 /// `error:` line); exit status 1 if any did. With `--json`, the summary line.
 pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
@@ -557,7 +584,8 @@ pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
             .collect();
         print_json(json!({ "event": "summary", "deployments": deployments, "failed": failed.len() }));
     } else if !failed.is_empty() {
-        eprintln!("krops: {} of {} deployments failed:", failed.len(), outcomes.len());
+        let (red, reset) = if style.color { (RED, RESET) } else { ("", "") };
+        eprintln!("{red}krops: {} of {} deployments failed:{reset}", failed.len(), outcomes.len());
         for (name, error) in &failed {
             eprintln!("  {name}: {}", printable(&credentials(&error.summary())));
         }

@@ -64,7 +64,8 @@ let
         given = name: value: if value == null || value == "" && name != "user" then { } else { ${name} = value; };
       in
       {
-        user = getEnvOr "LOGNAME" null;
+        # As the original: `getEnv` gives "" when LOGNAME is unset.
+        user = builtins.getEnv "LOGNAME";
         host = getEnvOr "HOSTNAME" (hostName "localhost");
         port = null;
         path = "/var/src";

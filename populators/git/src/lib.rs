@@ -6,7 +6,7 @@
 //! the deployment first.
 
 use krops_core::plugin::{PopulatorPlugin, Target};
-use krops_core::sdk::Fingerprint;
+use krops_core::sdk::{resolve_path, Fingerprint};
 use krops_core::wire::capability::RUN_SCRIPT;
 use krops_core::wire::{Change, Diff, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
@@ -110,7 +110,12 @@ impl PopulatorPlugin for Git {
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {
-        let attrs = request.attrs;
+        let mut attrs = request.attrs;
+        // A relative path (`./repo`, `../repo`) is, like every path in a configuration,
+        // relative to the configuration's file; URLs and `host:path` are left as written.
+        if attrs.url.starts_with("./") || attrs.url.starts_with("../") {
+            attrs.url = resolve_path(&request.config_dir, &attrs.url).to_string_lossy().into_owned();
+        }
         check_word("url", &attrs.url)?;
         check_word("ref", &attrs.git_ref)?;
         gix::url::parse(gix::bstr::BStr::new(attrs.url.as_bytes()))

@@ -46,6 +46,8 @@ impl PopulatorPlugin for Passage {
         IdentitiesFile::read(&identities_file)?;
         // A bare name (`age`) is looked up in PATH; a path is the configuration's.
         let age = attrs.age.map(|a| if a.components().count() > 1 { resolve(&a) } else { a });
+        // The default, as passage's own: `age` from PATH (shown by `krops eval`).
+        let age = Some(age.unwrap_or_else(|| PathBuf::from("age")));
         Ok(Attrs { dir, identities_file: Some(identities_file), age })
     }
 

@@ -187,3 +187,13 @@ fn status_reports_the_record_and_drift() {
     );
     assert_eq!(site.read(".krops-record").matches("activation ").count(), 1, "the last activation only");
 }
+
+/// A deployment without sources still leaves a record, and so a status, behind.
+#[test]
+fn a_deployment_without_sources_is_recorded() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    sb.write("krops.toml", &format!("[deployments.site]\ntarget = {}\ncommand = \"true\"\n", site.target()));
+    sb.krops(&["run"]).success();
+    sb.krops(&["status"]).success().stdout_has("last activation: run ok at ");
+}

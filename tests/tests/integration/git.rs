@@ -325,3 +325,21 @@ fn a_url_only_the_target_reaches() {
         assert_eq!(site.listing(""), before);
     }
 }
+
+/// A relative path as `url` is relative to the configuration's file, like every path there.
+#[test]
+fn a_relative_url_is_relative_to_the_configuration() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let repo = Repo::init(sb.path("repos/origin"));
+    let head = repo.commit("a.nix", "1");
+    sb.write(
+        "conf/krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source.repo.git]\nurl = \"../repos/origin\"\nref = \"main\"\n",
+            site.target()
+        ),
+    );
+    sb.krops(&["-f", "conf/krops.toml", "populate"]).success();
+    assert_eq!(deployed_head(&site), head);
+}

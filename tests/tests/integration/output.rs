@@ -165,6 +165,9 @@ fn run_exits_with_the_commands_status() {
     let site = Site::ready(&sb, Kind::Root);
     sb.write("krops.toml", &format!("[deployments.site]\ntarget = {}\n", site.target()));
     sb.krops(&["run", "--", "sh", "-c", "exit 3"]).code(3);
+    // One word after `--` is a command line, as ssh takes it.
+    sb.krops(&["run", "--", "exit 5"]).code(5);
+    sb.krops(&["run", "--", "echo \"$KROPS_TARGET_PATH\" | grep -q /var/src"]).success();
     sb.krops(&["run", "--", "ls", "/nonexistent"])
         .code(2)
         .stderr_has("site: activate on 127.0.0.1 failed: `ls /nonexistent` exited with status 2");
@@ -329,8 +332,10 @@ fn json_for_every_command_and_error() {
     let eval = only_json(sb.krops(&["--json", "eval"]).success());
     assert_eq!(eval[0]["event"], "eval");
     assert!(eval[0]["deployments"]["good"].is_object());
+    assert_eq!(eval.last().unwrap()["event"], "summary", "the last line is the summary");
     let plugins = only_json(sb.krops(&["--json", "plugins"]).success());
     assert!(plugins[0]["plugins"].as_array().unwrap().iter().any(|p| p["type"] == "file"));
+    assert_eq!(plugins.last().unwrap()["event"], "summary");
     for args in [
         &["--json", "populate", "nope"][..],
         &["--json", "--frobnicate", "populate"],
@@ -339,9 +344,11 @@ fn json_for_every_command_and_error() {
         let out = sb.krops(args);
         out.code(2);
         let lines = only_json(&out);
-        assert_eq!(lines.len(), 1, "{out}");
+        assert_eq!(lines.len(), 2, "{out}");
         assert_eq!(lines[0]["event"], "error");
         assert_eq!(lines[0]["exit_status"], 2);
+        assert_eq!(lines[1]["event"], "summary", "the last line is the summary");
+        assert_eq!(lines[1]["exit_status"], 2);
     }
     sb.write(
         "krops.toml",
