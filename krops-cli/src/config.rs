@@ -405,8 +405,9 @@ pub fn parse(
     let config_dir = file.parent().unwrap_or(Path::new("/")).to_owned();
     let raw = with_context(validator, config_dir, only.cloned(), || match syntax {
         Syntax::Toml => toml::from_str::<RawConfig>(text).map_err(|e| {
-            let position = e.span().map(|span| line_column(text, span.start));
-            error(position, e.message().trim_end().to_owned())
+            let message = e.message().trim_end().to_owned();
+            let position = e.span().map(|span| line_column(text, at_unknown_key(text, &message, span.start)));
+            error(position, message)
         }),
         Syntax::Json => serde_json::from_str::<RawConfig>(text).map_err(|e| {
             let message = e.to_string();
@@ -415,7 +416,11 @@ pub fn parse(
                 Some(i) if e.line() > 0 => message[..i].to_owned(),
                 _ => message,
             };
-            error((e.line() > 0).then(|| (e.line(), e.column())), message)
+            let position = (e.line() > 0).then(|| {
+                let offset = offset_of(text, e.line(), e.column());
+                line_column(text, at_unknown_key(text, &message, offset))
+            });
+            error(position, message)
         }),
         Syntax::Nix => {
             // The JSON comes from nix, not from the user: its positions would mislead.
@@ -430,6 +435,36 @@ pub fn parse(
         }
     })?;
     Ok(Config { file: file.to_owned(), deployments: raw.deployments.0 })
+}
+
+/// A source's attributes are checked as a whole (by its plugin), so the parser places an
+/// unknown attribute at the source's table; the key itself is the better place to show: its
+/// nearest occurrence as a key (`NAME =`, `"NAME":`), from `offset` on, else before it.
+fn at_unknown_key(text: &str, message: &str, offset: usize) -> usize {
+    let in_a_source = message.starts_with("source ");
+    let name =
+        message.split_once("unknown field `").and_then(|(_, rest)| rest.split_once('`')).map(|(n, _)| n);
+    let Some(name) = name.filter(|_| in_a_source) else {
+        return offset;
+    };
+    if name.is_empty() {
+        return offset;
+    }
+    let is_key = |at: usize| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].trim_start_matches('"').trim_start();
+        before.is_none_or(|c| c.is_whitespace() || ".{,\"".contains(c))
+            && (after.starts_with('=') || after.starts_with(':'))
+    };
+    let keys: Vec<usize> = text.match_indices(name).map(|(at, _)| at).filter(|at| is_key(*at)).collect();
+    keys.iter().find(|at| **at >= offset).or(keys.last()).copied().unwrap_or(offset)
+}
+
+/// The byte offset of a 1-based line and column (in characters).
+fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let rest = &text[start.min(text.len())..];
+    start + rest.char_indices().nth(column.saturating_sub(1)).map_or(rest.len(), |(i, _)| i)
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -134,3 +134,21 @@ fn health_checks_rollback_and_confirm_timeout() {
     }
     rejects("toml", toml("rollback = \"yes\""), "3:12: ", "expected a boolean");
 }
+
+#[test]
+fn an_unknown_attribute_is_placed_at_its_key() {
+    rejects(
+        "toml",
+        toml("[deployments.site.source.a.file]\npath = \"conf/a.nix\"\nuseChecksun = true"),
+        "5:1: ",
+        "unknown field `useChecksun`",
+    );
+    rejects(
+        "json",
+        |t| {
+            format!("{{\"deployments\": {{\"site\": {{\"target\": {t:?},\n \"source\": {{\"a\": {{\"file\": {{\"path\": \"conf/a.nix\",\n   \"zzz\": 1}}}}}}}}}}}}")
+        },
+        "3:5: ",
+        "unknown field `zzz`",
+    );
+}
