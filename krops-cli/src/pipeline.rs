@@ -450,7 +450,7 @@ watchdog_lives() {
     [ -f "$f" ] && [ ! -L "$f" ] || continue
     pid=$(head -n 1 -- "$f" 2>/dev/null) || continue
     case $pid in ''|0*|*[!0-9]*) continue ;; esac
-    case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in *" krops-watchdog "*) return 0 ;; esac
+    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null) in *" krops-watchdog "*) return 0 ;; esac
   done
   return 1
 }
@@ -482,6 +482,12 @@ fi
 # The system generation before activation: a rollback only undoes a change of it.
 printf 'profile %s\n' "$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)"
 echo locked
+# Nothing more is said: once krops is gone, a write to its closed pipes (even an error message
+# of the scan below) would end this shell with SIGPIPE, and the lock with it.
+exec > /dev/null 2>&1
+# Nor does a failure end it from here on (`set -e` would: a parent exiting during the walk
+# below makes its `sed` fail), for that would let the lock go early.
+set +e
 # krops says `done` when it releases the lock. Without it (krops was killed, its connection
 # dropped), work of this run may still be going on here (a nix-build, an activation): the lock
 # is held until every process of the run, named by the run's marker ($0), has ended.
@@ -510,12 +516,12 @@ done
 if [ "$line" != done ]; then
   # This shell's ancestors (sudo, a login shell) carry the marker too: they are not work.
   mine=" " p=$$
-  while [ "${p:-0}" -gt 1 ]; do mine="$mine$p " p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status"); done
+  while [ "${p:-0}" -gt 1 ]; do mine="$mine$p " p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null); done
   while :; do
     busy=
     for d in /proc/[0-9]*; do
       case $mine in *" ${d#/proc/} "*) continue ;; esac
-      case $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) in *" $0 "*|*" $0") busy=1; break ;; esac
+      case $({ tr '\0' ' ' < "$d/cmdline"; } 2>/dev/null) in *" $0 "*|*" $0") busy=1; break ;; esac
     done
     [ -n "$busy" ] || break
     sleep 0.2

@@ -268,7 +268,7 @@ pub fn arm(
 const CONFIRM_SCRIPT: &str = r#"w="$1/.krops-watchdog"
 if [ -f "$w" ] && [ ! -L "$w" ] && pid=$(head -n 1 -- "$w") && mv -T -- "$w" "$w.confirmed" 2>/dev/null; then
   case $pid in ''|0*|*[!0-9]*) ;; *)
-    case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in *" krops-watchdog "*) kill -- "-$pid" 2>/dev/null || true ;; esac ;;
+    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null) in *" krops-watchdog "*) kill -- "-$pid" 2>/dev/null || true ;; esac ;;
   esac
   echo confirmed
 elif [ -f "$w.fired" ] && [ ! -L "$w.fired" ]; then
