@@ -5,21 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{krops_bin, Kind, Outcome, Sandbox, Site};
+use crate::support::{krops_bin, state, Kind, Outcome, Sandbox, Site};
 
-/// Runs each scenario as root and as the sudo user (the local machine has no nixos-rebuild).
-macro_rules! on_remote_sites {
-    ($($scenario:ident),* $(,)?) => {
-        mod root {
-            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Root) } )*
-        }
-        mod sudo {
-            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Sudo) } )*
-        }
-    };
-}
-
-on_remote_sites!(
+crate::on_remote_sites!(
     deploy_builds_the_populated_sources_and_switches,
     deploy_operation_flag_overrides_the_configuration,
     build_activates_nothing_and_passes_trace,
@@ -44,10 +32,6 @@ fn config(sb: &Sandbox, site: &Site, extra: &str, marker: &str) {
             site.target()
         ),
     );
-}
-
-fn state(site: &Site, file: &str) -> String {
-    std::fs::read_to_string(site.host().unwrap().state().join(file)).unwrap_or_default()
 }
 
 fn deploy_builds_the_populated_sources_and_switches(kind: Kind) {

@@ -9,20 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{Kind, Sandbox, Site};
+use crate::support::{state, Kind, Sandbox, Site};
 
-macro_rules! on_remote_sites {
-    ($($scenario:ident),* $(,)?) => {
-        mod root {
-            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Root) } )*
-        }
-        mod sudo {
-            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Sudo) } )*
-        }
-    };
-}
-
-on_remote_sites!(
+crate::on_remote_sites!(
     a_failing_check_rolls_back_to_the_previous_generation,
     a_passing_check_leaves_the_new_system,
     a_failed_switch_rolls_back,
@@ -54,10 +43,6 @@ fn config(sb: &Sandbox, site: &Site, marker: &str, test: &str, extra: &str) {
             site.target()
         ),
     );
-}
-
-fn state(site: &Site, file: &str) -> String {
-    std::fs::read_to_string(site.host().unwrap().state().join(file)).unwrap_or_default()
 }
 
 /// The system the host switched to last (`OPERATION /nix/store/…-nixos-system-MARKER`).

@@ -310,6 +310,26 @@ macro_rules! on_every_site {
     };
 }
 
+/// Runs each named scenario `fn(Kind)` as two tests on real sshd hosts, `root::NAME` and
+/// `sudo::NAME` (for what the local machine cannot do, such as nixos-rebuild).
+#[macro_export]
+macro_rules! on_remote_sites {
+    ($($scenario:ident),* $(,)?) => {
+        mod root {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Root) } )*
+        }
+        mod sudo {
+            $( #[test] fn $scenario() { super::$scenario($crate::support::Kind::Sudo) } )*
+        }
+    };
+}
+
+/// A file of a remote site's private state directory (`/var/lib/krops-test`, where the test
+/// nixos-rebuild and switch-to-configuration record their calls); empty when absent.
+pub fn state(site: &Site, file: &str) -> String {
+    std::fs::read_to_string(site.host().expect("a remote site").state().join(file)).unwrap_or_default()
+}
+
 /// Processes whose command line mentions `needle` (an ssh master's socket directory, a marked
 /// command), as `PID: COMMAND LINE`; the test harness's own (cargo) left out.
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
