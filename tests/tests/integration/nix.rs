@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{krops_bin, state, Kind, Outcome, Sandbox, Site};
+use crate::support::{krops_bin, nixos_deployment, state, Kind, Outcome, Sandbox, Site};
 
 crate::on_remote_sites!(
     deploy_builds_the_populated_sources_and_switches,
@@ -19,19 +19,9 @@ crate::on_remote_sites!(
     nix_output_monitor_wraps_the_rebuild_and_keeps_its_status,
 );
 
-const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
-
 /// A deployment of the test nixpkgs and a nixos-config carrying `marker`.
 fn config(sb: &Sandbox, site: &Site, extra: &str, marker: &str) {
-    sb.write("configuration.nix", &format!("{{ ... }}: {{ krops-test.marker = \"{marker}\"; }}\n"));
-    sb.write(
-        "krops.toml",
-        &format!(
-            "[deployments.site]\ntarget = {}\n{extra}\n[deployments.site.source]\n\
-             nixpkgs.file = {NIXPKGS:?}\nnixos-config.file = \"configuration.nix\"\n",
-            site.target()
-        ),
-    );
+    nixos_deployment(sb, site, marker, "", extra);
 }
 
 fn deploy_builds_the_populated_sources_and_switches(kind: Kind) {

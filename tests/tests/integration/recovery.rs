@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{state, Kind, Sandbox, Site};
+use crate::support::{nixos_deployment as config, state, Kind, Sandbox, Site};
 
 crate::on_remote_sites!(
     a_failing_check_rolls_back_to_the_previous_generation,
@@ -26,23 +26,14 @@ crate::on_remote_sites!(
     an_interrupted_confirm_says_the_target_rolls_itself_back,
 );
 
-const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
-
-/// A deployment of the test nixpkgs and a nixos-config with `marker` and `test` (more of the
-/// configuration's `krops-test` attributes); `extra` goes into the deployment's table.
-fn config(sb: &Sandbox, site: &Site, marker: &str, test: &str, extra: &str) {
-    sb.write(
-        "configuration.nix",
-        &format!("{{ ... }}: {{ krops-test = {{ marker = \"{marker}\"; {test} }}; }}\n"),
-    );
-    sb.write(
-        "krops.toml",
-        &format!(
-            "[deployments.site]\ntarget = {}\n{extra}\n[deployments.site.source]\n\
-             nixpkgs.file = {NIXPKGS:?}\nnixos-config.file = \"configuration.nix\"\n",
-            site.target()
-        ),
-    );
+/// A sandbox and a site (root or sudo) whose system `marker` was deployed and is active: the
+/// generation a rollback returns to.
+fn deployed(kind: Kind, marker: &str) -> (Sandbox, Site) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    config(&sb, &site, marker, "", "");
+    sb.krops(&["deploy"]).success();
+    (sb, site)
 }
 
 /// The system the host switched to last (`OPERATION /nix/store/…-nixos-system-MARKER`).
@@ -63,10 +54,7 @@ fn sudo_flag(kind: Kind) -> &'static str {
 }
 
 fn a_failing_check_rolls_back_to_the_previous_generation(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "first", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "first");
     let checks = "rollback = true\nhealthChecks = [{ command = \"test ! -e /var/lib/krops-test/unhealthy\", timeout = 5, retries = 1 }]";
     config(&sb, &site, "second", "", checks);
     std::fs::write(site.host().unwrap().state().join("unhealthy"), "").unwrap();
@@ -114,10 +102,7 @@ fn a_passing_check_leaves_the_new_system(kind: Kind) {
 }
 
 fn a_failed_switch_rolls_back(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "good", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "good");
     config(&sb, &site, "broken", "failsSwitch = true;", "rollback = true");
     let outcome = sb.krops(&["--json", "deploy"]);
     outcome.code(1);
@@ -137,10 +122,7 @@ fn a_failed_switch_rolls_back(kind: Kind) {
 }
 
 fn a_failed_build_has_nothing_to_roll_back(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "good", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "good");
     config(&sb, &site, "good", "failsSwitch = throw \"broken configuration\";", "rollback = true");
     sb.krops(&["deploy"])
         .code(1)
@@ -151,10 +133,7 @@ fn a_failed_build_has_nothing_to_roll_back(kind: Kind) {
 }
 
 fn an_unreachable_new_system_rolls_itself_back(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "reachable", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "reachable");
     let timeout = 10;
     config(&sb, &site, "locked-out", "stopsSshd = true;", &format!("confirmTimeout = {timeout}"));
     let started = Instant::now();
@@ -183,10 +162,7 @@ fn an_unreachable_new_system_rolls_itself_back(kind: Kind) {
 }
 
 fn a_confirmed_system_stays_and_its_watchdog_is_gone(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "first", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "first");
     let timeout = 8;
     config(&sb, &site, "second", "", &format!("confirmTimeout = {timeout}\nrollback = true"));
     sb.krops(&["deploy"]).success();
@@ -204,10 +180,7 @@ fn a_confirmed_system_stays_and_its_watchdog_is_gone(kind: Kind) {
 }
 
 fn a_failed_test_activation_returns_to_the_current_generation(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "current", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "current");
     let checks = "rollback = true\nhealthChecks = [{ command = \"false\" }]";
     config(&sb, &site, "tried", "", checks);
     sb.krops(&["deploy", "--operation", "test"]).code(1).stderr_has("rolled back");
@@ -221,10 +194,7 @@ fn a_failed_test_activation_returns_to_the_current_generation(kind: Kind) {
 /// A run killed while its watchdog is armed leaves the watchdog in charge: no other run takes
 /// the target (it would deploy a system the watchdog then rolls back) until it has fired.
 fn a_killed_run_s_watchdog_keeps_the_target_locked(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "first", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "first");
     let timeout = 10;
     let extra =
         format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 14\", timeout = 60 }}]");
@@ -280,10 +250,7 @@ fn a_rollback_carries_the_build_and_target_host_flags(kind: Kind) {
 /// A slow health check outlasts the timeout: the watchdog fires and rolls back first; krops
 /// says so (not "confirmed"), and the record keeps the watchdog's verdict.
 fn a_watchdog_that_fires_first_tells_its_verdict(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "first", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "first");
     let extra = "confirmTimeout = 5\nhealthChecks = [{ command = \"sleep 8\", timeout = 20 }]";
     config(&sb, &site, "slow", "", extra);
     sb.krops(&["deploy"])
@@ -318,10 +285,7 @@ fn a_stale_watchdog_file_locks_nothing(kind: Kind) {
 
 /// SIGTERM while krops waits to confirm: the summary says the armed watchdog will act.
 fn an_interrupted_confirm_says_the_target_rolls_itself_back(kind: Kind) {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, kind);
-    config(&sb, &site, "reachable", "", "");
-    sb.krops(&["deploy"]).success();
+    let (sb, site) = deployed(kind, "reachable");
     config(&sb, &site, "locked-out", "stopsSshd = true;", "confirmTimeout = 10");
     let krops = sb
         .krops_command(&["deploy"])

@@ -324,6 +324,27 @@ macro_rules! on_remote_sites {
     };
 }
 
+/// The test `<nixpkgs/nixos>` (tests/fixtures/nix), populated as the `nixpkgs` source.
+pub const NIXPKGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nix/nixpkgs");
+
+/// Writes a deployment of the test nixpkgs and a nixos-config whose `krops-test` attributes
+/// are `marker` and `test` (more of them, e.g. `failsSwitch = true;`); `extra` goes into the
+/// deployment's table.
+pub fn nixos_deployment(sb: &Sandbox, site: &Site, marker: &str, test: &str, extra: &str) {
+    sb.write(
+        "configuration.nix",
+        &format!("{{ ... }}: {{ krops-test = {{ marker = \"{marker}\"; {test} }}; }}\n"),
+    );
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n{extra}\n[deployments.site.source]\n\
+             nixpkgs.file = {NIXPKGS:?}\nnixos-config.file = \"configuration.nix\"\n",
+            site.target()
+        ),
+    );
+}
+
 /// A file of a remote site's private state directory (`/var/lib/krops-test`, where the test
 /// nixos-rebuild and switch-to-configuration record their calls); empty when absent.
 pub fn state(site: &Site, file: &str) -> String {
