@@ -11,7 +11,7 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::abi::{log_level, Populator, PopulatorBox, Populator_TO, TargetHandleRef};
-use crate::sdk::{secret_archive, SecretFile, INSTALL_SECRETS_SCRIPT};
+use crate::sdk::{secret_archive, SecretFile, INSTALL_SECRETS_SCRIPT, PRIVATE_DIR_FUNCTIONS};
 use crate::wire::{
     capability, method, Description, Diff, PopulateRequest, PrepareRequest, RsyncReport, RsyncRequest,
     RunLocalRequest, RunScriptRequest, TargetInfo, ValidateRequest, WriteFileRequest, UNSUPPORTED,
@@ -132,13 +132,15 @@ impl<'a> Target<'a> {
     }
 
     /// Replaces `destination` on the target with a directory (0700) holding `files` (0600, with
-    /// their mtimes). The files travel as one tar stream on stdin, never as arguments; they are
-    /// unpacked into a staging directory under umask 077 (so no byte is ever readable by
-    /// others) which then takes the old directory's place, so a failure never leaves a
-    /// half-written tree.
+    /// their mtimes). The files travel as one tar stream on stdin, never as arguments, with a
+    /// manifest; they are unpacked into a fresh private staging directory under umask 077 (so
+    /// no byte is ever readable by others, nor reachable through a name someone else controls)
+    /// which takes the old directory's place only once it matches the manifest: an
+    /// interruption, a dropped connection or a full disk never leaves a partial tree.
     pub fn install_secrets(&self, destination: &str, files: &[SecretFile]) -> Result<(), String> {
         let archive = secret_archive(files).map_err(|e| format!("cannot pack secrets: {e}"))?;
-        self.run_script(INSTALL_SECRETS_SCRIPT, &[destination], &archive).map(drop)
+        let script = format!("{PRIVATE_DIR_FUNCTIONS}\n{INSTALL_SECRETS_SCRIPT}");
+        self.run_script(&script, &[destination], &archive).map(drop)
     }
 
     pub fn log_info(&self, message: &str) {

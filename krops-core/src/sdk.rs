@@ -13,16 +13,66 @@ pub struct SecretFile {
     pub mtime: u64,
 }
 
+/// Shell functions for scripts that write below a target path that another account may write
+/// to as well. Any name there can be renamed or replaced at any moment, so such a script never
+/// writes through a name it does not own: it makes a fresh directory (`mktemp -d`: 0700, its
+/// own), enters it, checks that what it entered is that directory (its own, 0700, its parent
+/// the directory it was made in), and works by names relative to it from then on; results
+/// leave by one `mv -T` to a name in the parent (`..`), which replaces whatever stands there
+/// and never follows it. No one else can enter the directory, let alone add a link to it, and
+/// moving it elsewhere than its parent takes write permission on it, which only its owner has.
+///
+/// `enter_private_dir TEMPLATE`: makes and enters the directory (`$private` its path) or
+/// explains and fails; `leave_private_dir`: removes what it holds and the directory itself.
+pub const PRIVATE_DIR_FUNCTIONS: &str = r#"private_here() {
+  [ "$(stat -c '%u %a %F' .)" = "$(id -u) 700 directory" ] &&
+  [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && [ -z "$(ls -A)" ]
+}
+enter_private_dir() {
+  private=$(mktemp -d -- "$1") && cd -- "$private" && private_here "${1%/*}" || {
+    echo "error: cannot make a private directory beside ${1%.krops-*} (does another account write there?)" >&2
+    return 1
+  }
+}
+leave_private_dir() {
+  find . -mindepth 1 -delete 2> /dev/null || true
+  cd .. && rmdir -- "${private##*/}" 2> /dev/null || true
+}"#;
+
+/// Installs a secret tree (`$1` its destination) from a tar stream on stdin, as
+/// [`secret_archive`] packs it: the tree below `tree/`, then a manifest (the count of its
+/// files and the SHA-256 of their contents in name order). Only a tree that matches its
+/// manifest replaces the old one: a stream cut short between two members (tar alone calls
+/// that success) or a full disk leave the old tree as it was, and every way out before the
+/// swap (a failure, a signal, the connection dropping, which ends the stream) removes the
+/// staging directory. Once the swap begins, nothing stops it halfway.
 pub(crate) const INSTALL_SECRETS_SCRIPT: &str = r#"set -eu
 umask 077
-dest=$1 staging="$1.krops-staging" old="$1.krops-old"
-rm -rf -- "$staging" "$old"
-mkdir -- "$staging"
-tar -x -p --no-same-owner -f - -C "$staging"
-chmod 700 -- "$staging"
-if [ -e "$dest" ] || [ -L "$dest" ]; then mv -- "$dest" "$old"; fi
-mv -- "$staging" "$dest"
-rm -rf -- "$old""#;
+dest=$1 name=${1##*/}
+# A vanished reader of an error message must not end this shell before it cleans up.
+trap '' PIPE
+enter_private_dir "$dest.krops-staging.XXXXXX" || exit 1
+trap leave_private_dir EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+incomplete() {
+  echo "error: the secrets for $dest arrived incomplete ($1); the old ones stay in place" >&2
+  exit 1
+}
+if ! failed=$(tar -x -p --no-same-owner -f - 2>&1 > /dev/null); then
+  echo "error: cannot unpack the secrets for $dest: $(printf '%s\n' "$failed" | grep -v -m 1 'Exiting with failure' || true)" >&2
+  exit 1
+fi
+[ -d tree ] && [ -f manifest ] || incomplete "the stream ended early"
+{ read -r format && read -r count && read -r digest; } < manifest || incomplete "no manifest"
+[ "$format" = "krops-manifest 1" ] || incomplete "an unknown manifest"
+[ "$(find tree ! -type d -printf x | wc -c)" = "$count" ] || incomplete "files missing"
+[ "$(find tree ! -type d -print0 | LC_ALL=C sort -z | xargs -0 -r cat -- | sha256sum | cut -c1-64)" = "$digest" ] ||
+  incomplete "contents differ"
+trap '' HUP INT TERM
+if [ -e "../$name" ] || [ -L "../$name" ]; then mv -fT -- "../$name" old; fi
+mv -T -- tree "../$name""#;
 
 /// `$1` the secrets' directory, `$2` a salt: `HASH<TAB>NAME<NUL>` per file below it, HASH being
 /// SHA-256 of the salt followed by the file's content; `absent` when no directory is there
@@ -104,12 +154,20 @@ fn salt() -> String {
     format!("{:016x}{:08x}", hasher.finish(), nanos as u32)
 }
 
-/// A tar stream of `files`: directories 0700, files 0600, owned by root.
+/// A tar stream of `files` below `tree/` (directories 0700, files 0600, owned by root), then
+/// `manifest` (see [`INSTALL_SECRETS_SCRIPT`]): last, so that its arrival means every member
+/// before it arrived whole.
 pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
+    use sha2::Digest;
     let mut builder = tar::Builder::new(Vec::new());
     let mut directories = std::collections::BTreeSet::new();
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o700);
+    header.set_size(0);
+    builder.append_data(&mut header, "tree", std::io::empty())?;
     for file in files {
-        let mut parent = std::path::Path::new(&file.path).parent();
+        let mut parent = Path::new(&file.path).parent();
         let mut missing = Vec::new();
         while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
             if directories.insert(dir.to_owned()) {
@@ -123,15 +181,28 @@ pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
             header.set_mode(0o700);
             header.set_mtime(file.mtime);
             header.set_size(0);
-            builder.append_data(&mut header, &dir, std::io::empty())?;
+            builder.append_data(&mut header, Path::new("tree").join(&dir), std::io::empty())?;
         }
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_mode(0o600);
         header.set_mtime(file.mtime);
         header.set_size(file.contents.len() as u64);
-        builder.append_data(&mut header, &file.path, &file.contents[..])?;
+        builder.append_data(&mut header, format!("tree/{}", file.path), &file.contents[..])?;
     }
+    // The target sorts `tree/NAME` byte-wise (`LC_ALL=C sort -z`); so does this.
+    let mut sorted: Vec<&SecretFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let mut digest = sha2::Sha256::new();
+    for file in sorted {
+        digest.update(&file.contents);
+    }
+    let manifest = format!("krops-manifest 1\n{}\n{:x}\n", files.len(), digest.finalize());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o600);
+    header.set_size(manifest.len() as u64);
+    builder.append_data(&mut header, "manifest", manifest.as_bytes())?;
     builder.into_inner()
 }
 

@@ -137,6 +137,8 @@ pub fn unpack_secrets(input: &[u8]) -> Result<Vec<(String, u32, Vec<u8>)>, Strin
             continue;
         }
         let path = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        // The tree is below `tree/`; the manifest after it is not one of its files.
+        let Some(path) = path.strip_prefix("tree/").map(str::to_owned) else { continue };
         let mode = entry.header().mode().map_err(|e| e.to_string())?;
         let mut contents = Vec::new();
         entry.read_to_end(&mut contents).map_err(|e| e.to_string())?;

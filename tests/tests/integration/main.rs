@@ -15,6 +15,7 @@ mod nix_config;
 mod nix_corpus;
 mod output;
 mod plugins;
+mod races;
 mod recovery;
 mod remote;
 mod safety;
