@@ -10,6 +10,7 @@ pub mod exec;
 pub mod handle;
 pub mod loader;
 pub mod nix;
+pub mod own_dir;
 pub mod pipeline;
 pub mod record;
 pub mod recovery;

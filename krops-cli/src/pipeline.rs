@@ -263,7 +263,8 @@ fn deploy(
         }
         (None, _) => {}
         // The watchdog first: krops and it must never both roll back.
-        (Some(watchdog), Err(error)) if wants_rollback => match recovery::disarm(target, reporter) {
+        (Some(watchdog), Err(error)) if wants_rollback => match recovery::disarm(target, &watchdog, reporter)
+        {
             Some(fired) if fired.watchdog_records() => {
                 error.rollback = fired.failure(target, &watchdog).and_then(|f| f.rollback);
                 watchdog_records = true;
@@ -420,54 +421,68 @@ impl Drop for Locks {
 /// run's marker, `$1` path,
 /// `$2` what `force` creates (`file`, `dir` or nothing), `$3` who holds the lock, `$4` how long
 /// to wait for it (empty: not at all). Answers `missing` (nothing was touched), `busy HOLDER`,
-/// or `locked`, then holds `flock` on `<path>/.krops-lock` until its input closes: when krops
-/// releases it, exits, is killed, or its connection drops. The kernel releases a flock with its
-/// holder, so a lock is never stale.
+/// or `locked`, then holds `flock` on krops's own directory (`own_dir.rs`) until its input
+/// closes: when krops releases it, exits, is killed, or its connection drops. The kernel
+/// releases a flock with its holder, so a lock is never stale; and only the directory's owner
+/// can open it, so no one else can hold it.
 const LOCK_SCRIPT: &str = r#"set -e
 p=$1 holder=$3 wait=$4
-# force: a dangling symlink makes way for the sentinel; anything else there stays.
+# force: the sentinel is made where nothing stands (a dangling symlink makes way), and never
+# through a name someone could point elsewhere meanwhile: a file is hard-linked into place from
+# a fresh one (`ln` fails on whatever stands there; mkdir, too).
 if [ -n "$2" ]; then
   mkdir -p -- "$p"
   if [ -L "$p/.populate" ] && [ ! -e "$p/.populate" ]; then rm -f -- "$p/.populate"; fi
+  case $2 in
+    file)
+      if [ ! -e "$p/.populate" ]; then
+        made=$(mktemp -- "$p/.krops-sentinel.XXXXXX")
+        ln -T -- "$made" "$p/.populate" 2> /dev/null || true
+        rm -f -- "$made"
+      fi ;;
+    dir) [ -e "$p/.populate" ] || mkdir -- "$p/.populate" 2> /dev/null || true ;;
+  esac
 fi
-case $2 in
-  file) [ -e "$p/.populate" ] || : > "$p/.populate" ;;
-  dir) [ -e "$p/.populate" ] || mkdir -- "$p/.populate" ;;
-esac
 if [ ! -e "$p/.populate" ]; then echo missing; exit 0; fi
-lock="$p/.krops-lock" who="$p/.krops-holder"
-if [ -L "$lock" ] || { [ -e "$lock" ] && [ ! -f "$lock" ]; }; then rm -rf -- "$lock"; fi
-# Opened for appending and never written: even a hard link planted there keeps its content.
-exec 9>>"$lock"
+enter_own_dir "$p" create
+exec 9< .
+# Who holds it: a line krops wrote in its own directory, bounded and printable.
+held_by() {
+  h=$(head -c 300 holder 2> /dev/null | head -n 1 | tr -cd '[:print:]')
+  printf '%s' "${h:-unknown}"
+}
 if [ -n "$wait" ]; then how="-w $wait"; else how=-n; fi
-if ! flock $how 9; then echo "busy $(cat -- "$who" 2>/dev/null)"; exit 0; fi
+if ! flock $how 9; then echo "busy $(held_by)"; exit 0; fi
 # A confirm watchdog an earlier run armed (see recovery.rs) may still roll back the system it
 # guards: while it lives (armed, or rolling back), the target is as good as locked by that run,
 # even when the run itself is gone. Its PID heads the armed file, and the log it fires into;
-# only a live process named krops-watchdog counts (a PID may be reused).
+# only a live process of this user named krops-watchdog counts (a PID may be reused, and anyone
+# can name a process so).
+me=$(id -u)
 watchdog_lives() {
-  for f in "$p/.krops-watchdog" "$p/.krops-watchdog.fired"; do
-    [ -f "$f" ] && [ ! -L "$f" ] || continue
-    pid=$(head -n 1 -- "$f" 2>/dev/null) || continue
+  for f in watchdog watchdog.fired; do
+    [ -f "$f" ] || continue
+    pid=$(head -n 1 -- "$f" 2> /dev/null) || continue
     case $pid in ''|0*|*[!0-9]*) continue ;; esac
-    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null) in *" krops-watchdog "*) return 0 ;; esac
+    [ "$(stat -c %u "/proc/$pid" 2> /dev/null)" = "$me" ] || continue
+    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2> /dev/null) in *" krops-watchdog "*) return 0 ;; esac
   done
   return 1
 }
 waited=0
 while watchdog_lives; do
   if [ -z "$wait" ] || [ "$waited" -ge "$wait" ]; then
-    echo "busy $(cat -- "$who" 2>/dev/null), whose confirm watchdog is armed"; exit 0
+    echo "busy $(held_by), whose confirm watchdog is armed"; exit 0
   fi
   sleep 1; waited=$((waited + 1))
 done
-# Who holds it, written beside and renamed into place: never half-written, never through a link.
-tmp=$(mktemp -- "$who.XXXXXX")
+# Who holds it, written beside and renamed into place: never half-written.
+tmp=$(mktemp holder.XXXXXX)
 printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp"
-mv -fT -- "$tmp" "$who"
-# What an interrupted earlier run left half-written beside the record or the holder (their
-# temporary files, made by mktemp) goes: only the lock's holder writes them.
-rm -f -- "$p"/.krops-record.?????? "$p"/.krops-holder.??????
+mv -fT -- "$tmp" holder
+# What an interrupted earlier run left half-written (temporary files, made by mktemp) goes:
+# only the lock's holder writes here.
+rm -f -- record.?????? holder.??????
 # The state of the sources krops asks about ($5…), and the last record, for skipping what is
 # unchanged (see record.rs).
 shift 4
@@ -475,9 +490,9 @@ for entry do
   kind=${entry%% *} name=${entry#* }
   printf 'state %s %s\n' "$(state "$kind" "$name")" "$name"
 done
-if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
+if [ -f record ]; then
   # Bounded: a record krops wrote is a few lines; garbage must not hold the lock for long.
-  head -n 10000 -- "$p/.krops-record" | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
+  head -n 10000 record | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
 fi
 # The system generation before activation: a rollback only undoes a change of it.
 printf 'profile %s\n' "$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)"
@@ -495,33 +510,35 @@ set +e
 # TIME` replaces the last activation; `populated BY TIME VERSION` (a run that changed nothing)
 # renews who populated, when, with which krops.
 line=
-rec="$p/.krops-record"
 while IFS= read -r line; do
   case $line in
     done) break ;;
     "activation "*|"populated "*)
-      if [ -f "$rec" ] && [ ! -L "$rec" ]; then
-        tmp=$(mktemp -- "$rec.XXXXXX")
+      if [ -f record ]; then
+        tmp=$(mktemp record.XXXXXX)
         case $line in
-          activation*) { grep -v '^activation ' "$rec" || true; printf '%s\n' "$line"; } > "$tmp" ;;
+          activation*) { grep -v '^activation ' record || true; printf '%s\n' "$line"; } > "$tmp" ;;
           *)
             set -f; set -- $line; set +f
             { printf '%s\n' "krops-record 2" "by $2" "when $3" "krops $4"
-              grep -v -e '^krops-record ' -e '^by ' -e '^when ' -e '^krops ' "$rec" || true; } > "$tmp" ;;
+              grep -v -e '^krops-record ' -e '^by ' -e '^when ' -e '^krops ' record || true; } > "$tmp" ;;
         esac
-        mv -fT -- "$tmp" "$rec"
+        mv -fT -- "$tmp" record
       fi ;;
   esac
 done
 if [ "$line" != done ]; then
-  # This shell's ancestors (sudo, a login shell) carry the marker too: they are not work.
-  mine=" " p=$$
+  # This shell's ancestors (sudo, a login shell) carry the marker too: they are not work. Nor
+  # is a process of another account (anyone can put the marker in a command line): the run's
+  # own are root's, this user's or sudo's invoking user's.
+  mine=" " p=$$ users=" 0 $me ${SUDO_UID:+$SUDO_UID }"
   while [ "${p:-0}" -gt 1 ]; do mine="$mine$p " p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null); done
   while :; do
     busy=
     for d in /proc/[0-9]*; do
       case $mine in *" ${d#/proc/} "*) continue ;; esac
-      case $({ tr '\0' ' ' < "$d/cmdline"; } 2>/dev/null) in *" $0 "*|*" $0") busy=1; break ;; esac
+      case $({ tr '\0' ' ' < "$d/cmdline"; } 2>/dev/null) in *" $0 "*|*" $0") ;; *) continue ;; esac
+      case $users in *" $(stat -c %u "$d" 2> /dev/null) "*) busy=1; break ;; esac
     done
     [ -n "$busy" ] || break
     sleep 0.2
@@ -554,7 +571,7 @@ fn lock_with_sentinel(
             let source_type = deployment.source.get(name).map_or("", |s| s.source_type.as_str());
             record::state_argument(source_type, name)
         }));
-        let script = format!("{}\n{LOCK_SCRIPT}", record::STATE_FUNCTION);
+        let script = crate::own_dir::with_functions(&format!("{}\n{LOCK_SCRIPT}", record::STATE_FUNCTION));
         let argv = host.shell(&script, &args, &[], Tty::No);
         reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
         let fail = |message: String| failure(&label, Stage::Sentinel, None, message);
@@ -583,15 +600,19 @@ fn lock_with_sentinel(
 }
 
 fn backup(host: &Transport, reporter: &Reporter) -> Result<(), DeployError> {
-    // A symlinked sentinel or backup directory would take the snapshot outside the target.
-    let script = r#"if [ -L "$1/.populate" ] || [ ! -d "$1/.populate" ]; then
-  echo "backup needs $1/.populate to be a directory" >&2; exit 1
+    // The snapshot is written relative to the sentinel directory, entered once and checked:
+    // inside the target, and writable by no one else (who could otherwise point `backup` or
+    // anything below it elsewhere meanwhile).
+    let script = r#"if ! { cd -- "$1/.populate" 2> /dev/null &&
+  [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && [ "$(stat -c %u .)" = "$(id -u)" ] &&
+  case $(stat -c %A .) in ?????w????|????????w?) false ;; esac; }; then
+  echo "error: backup needs $1/.populate to be a directory that only $(id -un) can write" >&2; exit 1
 fi
-if [ -L "$1/.populate/backup" ]; then rm -f -- "$1/.populate/backup"; fi
-mkdir -p -- "$1/.populate/backup"
+if [ -L backup ] || { [ -e backup ] && [ ! -d backup ]; }; then rm -f -- backup; fi
+mkdir -p backup
 # The excludes come first: a `.rsync-filter` among the sources (read through -F) must not
-# bring the backup (or krops's lock) into the backup.
-rsync --exclude /.populate --exclude '/.krops*' -aAXF --delete --link-dest="$1" "$1/" "$1/.populate/backup/""#;
+# bring the backup (or krops's own directory) into the backup.
+rsync --exclude /.populate --exclude '/.krops*' -aAXF --delete --link-dest="$1" "$1/" ./backup/"#;
     timed(reporter, &host.host_label(), Stage::Backup, || {
         stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path), reporter).map(drop)
     })
@@ -706,7 +727,7 @@ fn status(host: &Transport, deployment: &Deployment, reporter: &Reporter) -> Res
     timed(reporter, &label, Stage::Status, || {
         let mut args = vec![host.target.path.clone()];
         args.extend(deployment.source.iter().map(|(name, s)| record::state_argument(&s.source_type, name)));
-        let script = format!("{}\n{STATUS_SCRIPT}", record::STATE_FUNCTION);
+        let script = crate::own_dir::with_functions(&format!("{}\n{STATUS_SCRIPT}", record::STATE_FUNCTION));
         let lines = stage_script(host, Stage::Status, &script, &args, reporter)?;
         let lines: Vec<String> = String::from_utf8_lossy(&lines).lines().map(str::to_owned).collect();
         let seen = record::Seen::parse(&lines);
@@ -803,9 +824,10 @@ fn diff(
 const STATUS_SCRIPT: &str = r#"set -e
 p=$1
 shift
-if [ -f "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then
-  head -n 10000 -- "$p/.krops-record" | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
+if enter_own_dir "$p" && [ -f record ]; then
+  head -n 10000 record | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
 fi
+cd /
 for entry do
   kind=${entry%% *} name=${entry#* }
   printf 'state %s %s\n' "$(state "$kind" "$name")" "$name"
@@ -826,7 +848,8 @@ fn write_record(
         env!("CARGO_PKG_VERSION").to_owned(),
     ];
     args.extend(record::write_arguments(fingerprints, &deployment.source));
-    let script = format!("{}\n{}", record::STATE_FUNCTION, record::WRITE_SCRIPT);
+    let script =
+        crate::own_dir::with_functions(&format!("{}\n{}", record::STATE_FUNCTION, record::WRITE_SCRIPT));
     stage_script(host, Stage::Populate, &script, &args, reporter).map(drop)
 }
 

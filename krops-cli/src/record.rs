@@ -1,4 +1,4 @@
-//! The deploy record on a target (`<path>/.krops-record`), and what it buys: a source whose
+//! The deploy record on a target (`<path>/.krops/record`, in krops's own directory), and what it buys: a source whose
 //! fingerprint (from its plugin, computed here) and whose state on the target are those of
 //! its last populate is unchanged and is not transferred again. The target's state is asked
 //! for in the round trip that takes the lock, so a redeploy that changes nothing costs that
@@ -12,9 +12,6 @@
 //! source lines lack TYPE and COMMIT, are still read.)
 
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The record file, beside the sentinel.
-pub const FILE: &str = ".krops-record";
 
 /// A shell function, `state KIND NAME`, printing the state of `<path>/NAME` (`$p`): a SHA-256
 /// of every entry's relative name, kind, size, mtime, mode and link target, or `absent`. For a
@@ -128,7 +125,7 @@ impl Seen {
     }
 }
 
-/// The script that writes a new record: `$1` path, `$2` who, `$3` krops's version, then
+/// The script that writes a new record (with `own_dir::FUNCTIONS`): `$1` path, `$2` who, `$3` krops's version, then
 /// `FINGERPRINT KIND TYPE COMMIT NAME` as single arguments for every source. Each source's
 /// state is taken now, after populate; the file is written beside and renamed into place
 /// (`printf`, not `echo`, so that no name is read as escapes). It has no activation line until
@@ -136,9 +133,8 @@ impl Seen {
 pub const WRITE_SCRIPT: &str = r#"set -e
 p=$1 by=$2 version=$3
 shift 3
-# The name is krops's own: whatever else stands there makes way.
-if [ -d "$p/.krops-record" ] && [ ! -L "$p/.krops-record" ]; then rm -rf -- "$p/.krops-record"; fi
-tmp=$(mktemp -- "$p/.krops-record.XXXXXX")
+enter_own_dir "$p" create
+tmp=$(mktemp record.XXXXXX)
 {
   printf '%s\n' "krops-record 2" "by $by" "when $(date -u +%Y-%m-%dT%H:%M:%SZ)" "krops $version"
   for entry do
@@ -149,7 +145,7 @@ tmp=$(mktemp -- "$p/.krops-record.XXXXXX")
     printf 'source %s %s %s %s %s\n' "$fingerprint" "$(state "$kind" "$name")" "$type" "$commit" "$name"
   done
 } > "$tmp"
-mv -fT -- "$tmp" "$p/.krops-record""#;
+mv -fT -- "$tmp" record"#;
 
 /// `WRITE_SCRIPT`'s arguments after path, holder and version: `FINGERPRINT KIND TYPE COMMIT
 /// NAME` per source, `-` standing for no fingerprint or commit. Types are the configuration's

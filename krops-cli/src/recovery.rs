@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::{Deployment, HealthCheck, Probe};
 use crate::events::{DeployError, Level, Reporter, Stage};
 use crate::exec::{self, Input, Output, Stream};
+use crate::own_dir;
 use crate::transport::{join, Transport, Tty};
 
 /// The operations after which health checks run and the watchdog guards the new system.
@@ -180,31 +181,33 @@ fn rollback_script(deployment: &Deployment, operation: &str) -> String {
     format!("nixos-rebuild {}", join(&args))
 }
 
-/// An armed watchdog: when it fires, unless confirmed.
+/// An armed watchdog: when it fires, unless confirmed, and its process on the target.
 pub struct Watchdog {
     pub deadline: Instant,
     pub fires_at: SystemTime,
+    pub pid: String,
 }
 
 /// `$1` path, `$2` seconds, `$3` the operation it guards (`switch` or `test`). Starts the
 /// watchdog, detached from the connection (its own session, no inherited descriptors), and
-/// leaves its PID in `<path>/.krops-watchdog`: the armed file. Whoever renames that file first
-/// decides: krops confirming (`.krops-watchdog.confirmed`) or the watchdog firing
-/// (`.krops-watchdog.fired`, which then holds its log). Until then no other run takes the
-/// target's lock (see `pipeline::LOCK_SCRIPT`). The watchdog records what it did as the
-/// record's last activation.
+/// leaves its PID in `watchdog`, the armed file, in krops's own directory (`own_dir.rs`), which
+/// is also the watchdog's working directory: it uses no other name. Whoever renames that file
+/// first decides: krops confirming (`watchdog.confirmed`) or the watchdog firing
+/// (`watchdog.fired`, which then holds its log). Until then no other run takes the target's
+/// lock (see `pipeline::LOCK_SCRIPT`). The watchdog records what it did as the record's last
+/// activation. Answers the watchdog's PID.
 const ARM_SCRIPT: &str = r#"set -e
 p=$1 seconds=$2 operation=$3
-w="$p/.krops-watchdog"
 command -v setsid > /dev/null || { echo "setsid (util-linux) is missing: cannot arm the watchdog" >&2; exit 1; }
-rm -rf -- "$w" "$w.confirmed" "$w.fired"
+enter_own_dir "$p" create
+rm -f -- watchdog watchdog.confirmed watchdog.fired
 profile=$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)
-: > "$w"
+: > watchdog
 setsid /bin/sh -c '
-w=$1 seconds=$2 before=$3 operation=$4 system=/nix/var/nix/profiles/system
+seconds=$2 before=$3 operation=$4 system=/nix/var/nix/profiles/system
 sleep "$seconds"
-mv -T -- "$w" "$w.fired" 2>/dev/null || exit 0
-exec >> "$w.fired" 2>&1
+mv -T -- watchdog watchdog.fired 2>/dev/null || exit 0
+exec >> watchdog.fired 2>&1
 echo "not confirmed within $seconds s" >&2
 if [ "$operation" = test ]; then
   # nixos-rebuild test made no generation: the current one is what to return to.
@@ -215,18 +218,18 @@ elif nixos-rebuild switch --rollback; then result=rolled-back
 else result=rollback-failed
 fi
 echo "$result"
-rec="${w%/*}/.krops-record"
-if [ -f "$rec" ] && [ ! -L "$rec" ]; then
-  tmp=$(mktemp -- "$rec.XXXXXX")
-  { grep -v "^activation " "$rec" || true
+if [ -f record ]; then
+  tmp=$(mktemp record.XXXXXX)
+  { grep -v "^activation " record || true
     printf "activation watchdog %s %s\n" "$result" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"; } > "$tmp"
-  mv -fT -- "$tmp" "$rec"
+  mv -fT -- "$tmp" record
 fi
-' krops-watchdog "$w" "$seconds" "$profile" "$operation" < /dev/null > /dev/null 2>&1 &
-echo $! > "$w"
+' krops-watchdog "$p" "$seconds" "$profile" "$operation" < /dev/null > /dev/null 2>&1 &
+echo $! > watchdog
 # Started, and not gone at once.
 sleep 0.1
-kill -0 "$(cat -- "$w")" 2>/dev/null || { echo "the watchdog did not start" >&2; exit 1; }"#;
+kill -0 "$(cat watchdog)" 2>/dev/null || { echo "the watchdog did not start" >&2; exit 1; }
+cat watchdog"#;
 
 /// Arms the watchdog on `target` (over the run's connection), before activation.
 pub fn arm(
@@ -237,10 +240,10 @@ pub fn arm(
 ) -> Result<Watchdog, DeployError> {
     let label = target.host_label();
     let args = [target.target.path.clone(), seconds.to_string(), operation.to_owned()];
-    let argv = target.shell(ARM_SCRIPT, &args, &[], Tty::No);
+    let argv = target.shell(&own_dir::with_functions(ARM_SCRIPT), &args, &[], Tty::No);
     reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
     let armed_at = Instant::now();
-    exec::run(&argv, &[], Input::Null, Output::Capture).map_err(|e| {
+    let answer = exec::run(&argv, &[], Input::Null, Output::Capture).map_err(|e| {
         DeployError::new(
             label.clone(),
             Stage::Confirm,
@@ -252,6 +255,7 @@ pub fn arm(
     let watchdog = Watchdog {
         deadline: armed_at + Duration::from_secs(seconds),
         fires_at: SystemTime::now() + Duration::from_secs(seconds),
+        pid: String::from_utf8_lossy(&answer).trim().to_owned(),
     };
     reporter.emit(crate::events::Event::WatchdogArmed {
         deployment: reporter.deployment.clone(),
@@ -261,19 +265,27 @@ pub fn arm(
     Ok(watchdog)
 }
 
-/// `$1` path: takes the armed file before the watchdog does, and ends the watchdog (its whole
-/// session, when the PID is still the watchdog's). Answers `confirmed`; `fired VERDICT` when
-/// the watchdog was first (`rolled-back`, `rollback-failed`, `unchanged`, or `running` while it
-/// still rolls back); `gone` when there is neither (removed by hand).
-const CONFIRM_SCRIPT: &str = r#"w="$1/.krops-watchdog"
-if [ -f "$w" ] && [ ! -L "$w" ] && pid=$(head -n 1 -- "$w") && mv -T -- "$w" "$w.confirmed" 2>/dev/null; then
-  case $pid in ''|0*|*[!0-9]*) ;; *)
-    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null) in *" krops-watchdog "*) kill -- "-$pid" 2>/dev/null || true ;; esac ;;
-  esac
+/// `$1` path, `$2` the watchdog's PID: takes the armed file before the watchdog does, and ends
+/// the watchdog (its whole session). The watchdog's own working directory is where its files
+/// are, even when someone renamed krops's directory meanwhile; once it has ended, krops's
+/// directory is. Answers `confirmed`; `fired VERDICT` when the watchdog was first
+/// (`rolled-back`, `rollback-failed`, `unchanged`, or `running` while it still rolls back);
+/// `gone` when there is neither (removed by hand).
+const CONFIRM_SCRIPT: &str = r#"watchdog=
+case $2 in ''|0*|*[!0-9]*) ;; *)
+  if [ "$(stat -c %u "/proc/$2" 2> /dev/null)" = "$(id -u)" ]; then
+    case $({ tr '\0' ' ' < "/proc/$2/cmdline"; } 2> /dev/null) in *" krops-watchdog "*) watchdog=$2 ;; esac
+  fi ;;
+esac
+if [ -n "$watchdog" ] && cd "/proc/$watchdog/cwd" 2> /dev/null && own_dir_here "$1"; then :
+elif ! enter_own_dir "$1"; then echo gone; exit 0
+fi
+if [ -f watchdog ] && mv -T -- watchdog watchdog.confirmed 2>/dev/null; then
+  [ -z "$watchdog" ] || kill -- "-$watchdog" 2>/dev/null || true
   echo confirmed
-elif [ -f "$w.fired" ] && [ ! -L "$w.fired" ]; then
-  case $(tail -n 1 -- "$w.fired") in
-    rolled-back|rollback-failed|unchanged) echo "fired $(tail -n 1 -- "$w.fired")" ;;
+elif [ -f watchdog.fired ]; then
+  case $(tail -n 1 -- watchdog.fired) in
+    rolled-back|rollback-failed|unchanged) echo "fired $(tail -n 1 -- watchdog.fired)" ;;
     *) echo "fired running" ;;
   esac
 else
@@ -342,8 +354,9 @@ fn fired_note(verdict: &str) -> String {
 }
 
 /// Runs `CONFIRM_SCRIPT` over `transport`: `None` when it could not (why not).
-fn settle(transport: &Transport, path: &str) -> Result<Confirmation, String> {
-    let argv = transport.shell(CONFIRM_SCRIPT, &[path.to_owned()], &[], Tty::No);
+fn settle(transport: &Transport, path: &str, watchdog: &Watchdog) -> Result<Confirmation, String> {
+    let args = [path.to_owned(), watchdog.pid.clone()];
+    let argv = transport.shell(&own_dir::with_functions(CONFIRM_SCRIPT), &args, &[], Tty::No);
     match exec::run(&argv, &[], Input::Null, Output::Capture) {
         Ok(answer) => {
             let answer = String::from_utf8_lossy(&answer);
@@ -365,7 +378,7 @@ pub fn confirm(target: &Transport, watchdog: &Watchdog, reporter: &Reporter) -> 
     let fresh = target.new_connection(RECONNECT_TIMEOUT);
     loop {
         reporter.log(&label, Level::Debug, "confirming the new system over a new connection".to_owned());
-        match settle(&fresh, &target.target.path) {
+        match settle(&fresh, &target.target.path, watchdog) {
             Ok(confirmation) => return confirmation,
             Err(why) if Instant::now() + RETRY_PAUSE >= watchdog.deadline => {
                 return Confirmation::Unreachable(why)
@@ -384,9 +397,9 @@ pub fn confirm(target: &Transport, watchdog: &Watchdog, reporter: &Reporter) -> 
 
 /// Ends the watchdog before krops rolls back itself (over the run's connection, else a new
 /// one): two rollbacks would go back two generations. `None` when neither reached it.
-pub fn disarm(target: &Transport, reporter: &Reporter) -> Option<Confirmation> {
+pub fn disarm(target: &Transport, watchdog: &Watchdog, reporter: &Reporter) -> Option<Confirmation> {
     for transport in [target.clone(), target.new_connection(RECONNECT_TIMEOUT)] {
-        if let Ok(confirmation) = settle(&transport, &target.target.path) {
+        if let Ok(confirmation) = settle(&transport, &target.target.path, watchdog) {
             return Some(confirmation);
         }
     }

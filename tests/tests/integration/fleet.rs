@@ -185,7 +185,7 @@ fn status_reports_the_record_and_drift() {
         failed["sources"]["conf"]["status"], "as recorded",
         "the failed run repaired the hand edit first"
     );
-    assert_eq!(site.read(".krops-record").matches("activation ").count(), 1, "the last activation only");
+    assert_eq!(site.read(".krops/record").matches("activation ").count(), 1, "the last activation only");
 }
 
 /// A deployment without sources still leaves a record, and so a status, behind.

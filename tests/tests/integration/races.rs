@@ -130,3 +130,117 @@ fn an_interrupted_secrets_transfer_leaves_the_old_or_the_new_secrets_whole() {
     // Most trials must have hit the stream itself, or the test proves little.
     assert!(interrupted_mid_stream >= 15, "only {interrupted_mid_stream} of 30 trials hit the transfer");
 }
+
+crate::on_every_site!(a_writer_racing_names_in_the_target_path_reaches_nothing_outside);
+
+/// The account that shares the target path in [`a_writer_racing_names_in_the_target_path_reaches_nothing_outside`].
+const STRANGER: &str = "65534";
+
+/// Lets [`STRANGER`] write `dir` (it owns it) and reach it (every directory above it gets
+/// o+x).
+fn share_with_stranger(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    Command::new("chown").args([&format!("{STRANGER}:{STRANGER}")]).arg(dir).status().unwrap();
+    for ancestor in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(ancestor).unwrap().permissions().mode();
+        std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o001)).unwrap();
+    }
+}
+
+/// A writer that shares the target path, racing krops for the whole run: every name krops
+/// used to keep beside the sources becomes a symlink out of the target (to a file that does not
+/// exist yet, or to a directory); what krops makes there (its own directory, staging
+/// directories) is renamed away and a symlink put in its place; now and then the sentinel too.
+const RACER: &str = r#"v=$1 private=$2 i=0
+while :; do
+  i=$((i + 1))
+  for n in .krops-watchdog .krops-watchdog.fired .krops-watchdog.confirmed .krops-lock .krops-holder \
+           .krops-record secrets.krops-staging secrets.krops-old info.krops-new; do
+    ln -sfn "$v/$n" "$n" 2> /dev/null
+  done
+  for n in .krops .krops/* secrets.krops-staging.* .krops-sentinel.*; do
+    [ -e "$n" ] && [ ! -L "$n" ] || continue
+    mv -T -- "$n" "moved.$i" 2> /dev/null || continue
+    case $n in .krops) ln -sfn "$private" .krops ;; *) ln -sfn "$v" "$n" ;; esac 2> /dev/null
+  done
+  case $((i % 8)) in
+    0) ln -sfn "$v" .populate 2> /dev/null ;;
+    4) ln -sfn "$v/.populate" .populate 2> /dev/null ;;
+  esac
+done"#;
+
+fn a_writer_racing_names_in_the_target_path_reaches_nothing_outside(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let victim = sb.mkdir("victim");
+    std::fs::write(victim.join("keep"), "precious").unwrap();
+    // A directory only root can use, as krops's own is: only its place tells them apart.
+    let private = sb.mkdir("private");
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    for i in 0..5 {
+        store.insert(&format!("s{i}"), format!("secret {i}\n").as_bytes());
+    }
+    let more_sources = format!(
+        "info.pipe = \"echo hi\"\nlink.symlink = \"nixpkgs\"\n\
+         [deployments.site.source.secrets.passage]\ndir = {:?}\nidentities_file = {:?}\n",
+        store.store.display().to_string(),
+        store.identities.display().to_string()
+    );
+    let guarded = "force = true\nbackup = true\nconfirmTimeout = 20";
+    // Locally, a stand-in nixos-rebuild on PATH records its calls; remote hosts have their own.
+    let stand_in = sb.mkdir("bin");
+    let local_log = sb.path("nixos-rebuild.log");
+    std::fs::write(
+        stand_in.join("nixos-rebuild"),
+        format!("#!/bin/sh\necho \"$*\" >> {}\n", local_log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        stand_in.join("nixos-rebuild"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    crate::support::nixos_deployment(&sb, &site, "raced", "", guarded);
+    let config = sb.read("krops.toml");
+    sb.write("krops.toml", &format!("{config}{more_sources}"));
+    share_with_stranger(&site.path(""));
+    let mut racer = Command::new("setpriv")
+        .args([&format!("--reuid={STRANGER}"), &format!("--regid={STRANGER}"), "--clear-groups", "--"])
+        .args(["/bin/sh", "-c", RACER, "racer"])
+        .arg(&victim)
+        .arg(&private)
+        .current_dir(site.path(""))
+        .spawn()
+        .unwrap();
+    let path = format!("{}:{}", stand_in.display(), std::env::var("PATH").unwrap_or_default());
+    let mut succeeded = 0;
+    for _ in 0..6 {
+        let outcome = crate::support::Outcome::of({
+            let mut command = sb.krops_command(&["deploy"]);
+            command.env("PATH", &path);
+            command
+        });
+        succeeded += usize::from(outcome.code == Some(0));
+    }
+    Command::new("kill").arg(racer.id().to_string()).status().unwrap();
+    racer.wait().unwrap();
+    let names: Vec<String> = std::fs::read_dir(&victim)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["keep"], "written into {} ({succeeded} of 6 runs succeeded)", victim.display());
+    assert_eq!(std::fs::read_to_string(victim.join("keep")).unwrap(), "precious");
+    assert_eq!(std::fs::read_dir(&private).unwrap().count(), 0, "written into {}", private.display());
+    let log = match site.host() {
+        None => std::fs::read_to_string(&local_log).unwrap_or_default(),
+        Some(_) => crate::support::state(&site, "nixos-rebuild.log"),
+    };
+    assert!(!log.contains("--rollback"), "a healthy system was rolled back: {log}");
+    // Without the racer, the target converges.
+    let mut command = sb.krops_command(&["deploy"]);
+    command.env("PATH", &path);
+    crate::support::Outcome::of(command).success();
+    assert_eq!(site.read("info"), "hi\n");
+}

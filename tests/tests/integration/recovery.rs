@@ -69,7 +69,7 @@ fn a_failing_check_rolls_back_to_the_previous_generation(kind: Kind) {
         "{log}"
     );
     assert!(last_activation(&site).ends_with("-nixos-system-first"), "{}", state(&site, "activations"));
-    let record = site.read(".krops-record");
+    let record = site.read(".krops/record");
     assert!(record.contains("activation switch rolled-back "), "{record}");
 }
 
@@ -147,7 +147,7 @@ fn an_unreachable_new_system_rolls_itself_back(kind: Kind) {
             Instant::now() < deadline,
             "not rolled back within {timeout} s + 5 s: {}\n{}",
             state(&site, "activations"),
-            std::fs::read_to_string(site.path(".krops-watchdog.fired")).unwrap_or_default()
+            std::fs::read_to_string(site.path(".krops/watchdog.fired")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -157,7 +157,7 @@ fn an_unreachable_new_system_rolls_itself_back(kind: Kind) {
     assert_eq!(rollbacks(&site), 1);
     assert!(state(&site, "nixos-rebuild.log").lines().last().unwrap().starts_with("argv=switch --rollback"));
     crate::support::wait_until("the watchdog records the rollback", || {
-        site.read(".krops-record").contains("activation watchdog rolled-back ")
+        site.read(".krops/record").contains("activation watchdog rolled-back ")
     });
 }
 
@@ -166,7 +166,7 @@ fn a_confirmed_system_stays_and_its_watchdog_is_gone(kind: Kind) {
     let timeout = 8;
     config(&sb, &site, "second", "", &format!("confirmTimeout = {timeout}\nrollback = true"));
     sb.krops(&["deploy"]).success();
-    let pid = site.read(".krops-watchdog.confirmed");
+    let pid = site.read(".krops/watchdog.confirmed");
     // A zombie waiting for its reaper has ended too.
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
     assert!(
@@ -176,7 +176,7 @@ fn a_confirmed_system_stays_and_its_watchdog_is_gone(kind: Kind) {
     std::thread::sleep(Duration::from_secs(timeout + 1));
     assert_eq!(rollbacks(&site), 0);
     assert!(last_activation(&site).ends_with("-nixos-system-second"));
-    assert!(!site.path(".krops-watchdog").exists() && !site.path(".krops-watchdog.fired").exists());
+    assert!(!site.path(".krops/watchdog").exists() && !site.path(".krops/watchdog.fired").exists());
 }
 
 fn a_failed_test_activation_returns_to_the_current_generation(kind: Kind) {
@@ -258,7 +258,7 @@ fn a_watchdog_that_fires_first_tells_its_verdict(kind: Kind) {
         .stderr_has("the confirm watchdog fired at")
         .stderr_has("the target rolled itself back");
     assert!(last_activation(&site).ends_with("-nixos-system-first"), "{}", state(&site, "activations"));
-    let record = site.read(".krops-record");
+    let record = site.read(".krops/record");
     assert!(record.contains("activation watchdog rolled-back "), "{record}");
     assert!(!record.contains("activation switch"), "krops left the watchdog's verdict alone: {record}");
     // Its work done, the watchdog holds nothing.
@@ -266,7 +266,7 @@ fn a_watchdog_that_fires_first_tells_its_verdict(kind: Kind) {
     sb.krops(&["deploy"]).success();
 }
 
-/// A `.krops-watchdog` naming a live process that is no watchdog (a reused PID), PID 0, or
+/// A `.krops/watchdog` naming a live process that is no watchdog (a reused PID), PID 0, or
 /// garbage locks nothing.
 fn a_stale_watchdog_file_locks_nothing(kind: Kind) {
     let sb = Sandbox::new();
@@ -274,8 +274,11 @@ fn a_stale_watchdog_file_locks_nothing(kind: Kind) {
     config(&sb, &site, "first", "", "");
     let mut stranger = std::process::Command::new("sleep").arg("60").spawn().unwrap();
     for content in [format!("{}\n", stranger.id()), "0\n".to_owned(), "x y\n".to_owned()] {
-        site.write(".krops-watchdog", &content);
-        site.write(".krops-watchdog.fired", &content);
+        site.write(".krops/watchdog", &content);
+        site.write(".krops/watchdog.fired", &content);
+        // As krops makes its directory: else it would be replaced, stale files and all.
+        std::fs::set_permissions(site.path(".krops"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
         sb.krops(&["populate"]).success();
     }
     assert!(stranger.try_wait().unwrap().is_none(), "the stranger was not signalled");

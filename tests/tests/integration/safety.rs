@@ -237,12 +237,14 @@ fn half_written_record_files_of_an_interrupted_run_go() {
             site.target()
         ),
     );
-    site.write(".krops-record.Ab3dE9", "source half");
-    site.write(".krops-holder.x1Y2z3", "someone since");
+    site.write(".krops/record.Ab3dE9", "source half");
+    site.write(".krops/holder.x1Y2z3", "someone since");
+    std::fs::set_permissions(site.path(".krops"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .unwrap();
     site.write("conf.krops-record.keep", "not krops's");
     sb.krops(&["populate"]).success();
-    assert!(!site.path(".krops-record.Ab3dE9").exists() && !site.path(".krops-holder.x1Y2z3").exists());
-    assert!(site.path(".krops-record").exists());
+    assert!(!site.path(".krops/record.Ab3dE9").exists() && !site.path(".krops/holder.x1Y2z3").exists());
+    assert!(site.path(".krops/record").exists());
     assert_eq!(site.read("conf.krops-record.keep"), "not krops's");
 }
 
@@ -595,7 +597,7 @@ fn a_hard_link_at_the_lock_file_is_not_written_through() {
     sb.krops(&["populate"]).success();
     sb.krops(&["populate"]).success();
     assert_victim_intact(&victim);
-    assert!(site.read(".krops-holder").contains(" since "), "who held the lock is kept beside it");
+    assert!(site.read(".krops/holder").contains(" since "), "who held the lock is kept in krops's directory");
 }
 
 /// A `.rsync-filter` among the sources must not pull the backup into the backup.
@@ -607,7 +609,7 @@ fn a_source_named_rsync_filter_does_not_nest_backups() {
         "krops.toml",
         &format!(
             "[deployments.site]\ntarget = {}\nforce = true\nbackup = true\n[deployments.site.source]\n\
-             \".rsync-filter\".pipe = \"printf '+ /.populate\\\\n+ /.krops-lock\\\\n'\"\n",
+             \".rsync-filter\".pipe = \"printf '+ /.populate\\\\n+ /.krops\\\\n'\"\n",
             site.target()
         ),
     );
@@ -615,7 +617,7 @@ fn a_source_named_rsync_filter_does_not_nest_backups() {
         sb.krops(&["populate"]).success();
     }
     assert!(!site.path(".populate/backup/.populate").exists(), "{:?}", site.listing(".populate"));
-    assert!(!site.path(".populate/backup/.krops-lock").exists());
+    assert!(!site.path(".populate/backup/.krops").exists());
 }
 
 /// Work a run left on the target (krops was killed during a remote command) keeps the lock
