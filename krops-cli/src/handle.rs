@@ -17,19 +17,25 @@ use crate::exec::{self, Argv, Input, Output};
 use crate::transport::{Transport, Tty};
 
 /// Writes stdin to `$1` so that it never exists with a wider mode than `$2`, and never
-/// half-written: a temporary file (0600 under umask 077) is filled, chmodded and renamed.
+/// half-written: a file is filled and chmodded in a fresh private directory beside `$1`
+/// (`sdk::PRIVATE_DIR_FUNCTIONS`: no one else can reach it), then renamed into place.
 /// Whatever stood at `$1` is replaced, never followed: `mv -T` renames over a symlink (to a
 /// directory, too) instead of moving into the directory it points to.
 const WRITE_FILE_SCRIPT: &str = r#"set -e
 umask 077
 mkdir -p -- "$(dirname -- "$1")"
-tmp=$(mktemp -- "$1.krops-XXXXXX")
-trap 'rm -f -- "$tmp"' EXIT
-cat > "$tmp"
-chmod "$2" -- "$tmp"
-if [ -d "$1" ] && [ ! -L "$1" ]; then rm -rf -- "$1"; fi
-mv -fT -- "$tmp" "$1"
-trap - EXIT"#;
+enter_private_dir "$1.krops-XXXXXX" || exit 1
+trap leave_private_dir EXIT
+cat > file
+chmod "$2" file
+name=${1##*/}
+if [ -d "../$name" ] && [ ! -L "../$name" ]; then rm -rf -- "../$name"; fi
+mv -fT -- file "../$name""#;
+
+/// [`WRITE_FILE_SCRIPT`] with the functions it uses.
+fn write_file_script() -> String {
+    format!("{}\n{WRITE_FILE_SCRIPT}", krops_core::sdk::PRIVATE_DIR_FUNCTIONS)
+}
 
 /// What the host lends a plugin for one call: the deployment's target for `prepare` (to read
 /// from) and `populate`; nothing for `validate`.
@@ -92,7 +98,7 @@ impl<'a> HostHandle<'a> {
                     return Err(format!("write_file needs an absolute path, not {:?}", request.path));
                 }
                 let args = [request.path, format!("{:o}", request.mode & 0o7777)];
-                self.run(&transport.shell(WRITE_FILE_SCRIPT, &args, &[], Tty::No), Input::Bytes(input))
+                self.run(&transport.shell(&write_file_script(), &args, &[], Tty::No), Input::Bytes(input))
                     .map(drop)?;
                 Ok(Vec::new())
             }

@@ -61,7 +61,13 @@ incomplete() {
   exit 1
 }
 if ! failed=$(tar -x -p --no-same-owner -f - 2>&1 > /dev/null); then
-  echo "error: cannot unpack the secrets for $dest: $(printf '%s\n' "$failed" | grep -v -m 1 'Exiting with failure' || true)" >&2
+  why=$(printf '%s\n' "$failed" | grep -v 'Exiting with failure' | head -n 1)
+  # tar says "Wrote only N of M bytes" of a full disk, not why: the file system tells.
+  case $why in *"No space left"*) ;; *)
+    free=$(df -Pk . 2> /dev/null | awk 'NR == 2 { print $4 }')
+    if [ -n "$free" ] && [ "$free" -lt 64 ]; then why="No space left on device ($why)"; fi ;;
+  esac
+  echo "error: cannot unpack the secrets for $dest: $why" >&2
   exit 1
 fi
 [ -d tree ] && [ -f manifest ] || incomplete "the stream ended early"

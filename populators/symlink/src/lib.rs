@@ -44,7 +44,8 @@ if [ -d "$1" ] && [ ! -L "$1" ]; then
   echo "$1 is a directory; remove it or name the symlink source differently" >&2; exit 1
 fi
 rm -rf -- "$1.krops-new"
-ln -s -- "$2" "$1.krops-new"
+# -T: should anything appear at the name meanwhile, fail rather than make the link inside it.
+ln -sT -- "$2" "$1.krops-new"
 mv -fT -- "$1.krops-new" "$1""#;
         target.run_script(script, &[&request.destination(), &request.attrs.target], b"")?;
         Ok(serde_json::json!({ "target": request.attrs.target }))

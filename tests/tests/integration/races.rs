@@ -244,3 +244,35 @@ fn a_writer_racing_names_in_the_target_path_reaches_nothing_outside(kind: Kind) 
     crate::support::Outcome::of(command).success();
     assert_eq!(site.read("info"), "hi\n");
 }
+
+/// A target whose disk fills while secrets arrive: the error says so (not only tar's "Exiting
+/// with failure status"), the old secrets stay, and no staging directory is left behind.
+#[test]
+fn a_full_disk_is_named_and_leaves_the_old_secrets_and_no_staging() {
+    let sb = Sandbox::new();
+    let site = Site::new(&sb, Kind::Local);
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "krops-full-disk"])
+        .arg(site.path(""))
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    // Unmounted however the test ends.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(site.path(""));
+    std::fs::write(site.path(".populate"), "").unwrap();
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    store.insert("small", b"old\n");
+    passage_config(&sb, &site, &store);
+    sb.krops(&["populate"]).success();
+    store.insert("big", &vec![b'x'; 512 * 1024]);
+    sb.krops(&["populate"]).code(1).stderr_has("No space left on device");
+    assert_eq!(site.read("secrets/small"), "old\n");
+    assert!(!site.path("secrets/big").exists());
+    assert_eq!(entries_named(&site.path(""), "krops-staging"), Vec::<String>::new());
+}
