@@ -38,6 +38,25 @@ pub struct Clean {
     exclude: Vec<String>,
 }
 
+/// `neutralise_filters DIR`: every filter driver that the work tree's own configuration names
+/// (`filter.NAME.*`, which a checkout or a status would run) is overridden for the git commands
+/// that follow by one that runs nothing of it: `cat` both ways, no long-running process, not
+/// required. Overrides travel in git's environment (`GIT_CONFIG_COUNT`), which outranks every
+/// configuration file; the work tree's own file is left as it is.
+const NEUTRAL_FILTERS_FUNCTION: &str = r#"neutralise_filters() {
+  n=0
+  while IFS= read -r section; do
+    [ -n "$section" ] || continue
+    for setting in clean=cat smudge=cat process= required=false; do
+      export "GIT_CONFIG_KEY_$n=$section.${setting%%=*}" "GIT_CONFIG_VALUE_$n=${setting#*=}"
+      n=$((n + 1))
+    done
+  done <<EOF
+$(command git -C "$1" config --local --name-only --get-regexp '^filter\.' 2> /dev/null | sed 's/\.[^.]*$//' | sort -u)
+EOF
+  export GIT_CONFIG_COUNT=$n
+}"#;
+
 /// Puts commit `$3` of `$2` at `$1`. `$4`: shallow, `$5`: fetch always (1 or 0); the rest are
 /// `git clean` exclude patterns.
 const POPULATE_SCRIPT: &str = r#"set -efu
@@ -66,6 +85,7 @@ if [ ! -e "$dest" ]; then
   fi
 fi
 cd -- "$dest"
+neutralise_filters .
 if ! current=$(git config --get remote.origin.url); then
   git remote add origin "$url"
 elif [ "$current" != "$url" ]; then
@@ -101,6 +121,7 @@ top=$(git -C "$dest" rev-parse --show-toplevel 2>/dev/null || true)
 if [ -L "$dest" ] || [ -L "$dest/.git" ] || [ ! -d "$dest/.git" ] || [ "$top" != "$(cd -- "$dest" && pwd -P)" ]; then
   echo replaced; exit 0
 fi
+neutralise_filters "$dest"
 echo "head $(git -C "$dest" rev-parse -q --verify HEAD || echo none)"
 if [ -n "$(git -C "$dest" status --porcelain --untracked-files=no 2>/dev/null)" ]; then echo modified; fi"#;
 
@@ -156,7 +177,8 @@ impl PopulatorPlugin for Git {
     /// The work tree's commit against the resolved one, and local edits `reset` would undo.
     fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
         let commit = request.attrs.commit.clone().ok_or("git source was not prepared")?;
-        let answer = target.run_script(HEAD_SCRIPT, &[&request.destination()], b"")?;
+        let script = format!("{NEUTRAL_FILTERS_FUNCTION}\n{HEAD_SCRIPT}");
+        let answer = target.run_script(&script, &[&request.destination()], b"")?;
         let answer = String::from_utf8_lossy(&answer);
         let mut changes = Vec::new();
         for line in answer.lines() {
@@ -196,7 +218,8 @@ impl PopulatorPlugin for Git {
         args.extend(attrs.clean.exclude.iter().map(String::as_str));
         // The URL may carry credentials; only the commit is logged.
         target.log_debug(&format!("{}: checking out {commit}", request.name));
-        let head = target.run_script(POPULATE_SCRIPT, &args, b"")?;
+        let script = format!("{NEUTRAL_FILTERS_FUNCTION}\n{POPULATE_SCRIPT}");
+        let head = target.run_script(&script, &args, b"")?;
         let head = String::from_utf8_lossy(&head).trim().to_owned();
         if head != commit {
             return Err(format!("the work tree is at {head}, not at {commit}"));

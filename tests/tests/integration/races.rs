@@ -276,3 +276,43 @@ fn a_full_disk_is_named_and_leaves_the_old_secrets_and_no_staging() {
     assert!(!site.path("secrets/big").exists());
     assert_eq!(entries_named(&site.path(""), "krops-staging"), Vec::<String>::new());
 }
+
+/// A filter driver left in a target work tree's own configuration (with an attribute naming
+/// it in `.git/info/attributes`) runs nothing: not when `diff` looks at the work tree, not
+/// when populate checks out a new commit or repairs an edited file.
+#[test]
+fn a_filter_driver_in_a_target_work_tree_runs_nothing() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let repo = krops_tests::git::Repo::init(sb.path("repo"));
+    repo.commit("a.nix", "first");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\nsource.r.git = {{ url = {:?}, ref = \"main\" }}\n",
+            site.target(),
+            repo.url()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    let ran = sb.path("filter-ran");
+    let mut config = std::fs::OpenOptions::new().append(true).open(site.path("r/.git/config")).unwrap();
+    std::io::Write::write_all(
+        &mut config,
+        format!(
+            "[filter \"evil\"]\n\tclean = touch {0}; cat\n\tsmudge = touch {0}; cat\n\trequired = true\n",
+            ran.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    site.write("r/.git/info/attributes", "* filter=evil\n");
+    // A tracked file edited by hand: status must look at its content.
+    site.write("r/a.nix", "edited");
+    sb.krops(&["diff"]).success();
+    assert!(!ran.exists(), "diff ran the work tree's filter");
+    repo.commit("a.nix", "second");
+    sb.krops(&["populate"]).success();
+    assert!(!ran.exists(), "populate ran the work tree's filter");
+    assert_eq!(site.read("r/a.nix"), "second");
+}
