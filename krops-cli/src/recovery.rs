@@ -85,9 +85,17 @@ pub fn run_checks(
 }
 
 /// `/bin/sh -c COMMAND` on the target, ended by `timeout` there (ending the local ssh client
-/// would leave the remote command running).
+/// would leave the remote command running). `timeout` runs it in a process group of its own;
+/// whatever the command left running there when it ended (`sleep 60 &`) is ended with it, for
+/// it would hold the connection open, and the check with it, until it exits.
+const COMMAND_CHECK_SCRIPT: &str = r#"timeout -k 2 "$1" /bin/sh -c "$2" &
+check=$!
+wait "$check" && status=0 || status=$?
+kill -KILL "-$check" 2> /dev/null || true
+exit "$status""#;
+
 fn command_check(target: &Transport, command: &str, seconds: u64, reporter: &Reporter) -> Result<(), String> {
-    let script = "exec timeout -k 2 \"$1\" /bin/sh -c \"$2\"";
+    let script = COMMAND_CHECK_SCRIPT;
     let argv = target.shell(script, &[seconds.to_string(), command.to_owned()], &[], Tty::No);
     reporter.log(&target.host_label(), Level::Trace, format!("running {}", argv.display()));
     match exec::run(&argv, &[], Input::Null, Output::Capture) {
@@ -281,7 +289,7 @@ if [ -n "$watchdog" ] && cd "/proc/$watchdog/cwd" 2> /dev/null && own_dir_here "
 elif ! enter_own_dir "$1"; then echo gone; exit 0
 fi
 if [ -f watchdog ] && mv -T -- watchdog watchdog.confirmed 2>/dev/null; then
-  [ -z "$watchdog" ] || kill -- "-$watchdog" 2>/dev/null || true
+  [ -z "$watchdog" ] || kill -TERM "-$watchdog" 2>/dev/null || true
   echo confirmed
 elif [ -f watchdog.fired ]; then
   case $(tail -n 1 -- watchdog.fired) in

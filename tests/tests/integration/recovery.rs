@@ -343,3 +343,22 @@ impl HttpServer {
         self.requests.load(Ordering::SeqCst)
     }
 }
+
+/// A health check that leaves a child in the background (`sleep … &`) ends with its command:
+/// the child is ended then (it would hold the connection open until it exits), and no longer
+/// than the check's timeout in any case.
+#[test]
+fn a_health_check_s_background_child_ends_with_it() {
+    let (sb, site) = deployed(Kind::Root, "first");
+    let sleeper = format!("sleep 40.{}", std::process::id());
+    let checks = format!(
+        "healthChecks = [{{ command = \"{sleeper} > /dev/null 2>&1 & {sleeper} & echo started\", timeout = 3 }}]"
+    );
+    config(&sb, &site, "second", "", &checks);
+    let started = Instant::now();
+    sb.krops(&["deploy"]).success();
+    assert!(started.elapsed() < Duration::from_secs(20), "the check took {:?}", started.elapsed());
+    crate::support::wait_until("the check's children are gone", || {
+        crate::support::processes_mentioning(&sleeper).iter().all(|p| !p.contains(": sleep "))
+    });
+}
