@@ -8,7 +8,9 @@
 //! USER@HOST`, `when TIME`, `krops VERSION`, then `source FINGERPRINT STATE TYPE COMMIT NAME`
 //! per source (`-` for a missing fingerprint or commit), and, once activation ended,
 //! `activation OPERATION RESULT TIME`. It never holds secret content: fingerprints of secrets
-//! come from their ciphertexts, states from names, sizes and mtimes. (Version 1 records, whose
+//! come from their ciphertexts, states from names, sizes and mtimes (and, for secrets and pipe
+//! outputs, one digest over their contents' SHA-256 among them: nothing a guess could be checked
+//! against without every other detail of the tree). (Version 1 records, whose
 //! source lines lack TYPE and COMMIT, are still read.)
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// A shell function, `state KIND NAME`, printing the state of `<path>/NAME` (`$p`): a SHA-256
 /// of every entry's relative name, kind, size, mtime, mode and link target, or `absent`. For a
 /// git work tree (KIND `g`) the `.git` directories below it are left out and the commit of its
-/// HEAD put in instead. When the tools fail (no `find -printf`, no `sha256sum`), it prints `unknown`, which
+/// HEAD put in instead; for content (KIND `c`: secrets, a pipe's output, small and easily
+/// forged with the same size and mtime) every file's SHA-256 goes in too. When the tools fail (no `find -printf`, no `sha256sum`), it prints `unknown`, which
 /// never matches a record: an unreadable state means "populate".
 pub const STATE_FUNCTION: &str = r#"state() {
   if [ -e "$p/$2" ] || [ -L "$p/$2" ]; then
@@ -27,7 +30,8 @@ pub const STATE_FUNCTION: &str = r#"state() {
         git -C "./$2" rev-parse HEAD
       else
         find "./$2" -mindepth 1 -printf '%P\t%y\t%s\t%T@\t%m\t%l\n'
-      fi
+      fi &&
+      if [ "$1" = c ]; then find "./$2" -type f -exec sha256sum -- {} +; fi
     } 2>/dev/null | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
     case $h in
       ''|e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855) echo unknown ;;
@@ -39,16 +43,17 @@ pub const STATE_FUNCTION: &str = r#"state() {
 }"#;
 
 /// How the lock script and `WRITE_SCRIPT` are told about a source: `KIND NAME`, KIND `g` for a
-/// git work tree, `-` otherwise.
+/// git work tree, `c` where content counts beyond sizes and mtimes (see `STATE_FUNCTION`), `-`
+/// otherwise.
 pub fn state_argument(source_type: &str, name: &str) -> String {
     format!("{} {name}", state_kind(source_type))
 }
 
 fn state_kind(source_type: &str) -> &'static str {
-    if source_type == "git" {
-        "g"
-    } else {
-        "-"
+    match source_type {
+        "git" => "g",
+        "pass" | "passage" | "pipe" => "c",
+        _ => "-",
     }
 }
 

@@ -316,3 +316,37 @@ fn a_filter_driver_in_a_target_work_tree_runs_nothing() {
     assert!(!ran.exists(), "populate ran the work tree's filter");
     assert_eq!(site.read("r/a.nix"), "second");
 }
+
+/// A secret and a pipe's output changed on the target to other content of the same size, with
+/// their mtimes put back: `status` reports them drifted (as `diff` does), and populate repairs
+/// them instead of skipping them as unchanged.
+#[test]
+fn same_size_tampering_with_restored_mtimes_is_drift() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    store.insert("token", b"genuine\n");
+    passage_config(&sb, &site, &store);
+    let config = sb.read("krops.toml");
+    sb.write("krops.toml", &config.replace("[deployments.site.source.secrets.passage]", "[deployments.site.source]\ninfo.pipe = \"echo genuine\"\n[deployments.site.source.secrets.passage]"));
+    sb.krops(&["populate"]).success();
+    for name in ["secrets/token", "info"] {
+        let path = site.path(name);
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, "forged!\n").unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    }
+    let status = sb.krops(&["--json", "status"]);
+    status.success();
+    let event = status
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["event"] == "status")
+        .unwrap();
+    assert_eq!(event["sources"]["secrets"]["status"], "drifted", "{event}");
+    assert_eq!(event["sources"]["info"]["status"], "drifted", "{event}");
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("secrets/token"), "genuine\n");
+    assert_eq!(site.read("info"), "genuine\n");
+}
