@@ -350,3 +350,43 @@ fn same_size_tampering_with_restored_mtimes_is_drift() {
     assert_eq!(site.read("secrets/token"), "genuine\n");
     assert_eq!(site.read("info"), "genuine\n");
 }
+
+/// After a run was killed, the lock waits for that run's remote work; a process of another
+/// account that carries the run's marker (anyone can read it in the process list and name a
+/// process so) is not that work and holds nothing.
+#[test]
+fn a_stranger_carrying_a_killed_run_s_marker_holds_no_lock() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let sleeper = format!("sleep 2.{}", std::process::id());
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\ncommand = \"{sleeper}\"\n[deployments.site.source]\ninfo.pipe = \"echo hi\"\n",
+            site.target()
+        ),
+    );
+    let mut krops =
+        sb.krops_with_tmpdir(&["run"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let remote_sleep = || processes_mentioning(&sleeper).into_iter().find(|p| p.contains("krops-run-"));
+    wait_until("the remote command runs", || remote_sleep().is_some());
+    let marker = remote_sleep()
+        .unwrap()
+        .split_whitespace()
+        .find(|word| word.starts_with("krops-run-"))
+        .unwrap()
+        .to_owned();
+    Command::new("kill").args(["-KILL", &krops.id().to_string()]).status().unwrap();
+    let _ = krops.wait();
+    let mut stranger = Command::new("setpriv")
+        .args([&format!("--reuid={STRANGER}"), &format!("--regid={STRANGER}"), "--clear-groups", "--"])
+        .args(["/bin/sh", "-c", "sleep 60; :", &marker])
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    crate::support::Outcome::of(sb.krops_with_tmpdir(&["--wait-lock", "40", "populate"])).success();
+    let waited = started.elapsed();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(waited < Duration::from_secs(20), "the stranger's process held the lock for {waited:?}");
+}
