@@ -420,8 +420,8 @@ impl Drop for Locks {
 /// The sentinel stage and the target-side lock, in one round trip that stays open: `$0` the
 /// run's marker, `$1` path,
 /// `$2` what `force` creates (`file`, `dir` or nothing), `$3` who holds the lock, `$4` how long
-/// to wait for it (empty: not at all). Answers `missing` (nothing was touched), `busy HOLDER`,
-/// or `locked`, then holds `flock` on krops's own directory (`own_dir.rs`) until its input
+/// to wait for it (empty: not at all). Answers `missing` (nothing was touched), `busy HOLDER`
+/// (`busy foreign uid UID PID PID` when the lock's holder is no krops run), or `locked`, then holds `flock` on krops's own directory (`own_dir.rs`) until its input
 /// closes: when krops releases it, exits, is killed, or its connection drops. The kernel
 /// releases a flock with its holder, so a lock is never stale; and only the directory's owner
 /// can open it, so no one else can hold it.
@@ -446,8 +446,16 @@ fi
 if [ ! -e "$p/.populate" ]; then echo missing; exit 0; fi
 enter_own_dir "$p" create
 exec 9< .
-# Who holds it: a line krops wrote in its own directory, bounded and printable.
+# Who holds it: a line krops wrote in its own directory, bounded and printable; unless the
+# kernel names a live holder that is no krops run (a krops lock's holder is its run's shell or
+# the `flock` that took it and is gone), which is then named by uid and PID.
 held_by() {
+  for pid in $(awk -v ino="$(stat -c %i .)" '$2 == "FLOCK" { n = split($6, f, ":"); if (f[n] == ino) print $5 }' /proc/locks 2> /dev/null); do
+    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2> /dev/null) in
+      ''|*krops-run-*) ;;
+      *) printf 'foreign uid %s PID %s' "$(stat -c %u "/proc/$pid" 2> /dev/null)" "$pid"; return ;;
+    esac
+  done
   h=$(head -c 300 holder 2> /dev/null | head -n 1 | tr -cd '[:print:]')
   printf '%s' "${h:-unknown}"
 }
@@ -580,17 +588,20 @@ fn lock_with_sentinel(
             return Ok((held, record::Seen::parse(&before)));
         }
         held.release();
+        let waiting =
+            if wait_lock.is_some() { "; gave up waiting" } else { "; wait for it with --wait-lock SECONDS" };
         match answer.strip_prefix("busy") {
-            Some(holder) => Err(fail(format!(
-                "{} is locked by another krops run ({}){}",
-                host.location(&path),
-                holder.trim(),
-                if wait_lock.is_some() {
-                    "; gave up waiting"
-                } else {
-                    "; wait for it with --wait-lock SECONDS"
-                }
-            ))),
+            Some(holder) => match holder.trim().strip_prefix("foreign ") {
+                Some(process) => Err(fail(format!(
+                    "{} is locked by a process that is no krops run ({process}){waiting}",
+                    host.location(&path),
+                ))),
+                None => Err(fail(format!(
+                    "{} is locked by another krops run ({}){waiting}",
+                    host.location(&path),
+                    holder.trim(),
+                ))),
+            },
             None => Err(fail(format!(
                 "missing sentinel file: {}; create it, or set force = true",
                 host.location(&format!("{path}/.populate"))

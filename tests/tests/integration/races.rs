@@ -390,3 +390,31 @@ fn a_stranger_carrying_a_killed_run_s_marker_holds_no_lock() {
     let _ = stranger.wait();
     assert!(waited < Duration::from_secs(20), "the stranger's process held the lock for {waited:?}");
 }
+
+/// A lock on krops's directory taken by something other than krops (only its owner can open
+/// it: here root, by hand) is reported as that process, by uid and PID, not blamed on the
+/// last krops run that held it.
+#[test]
+fn a_lock_held_by_no_krops_run_is_named_by_uid_and_pid() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source]\ninfo.pipe = \"echo hi\"\n",
+            site.target()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    let mut holder = Command::new("flock").arg(site.path(".krops")).args(["sleep", "30"]).spawn().unwrap();
+    wait_until("the lock is taken", || {
+        std::fs::read_to_string("/proc/locks").unwrap().lines().count() > 0
+            && !processes_mentioning("sleep 30").is_empty()
+    });
+    let refused = sb.krops(&["populate"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    refused
+        .code(1)
+        .stderr_has(&format!("is locked by a process that is no krops run (uid 0 PID {})", holder.id()));
+}
