@@ -136,7 +136,7 @@ fn deploy_one(
         let connected = ssh.connect(&transport);
         reporter.emit(connecting(true));
         connected.map_err(|message| {
-            DeployError::new(Some(host.clone()), Stage::Sentinel, None, Some("ssh".to_owned()), message)
+            DeployError::new(Some(host.clone()), Stage::Connect, None, Some("ssh".to_owned()), message)
         })
     };
     let target = connect(&deployment.target)?;

@@ -153,10 +153,23 @@ impl Transport {
 
     /// argv of the ControlMaster for this target: authenticates (prompting on the terminal
     /// if it must), then serves every later ssh and rsync through `socket` until killed.
-    pub fn master(&self, socket: &Path) -> Argv {
+    /// `defaults` (ssh options) come after the target's own options, which win (ssh takes an
+    /// option's first value).
+    pub fn master(&self, socket: &Path, defaults: &[String]) -> Argv {
         let mut argv = vec!["ssh".to_owned(), "-M".into(), "-N".into()];
         argv.extend(["-S".into(), socket.to_string_lossy().into_owned()]);
         argv.extend(["-o".into(), "ControlPersist=no".into()]);
+        argv.extend(self.login_options());
+        argv.extend(defaults.iter().cloned());
+        argv.extend(["--".into(), self.target.host.clone()]);
+        Argv(argv)
+    }
+
+    /// argv that prints the ssh configuration this target's connection would use (`ssh -G`:
+    /// the target's options, then the user's and the system's configuration), connecting
+    /// nowhere.
+    pub fn resolved_config(&self) -> Argv {
+        let mut argv = vec!["ssh".to_owned(), "-G".into()];
         argv.extend(self.login_options());
         argv.extend(["--".into(), self.target.host.clone()]);
         Argv(argv)
