@@ -4,6 +4,14 @@
 //! Sockets live in a private 0700 directory that disappears, with every master, at shutdown.
 //! A master that cannot connect or loses its server gives up after [`DEFAULT_OPTIONS`]' times,
 //! unless the target's options or the user's ssh configuration say otherwise.
+//!
+//! A connection carries at most [`SESSIONS_PER_CONNECTION`] commands at once; the others
+//! queue for a session ([`exec::Sessions`]). Past sshd's `MaxSessions` (10 by default) the
+//! server would refuse a session and ssh would silently open a connection of its own (no
+//! option turns that off): the cap keeps krops below it, and a guard makes a refused session
+//! fail instead (see `Transport::ssh_base`). Each deployment's target lock holds a
+//! session throughout, so at most [`DEPLOYMENTS_PER_CONNECTION`] deployments hold one
+//! connection at once (the pipeline admits them), leaving the other sessions for work.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -11,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::exec::{self, Background, Input, Output};
+use crate::exec::{self, Background, Input, Output, Sessions};
 use crate::target::Target;
 use crate::transport::Transport;
 
@@ -23,11 +31,24 @@ use crate::transport::Transport;
 const DEFAULT_OPTIONS: [(&str, &str, &str); 2] =
     [("connecttimeout", "none", "ConnectTimeout=10"), ("serveraliveinterval", "0", "ServerAliveInterval=10")];
 
+/// How many commands ride on one connection at once: sshd's default `MaxSessions` is 10, and a
+/// session the server has just closed may still count there for a moment.
+pub const SESSIONS_PER_CONNECTION: usize = 8;
+
+/// How many deployments hold sessions of one connection at once. Each holds its lock's for its
+/// whole run (two with a build host on the same connection), and needs more to work with.
+pub const DEPLOYMENTS_PER_CONNECTION: usize = SESSIONS_PER_CONNECTION / 2;
+
 /// What makes two targets share a connection: everything ssh connects with.
-type Key = (String, String, Option<u16>, Vec<String>);
+pub type Key = (String, String, Option<u16>, Vec<String>);
+
+/// The connection a remote target rides on; `None` for a local one.
+pub fn connection(transport: &Transport) -> Option<Key> {
+    (!transport.local).then(|| key(&transport.target))
+}
 
 enum Slot {
-    Connected(PathBuf),
+    Connected(PathBuf, Sessions),
     Failed(String),
 }
 
@@ -75,14 +96,16 @@ impl Multiplexer {
         let mut slot = slot.lock().map_err(|_| "ssh multiplexer poisoned")?;
         if slot.is_none() {
             *slot = Some(match self.start_master(transport) {
-                Ok(socket) => Slot::Connected(socket),
+                Ok(socket) => Slot::Connected(socket, Sessions::new(SESSIONS_PER_CONNECTION)),
                 Err(message) => Slot::Failed(message),
             });
         }
         match slot.as_ref() {
-            Some(Slot::Connected(socket)) => {
-                Ok(Transport { control_socket: Some(socket.clone()), ..transport.clone() })
-            }
+            Some(Slot::Connected(socket, sessions)) => Ok(Transport {
+                control_socket: Some(socket.clone()),
+                sessions: Some(sessions.clone()),
+                ..transport.clone()
+            }),
             Some(Slot::Failed(message)) => Err(message.clone()),
             None => Err("ssh master slot empty".to_owned()),
         }
@@ -201,7 +224,8 @@ mod tests {
         assert!(position("ServerAliveInterval=10") < position("--"));
         let mut resolved = argv.0.clone();
         resolved.splice(1..3, ["-G".to_owned()]);
-        let resolved = exec::run(&crate::exec::Argv(resolved), &[], Input::Null, Output::Capture).unwrap();
+        let resolved =
+            exec::run(&crate::exec::Argv::new(resolved), &[], Input::Null, Output::Capture).unwrap();
         let resolved = String::from_utf8_lossy(&resolved);
         assert!(resolved.lines().any(|line| line == "connecttimeout 3"), "{resolved}");
         assert!(resolved.lines().any(|line| line == "serveraliveinterval 10"), "{resolved}");

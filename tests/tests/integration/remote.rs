@@ -190,6 +190,64 @@ fn ipv6_targets() {
     sb.krops(&["populate"]).code(1).stderr_has("missing sentinel file: [::1]:/var/src/.populate");
 }
 
+/// Many deployments to one host share its one connection, however many sessions they would
+/// open at once: sshd's stock `MaxSessions` (10) refuses an eleventh session, which would make
+/// ssh open a connection of its own beside the master (and a stock `MaxStartups` drops some of
+/// those). Each deployment holds its lock's session throughout, and four sources go at once.
+#[test]
+fn many_deployments_to_one_host_share_one_connection_within_max_sessions() {
+    let sb = Sandbox::new();
+    let host = krops_tests::hosts::TestHost::start_stock("krops-test-stock");
+    let proxy = DelayProxy::start(host.address(), Duration::ZERO).unwrap();
+    for source in ["a", "b", "c", "d"] {
+        sb.write(&format!("conf/{source}"), source);
+    }
+    let mut config = String::new();
+    for n in 0..30 {
+        let target = host.target_toml(krops_tests::hosts::Login::Root, proxy.port, &format!("/var/src/d{n}"));
+        config.push_str(&format!(
+            "[deployments.d{n}]\ntarget = {target}\nforce = true\n[deployments.d{n}.source]\n\
+             a.file = \"conf/a\"\nb.file = \"conf/b\"\nc.file = \"conf/c\"\nd.file = \"conf/d\"\n"
+        ));
+    }
+    sb.write("krops.toml", &config);
+    sb.krops(&["populate"]).success();
+    for n in 0..30 {
+        let dir = host.var_src().join(format!("d{n}"));
+        assert_eq!(std::fs::read_to_string(dir.join("d")).unwrap(), "d", "d{n} populated");
+    }
+    assert_eq!(proxy.connections(), 1, "one TCP connection for 30 deployments");
+
+    // Nothing changed: every deployment only takes its lock and finds its sources recorded.
+    sb.krops(&["populate"]).success();
+    assert_eq!(proxy.connections(), 2, "one TCP connection for the no-op run");
+}
+
+/// A session the server refuses (here every one past the lock's: `MaxSessions 1`) fails its
+/// command, saying why, instead of ssh quietly opening a connection of its own beside the
+/// master, over ssh and over rsync alike.
+#[test]
+fn a_refused_session_fails_instead_of_opening_another_connection() {
+    let sb = Sandbox::new();
+    let host = krops_tests::hosts::TestHost::start_with_limits("krops-test-one-session", "MaxSessions 1\n");
+    let proxy = DelayProxy::start(host.address(), Duration::ZERO).unwrap();
+    sb.write("conf/a", "a");
+    let target = host.target_toml(krops_tests::hosts::Login::Root, proxy.port, "/var/src");
+    std::fs::write(host.var_src().join(".populate"), "").unwrap();
+    for source in ["a.file = \"conf/a\"", "l.symlink = \"a\""] {
+        sb.write("krops.toml", &format!("[deployments.site]\ntarget = {target}\nsource.{source}\n"));
+        let before = proxy.connections();
+        sb.krops(&["populate"])
+            .code(1)
+            .stderr_has("no session free on the ssh connection to 127.0.0.1")
+            .stderr_has("krops opens no other");
+        assert_eq!(proxy.connections(), before + 1, "{source}: a second connection was opened");
+    }
+    for name in ["a", "l"] {
+        assert!(!host.var_src().join(name).exists(), "{name} was populated");
+    }
+}
+
 /// A host that accepts the connection and never says a word (a hung sshd, a black hole behind
 /// a load balancer) fails its deployment, naming the host and the connect stage, once
 /// `ConnectTimeout` has passed: krops's default (10 s), or what the target's `extraOptions` or
