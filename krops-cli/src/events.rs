@@ -10,6 +10,8 @@ use tokio::sync::mpsc::UnboundedSender;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// Reaching a remote target: its ssh master connects and authenticates.
+    Connect,
     /// Before any target is touched: plugins resolve what may fail (git refs).
     Prepare,
     Sentinel,
@@ -29,6 +31,7 @@ pub enum Stage {
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Stage::Connect => "connect",
             Stage::Prepare => "prepare",
             Stage::Sentinel => "sentinel",
             Stage::Backup => "backup",

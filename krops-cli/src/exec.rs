@@ -8,6 +8,9 @@
 //! - it is started by one long-lived spawner thread with `PR_SET_PDEATHSIG`, so the kernel ends
 //!   it when krops itself dies, even of SIGKILL (the death signal follows the spawning
 //!   *thread*, hence one thread that lives as long as the process).
+//!
+//! A child that rides on a shared connection (an ssh ControlMaster) takes one of its
+//! [`Sessions`] before it starts and gives it back once reaped.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,7 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// What the child reads.
@@ -43,11 +46,26 @@ pub enum Output<'a> {
     Inherit,
 }
 
-/// A command as an argv vector; the program is `argv[0]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Argv(pub Vec<String>);
+/// A command as an argv vector; the program is `argv[0]`. It may ride on a shared
+/// connection, whose sessions it takes one of while it runs.
+#[derive(Debug, Clone)]
+pub struct Argv(pub Vec<String>, Option<Sessions>);
 
 impl Argv {
+    pub fn new(words: Vec<String>) -> Argv {
+        Argv(words, None)
+    }
+
+    /// This command, taking one of `sessions` while it runs.
+    pub fn riding(self, sessions: Option<Sessions>) -> Argv {
+        Argv(self.0, sessions)
+    }
+
+    /// Waits for a session of the connection this command rides on, if it rides on one.
+    fn take_session(&self) -> Option<Session> {
+        self.1.as_ref().map(Sessions::take)
+    }
+
     /// The command line as a shell would read it (for `-vv`; secrets never travel in argv).
     pub fn display(&self) -> String {
         crate::transport::join(&self.0)
@@ -133,6 +151,64 @@ fn group_for(argv: &Argv, input: &Input<'_>) -> Group {
         Group::Krops
     } else {
         Group::Own
+    }
+}
+
+/// The sessions of one shared connection (an ssh ControlMaster): at most `limit` children ride
+/// on it at once, the others wait their turn, first come first served. A child holds its
+/// session until it is reaped and never waits for another, so the queue moves as long as the
+/// children that hold theirs while their deployment's other commands wait (the target locks)
+/// leave some free (see `ssh::DEPLOYMENTS_PER_CONNECTION`).
+#[derive(Clone)]
+pub struct Sessions(Arc<(Mutex<Queue>, Condvar)>);
+
+/// Sessions in use, and tickets: the next to hand out, and the one whose turn it is.
+struct Queue {
+    limit: usize,
+    in_use: usize,
+    next: u64,
+    turn: u64,
+}
+
+impl Sessions {
+    pub fn new(limit: usize) -> Sessions {
+        let queue = Queue { limit: limit.max(1), in_use: 0, next: 0, turn: 0 };
+        Sessions(Arc::new((Mutex::new(queue), Condvar::new())))
+    }
+
+    /// Waits for a free session in turn; it is free again when the [`Session`] is dropped.
+    fn take(&self) -> Session {
+        let (queue, changed) = &*self.0;
+        // A panic elsewhere cannot leave the counters half-updated: they are plain numbers.
+        let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = queue.next;
+        queue.next += 1;
+        while queue.turn != ticket || queue.in_use >= queue.limit {
+            queue = changed.wait(queue).unwrap_or_else(PoisonError::into_inner);
+        }
+        queue.turn += 1;
+        queue.in_use += 1;
+        // The next in line may fit too.
+        changed.notify_all();
+        Session(self.clone())
+    }
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queue = self.0 .0.lock().unwrap_or_else(PoisonError::into_inner);
+        write!(f, "Sessions({} of {} in use)", queue.in_use, queue.limit)
+    }
+}
+
+/// One session taken from [`Sessions`], given back when dropped.
+struct Session(Sessions);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let (queue, changed) = &*self.0 .0;
+        queue.lock().unwrap_or_else(PoisonError::into_inner).in_use -= 1;
+        changed.notify_all();
     }
 }
 
@@ -231,6 +307,8 @@ pub fn run(
 ) -> Result<Vec<u8>, ExecError> {
     let program = argv.program().to_owned();
     let mut command = argv.command()?;
+    // Until the child is reaped.
+    let _session = argv.take_session();
     command.envs(env.iter().copied());
     command.stdin(match input {
         Input::Null => Stdio::null(),
@@ -365,6 +443,8 @@ pub struct Held {
     program: String,
     child: Child,
     stdin: Option<std::process::ChildStdin>,
+    /// The session it rides on, if any: given back once it is reaped.
+    _session: Option<Session>,
 }
 
 impl Held {
@@ -376,9 +456,10 @@ impl Held {
         let program = argv.program().to_owned();
         let mut command = argv.command()?;
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let session = argv.take_session();
         let child = spawn(command, group_for(argv, &Input::Null))
             .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
-        let mut held = Held { program: program.clone(), child, stdin: None };
+        let mut held = Held { program: program.clone(), child, stdin: None, _session: session };
         held.stdin = held.child.stdin.take();
         let mut before = Vec::new();
         let mut answer = String::new();
@@ -438,5 +519,48 @@ impl Held {
         let _ = self.child.kill();
         let _ = wait(&mut self.child);
         tracing::trace!(program = %self.program, "released");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At most `limit` sessions at once; a waiter gets one when one is given back, in turn.
+    #[test]
+    fn sessions_queue_in_turn_up_to_their_limit() {
+        let sessions = Sessions::new(2);
+        let first = sessions.take();
+        let second = sessions.take();
+        let (got, order) = mpsc::channel();
+        let waiters: Vec<_> = (0..2)
+            .map(|n| {
+                let (sessions, got) = (sessions.clone(), got.clone());
+                let waiter = std::thread::spawn(move || {
+                    let session = sessions.take();
+                    got.send(n).unwrap();
+                    session
+                });
+                // The second waiter queues behind the first.
+                std::thread::sleep(Duration::from_millis(50));
+                waiter
+            })
+            .collect();
+        assert!(
+            order.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a third session while two are taken"
+        );
+        drop(first);
+        assert_eq!(order.recv_timeout(Duration::from_secs(5)), Ok(0));
+        assert!(
+            order.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a third session while two are taken"
+        );
+        drop(second);
+        assert_eq!(order.recv_timeout(Duration::from_secs(5)), Ok(1));
+        for waiter in waiters {
+            drop(waiter.join().unwrap());
+        }
+        assert_eq!(format!("{sessions:?}"), "Sessions(0 of 2 in use)");
     }
 }

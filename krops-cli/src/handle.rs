@@ -79,7 +79,7 @@ impl<'a> HostHandle<'a> {
                 if request.argv.is_empty() {
                     return Err("run_local needs a program".to_owned());
                 }
-                self.run(&Argv(request.argv), Input::Bytes(input))
+                self.run(&Argv::new(request.argv), Input::Bytes(input))
             }
             (capability::RUN_SCRIPT, Some(transport)) => {
                 let request: RunScriptRequest = parse(request)?;

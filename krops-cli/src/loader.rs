@@ -307,7 +307,7 @@ fn probe_in_child(krops: &Path, files: &[PathBuf]) -> BTreeMap<PathBuf, Result<(
     while next < files.len() {
         let mut argv = vec![krops.display().to_string(), PROBE_ARGUMENT.to_owned()];
         argv.extend(files[next..].iter().map(|f| f.display().to_string()));
-        let (stdout, death) = match exec::run(&Argv(argv), &[], Input::Null, Output::Capture) {
+        let (stdout, death) = match exec::run(&Argv::new(argv), &[], Input::Null, Output::Capture) {
             Ok(stdout) => (stdout, None),
             Err(exec::ExecError::Failed { status, stderr, stdout, .. }) => {
                 (stdout, Some(describe_death(status, &stderr)))

@@ -100,5 +100,5 @@ fn evaluation_argv(scratch: &Path, file: &Path, show_trace: bool) -> Argv {
     for (name, path) in paths {
         argv.extend(["--argstr".into(), name.into(), path.display().to_string()]);
     }
-    Argv(argv)
+    Argv::new(argv)
 }

@@ -18,7 +18,7 @@ use crate::handle::HostHandle;
 use crate::loader::Registry;
 use crate::record;
 use crate::recovery;
-use crate::ssh::Multiplexer;
+use crate::ssh::{self, Multiplexer};
 use crate::target::Origin;
 use crate::transport::{Transport, Tty};
 
@@ -68,10 +68,23 @@ pub async fn run(
     // Deployments of this run to one place take turns (each would find the other's lock).
     // The flag says whether an earlier deployment went there: its lock may take a moment to go.
     let mut places: HashMap<String, Arc<tokio::sync::Mutex<bool>>> = HashMap::new();
+    // Deployments that lock hosts on one ssh connection take turns beyond
+    // `ssh::DEPLOYMENTS_PER_CONNECTION` (see ssh.rs): each lock holds one of its sessions.
+    let mut connections: HashMap<ssh::Key, Arc<Semaphore>> = HashMap::new();
     let mut tasks = Vec::new();
     for (name, deployment) in run.deployments {
         let place =
             places.entry(Transport::new(deployment.target.clone(), &origin).place()).or_default().clone();
+        // In one order for every deployment (the map's), so that no two wait for each other.
+        let admissions: Vec<(Arc<Semaphore>, u32)> = locked_connections(&deployment, &run.action, &origin)
+            .into_iter()
+            .map(|(key, locks)| {
+                let connection = connections
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(Semaphore::new(ssh::DEPLOYMENTS_PER_CONNECTION)));
+                (connection.clone(), locks)
+            })
+            .collect();
         let semaphore = semaphore.clone();
         let registry = registry.clone();
         let origin = origin.clone();
@@ -83,6 +96,11 @@ pub async fn run(
             let mut turn = place.lock_owned().await;
             let wait_lock = if *turn { Some(wait_lock.unwrap_or(0).max(SUCCESSOR_WAIT)) } else { wait_lock };
             *turn = true;
+            // Held until the deployment ends, as its locks are.
+            let mut admitted = Vec::new();
+            for (connection, locks) in admissions {
+                admitted.push(connection.acquire_many_owned(locks).await);
+            }
             let _permit = semaphore.acquire_owned().await;
             let started = Instant::now();
             // Stages call plugins and wait for child processes: blocking work.
@@ -107,6 +125,29 @@ pub async fn run(
         outcomes.push((name, result));
     }
     outcomes
+}
+
+/// The ssh connections whose sessions a deployment's target locks hold, with how many locks on
+/// each: its target's, and a `deploy`'s build host's when it is elsewhere (as [`deploy_one`]
+/// locks them). `status` and `diff` lock nothing.
+fn locked_connections(deployment: &Deployment, action: &Action, origin: &Origin) -> BTreeMap<ssh::Key, u32> {
+    let target = Transport::new(deployment.target.clone(), origin);
+    let mut hosts = vec![target.clone()];
+    match (action, &deployment.build_target) {
+        (Action::Status | Action::Diff, _) => return BTreeMap::new(),
+        (Action::Deploy { .. }, Some(build)) => {
+            let build = Transport::new(build.clone(), origin);
+            if !build.same_place(&target) {
+                hosts.push(build);
+            }
+        }
+        _ => {}
+    }
+    let mut connections = BTreeMap::new();
+    for connection in hosts.iter().filter_map(ssh::connection) {
+        *connections.entry(connection).or_default() += 1;
+    }
+    connections
 }
 
 /// How long a deployment waits for the lock an earlier deployment of the same run to the same
@@ -136,7 +177,7 @@ fn deploy_one(
         let connected = ssh.connect(&transport);
         reporter.emit(connecting(true));
         connected.map_err(|message| {
-            DeployError::new(Some(host.clone()), Stage::Sentinel, None, Some("ssh".to_owned()), message)
+            DeployError::new(Some(host.clone()), Stage::Connect, None, Some("ssh".to_owned()), message)
         })
     };
     let target = connect(&deployment.target)?;
@@ -671,8 +712,8 @@ fn prepare(
 }
 
 /// How many sources of one host are populated at once. They are independent (each owns
-/// `<path>/<name>`), and over a multiplexed connection their round trips overlap; sshd's
-/// default `MaxSessions` is 10 channels per connection.
+/// `<path>/<name>`), and over a multiplexed connection their round trips overlap (as many as
+/// the connection has sessions free; see `ssh::SESSIONS_PER_CONNECTION`).
 const SOURCES_AT_ONCE: usize = 8;
 
 /// Populates every source but the `unchanged` ones (reported as such).

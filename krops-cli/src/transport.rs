@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::exec::Argv;
+use crate::exec::{Argv, Sessions};
 use crate::target::{Origin, Target};
 
 /// Quotes one word for a POSIX shell.
@@ -28,6 +28,11 @@ pub fn run_marker() -> &'static str {
     })
 }
 
+/// What a command riding on a master says when the master had no session for it (see
+/// [`Transport::ssh_base`]): plain words, for it is a shell script's, written in double quotes
+/// inside a single-quoted `-e` of rsync (whose splitting knows no backslash escapes).
+const NO_SESSION: &str = "krops: no session free on the ssh connection to %h, as sshd MaxSessions is reached or the connection is gone, and krops opens no other";
+
 /// A target plus the way to reach it.
 #[derive(Debug, Clone)]
 pub struct Transport {
@@ -36,6 +41,8 @@ pub struct Transport {
     /// The ssh ControlMaster socket every ssh and rsync to this target rides on, once
     /// [`crate::ssh::Multiplexer::connect`] has set one up.
     pub control_socket: Option<PathBuf>,
+    /// That master's sessions: each command riding on it takes one while it runs.
+    pub sessions: Option<Sessions>,
 }
 
 /// Whether the remote side gets a terminal (`run` with `allocateTTY`).
@@ -48,7 +55,7 @@ pub enum Tty {
 impl Transport {
     pub fn new(target: Target, origin: &Origin) -> Self {
         let local = target.is_local(origin);
-        Transport { target, local, control_socket: None }
+        Transport { target, local, control_socket: None, sessions: None }
     }
 
     /// Whether both reach the same directory: both local with one path, or one login to one
@@ -76,6 +83,7 @@ impl Transport {
     pub fn new_connection(&self, timeout: u64) -> Transport {
         let mut fresh = self.clone();
         fresh.control_socket = Some(PathBuf::from("none"));
+        fresh.sessions = None;
         fresh.target.extra_options.extend(["-o".to_owned(), format!("ConnectTimeout={timeout}")]);
         fresh
     }
@@ -109,12 +117,12 @@ impl Transport {
         remote.extend(["/bin/sh".into(), "-c".into(), script.into(), run_marker().to_owned()]);
         remote.extend(args.iter().cloned());
         if self.local {
-            return Argv(remote);
+            return Argv::new(remote);
         }
         let mut argv = self.ssh_base();
         argv.push(if tty == Tty::Yes { "-t" } else { "-T" }.into());
         argv.extend(["--".into(), self.target.host.clone(), join(&remote)]);
-        Argv(argv)
+        Argv::new(argv).riding(self.sessions.clone())
     }
 
     /// argv that copies a local `source` to `destination` on the target with rsync.
@@ -127,7 +135,7 @@ impl Transport {
             argv.push("rsync".into());
             argv.extend(options.iter().cloned());
             argv.extend(["--".into(), source.to_string_lossy().into_owned(), destination.to_owned()]);
-            return Argv(argv);
+            return Argv::new(argv);
         }
         argv.push("rsync".into());
         // rsync splits -e on white space itself but honours shell-style quotes.
@@ -148,18 +156,31 @@ impl Transport {
         };
         // `--` keeps a source path beginning with '-' from being read as an option.
         argv.extend(["--".into(), source.to_string_lossy().into_owned(), remote]);
-        Argv(argv)
+        Argv::new(argv).riding(self.sessions.clone())
     }
 
     /// argv of the ControlMaster for this target: authenticates (prompting on the terminal
     /// if it must), then serves every later ssh and rsync through `socket` until killed.
-    pub fn master(&self, socket: &Path) -> Argv {
+    /// `defaults` (ssh options) come after the target's own options, which win (ssh takes an
+    /// option's first value).
+    pub fn master(&self, socket: &Path, defaults: &[String]) -> Argv {
         let mut argv = vec!["ssh".to_owned(), "-M".into(), "-N".into()];
         argv.extend(["-S".into(), socket.to_string_lossy().into_owned()]);
         argv.extend(["-o".into(), "ControlPersist=no".into()]);
         argv.extend(self.login_options());
+        argv.extend(defaults.iter().cloned());
         argv.extend(["--".into(), self.target.host.clone()]);
-        Argv(argv)
+        Argv::new(argv)
+    }
+
+    /// argv that prints the ssh configuration this target's connection would use (`ssh -G`:
+    /// the target's options, then the user's and the system's configuration), connecting
+    /// nowhere.
+    pub fn resolved_config(&self) -> Argv {
+        let mut argv = vec!["ssh".to_owned(), "-G".into()];
+        argv.extend(self.login_options());
+        argv.extend(["--".into(), self.target.host.clone()]);
+        Argv::new(argv)
     }
 
     /// `ssh` and the options that every connection to this target carries.
@@ -168,6 +189,14 @@ impl Transport {
         if let Some(socket) = &self.control_socket {
             argv.extend(["-S".into(), socket.to_string_lossy().into_owned()]);
             argv.extend(["-o".into(), "ControlMaster=no".into()]);
+        }
+        if self.sessions.is_some() {
+            // When the master cannot give it a session (the server's MaxSessions, or the
+            // master is gone), ssh connects on its own instead, and nothing turns that off:
+            // this ProxyCommand, used only then, makes it fail. It comes before the target's
+            // options (ssh takes the first value; one ProxyJump or ProxyCommand excludes the
+            // other), and ssh expands `%h` to the host.
+            argv.extend(["-o".into(), format!("ProxyCommand=/bin/sh -c \"echo {NO_SESSION} >&2; exit 1\"")]);
         }
         argv.extend(self.login_options());
         argv
@@ -224,6 +253,25 @@ mod tests {
                 &format!("sudo -- env 'K=v w' /bin/sh -c 'echo \"$1\"' {} \"it's \"'$(x)'", run_marker())
             ]
         );
+    }
+
+    /// Only commands riding on a master carry the failing ProxyCommand, and before the target's
+    /// options (ssh takes the first value); a new connection must connect.
+    #[test]
+    fn riding_commands_fail_instead_of_connecting_anew() {
+        let mut t = transport("root@web1/var/src");
+        t.target.extra_options = vec!["-o".into(), "ProxyJump=bastion".into()];
+        t.control_socket = Some(PathBuf::from("/tmp/socket"));
+        t.sessions = Some(Sessions::new(8));
+        let guard = |argv: &Argv| {
+            argv.0.iter().position(|w| w.starts_with("ProxyCommand=") && w.contains(NO_SESSION))
+        };
+        let argv = t.shell("true", &[], &[], Tty::No);
+        let jump = argv.0.iter().position(|w| w == "ProxyJump=bastion");
+        assert!(guard(&argv).zip(jump).is_some_and(|(guard, jump)| guard < jump), "{argv:?}");
+        let rsync = t.rsync(&[], Path::new("/a"), "/b");
+        assert!(rsync.0[2].contains(NO_SESSION), "{rsync:?}");
+        assert_eq!(guard(&t.new_connection(5).shell("true", &[], &[], Tty::No)), None);
     }
 
     #[test]

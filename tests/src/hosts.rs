@@ -129,14 +129,29 @@ hostname "$2"
 echo $$ > /var/lib/krops-test/sshd.pid
 exec /usr/sbin/sshd -D -e -f "$1/sshd_config""#;
 
+/// sshd's limits for the usual test host: room for many sessions per connection and many
+/// connections being set up at once, so that only what a test is about can fail.
+const ROOMY: &str = "MaxSessions 100\nMaxStartups 100:30:200\n";
+
 impl TestHost {
     /// Starts a host; panics (killing what it started) if it does not come up.
     pub fn start(name: &str) -> TestHost {
+        TestHost::start_with_limits(name, ROOMY)
+    }
+
+    /// A host whose sshd keeps its stock limits, as most servers do: `MaxSessions 10` (sessions
+    /// per connection) and `MaxStartups 10:30:100` (connections being set up at once).
+    pub fn start_stock(name: &str) -> TestHost {
+        TestHost::start_with_limits(name, "")
+    }
+
+    /// A host whose sshd has `limits` (sshd_config lines) instead of the usual test host's.
+    pub fn start_with_limits(name: &str, limits: &str) -> TestHost {
         let client = setup();
         let mut last_error = String::new();
         // A free port can be taken by someone else before sshd binds it; try again then.
         for _ in 0..5 {
-            match TestHost::try_start(name, client) {
+            match TestHost::try_start(name, client, limits) {
                 Ok(host) => return host,
                 Err(e) => last_error = e,
             }
@@ -144,7 +159,7 @@ impl TestHost {
         panic!("test host {name} did not start: {last_error}");
     }
 
-    fn try_start(name: &str, client: &Client) -> Result<TestHost, String> {
+    fn try_start(name: &str, client: &Client, limits: &str) -> Result<TestHost, String> {
         // On tmpfs when there is one: this machine's disk takes ~0.5 ms to create a file,
         // which would dominate every test and benchmark that writes many files.
         let base = Path::new("/dev/shm");
@@ -183,8 +198,8 @@ impl TestHost {
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nListenAddress ::1\nHostKey {}\nPidFile none\nUsePAM no\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             StrictModes yes\nUseDNS no\nAuthorizedKeysFile .ssh/authorized_keys\nMaxSessions 100\n\
-             MaxStartups 100:30:200\nSubsystem sftp internal-sftp\n",
+             StrictModes yes\nUseDNS no\nAuthorizedKeysFile .ssh/authorized_keys\n{limits}\
+             Subsystem sftp internal-sftp\n",
             host_key.display()
         );
         std::fs::write(root.join("sshd_config"), config).map_err(|e| io("sshd_config", e))?;

@@ -1,7 +1,9 @@
 //! The `pipe` source type: a local command's standard output, as a file at `<path>/<name>`.
-//! The command runs once per source and run: its output is fingerprinted (so an unchanged
-//! output is not sent again) and kept for populating, so what is shipped is what was
-//! fingerprinted.
+//! The command runs once per source and run, in `prepare`: a failing command fails the
+//! deployment before anything is written on its target (a failure in `fingerprint` would only
+//! mean "always populate", and `populate` would run it again beside sources already written).
+//! Its output is fingerprinted (so an unchanged output is not sent again) and kept for
+//! populating, so what is shipped is what was fingerprinted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
 pub struct Pipe {
-    /// Output by (source name, command), from `fingerprint` for `populate`.
+    /// Output by (source name, command), from `prepare` for `fingerprint`, `populate` and
+    /// `diff`.
     outputs: Mutex<HashMap<(String, String), Vec<u8>>>,
 }
 
@@ -25,10 +28,12 @@ impl Pipe {
             return Ok(output);
         }
         let output = target.run_local(&["/bin/sh", "-c", command], b"")?;
-        if let Ok(mut outputs) = self.outputs.lock() {
-            outputs.insert(key, output.clone());
+        match self.outputs.lock() {
+            // Two deployments with this source may have run it at once: both keep the first
+            // output, so that each ships what it fingerprinted.
+            Ok(mut outputs) => Ok(outputs.entry(key).or_insert(output).clone()),
+            Err(_) => Ok(output),
         }
-        Ok(output)
     }
 }
 
@@ -48,6 +53,12 @@ impl PopulatorPlugin for Pipe {
         if request.attrs.command.trim().is_empty() {
             return Err("pipe command must not be empty".to_owned());
         }
+        Ok(request.attrs)
+    }
+
+    /// Runs the command (see the module documentation).
+    fn prepare(&self, target: &Target<'_>, request: PrepareRequest<Attrs>) -> Result<Attrs, String> {
+        self.output(target, &request.name, &request.attrs.command)?;
         Ok(request.attrs)
     }
 

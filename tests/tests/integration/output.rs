@@ -85,7 +85,7 @@ fn json_success_and_failure() {
     let lines = json_lines(&out);
     let bad = &lines.last().unwrap()["deployments"]["bad"];
     assert_eq!(bad["status"], "failed");
-    assert_eq!(bad["error"]["stage"], "populate");
+    assert_eq!(bad["error"]["stage"], "prepare");
     assert_eq!(bad["error"]["source"], "p");
     assert_eq!(bad["error"]["program"], "`echo the reason >&2; exit 4`");
     assert_eq!(bad["error"]["message"], "the reason");

@@ -189,3 +189,156 @@ fn ipv6_targets() {
     std::fs::remove_file(site.path(".populate")).unwrap();
     sb.krops(&["populate"]).code(1).stderr_has("missing sentinel file: [::1]:/var/src/.populate");
 }
+
+/// Many deployments to one host share its one connection, however many sessions they would
+/// open at once: sshd's stock `MaxSessions` (10) refuses an eleventh session, which would make
+/// ssh open a connection of its own beside the master (and a stock `MaxStartups` drops some of
+/// those). Each deployment holds its lock's session throughout, and four sources go at once.
+#[test]
+fn many_deployments_to_one_host_share_one_connection_within_max_sessions() {
+    let sb = Sandbox::new();
+    let host = krops_tests::hosts::TestHost::start_stock("krops-test-stock");
+    let proxy = DelayProxy::start(host.address(), Duration::ZERO).unwrap();
+    for source in ["a", "b", "c", "d"] {
+        sb.write(&format!("conf/{source}"), source);
+    }
+    let mut config = String::new();
+    for n in 0..30 {
+        let target = host.target_toml(krops_tests::hosts::Login::Root, proxy.port, &format!("/var/src/d{n}"));
+        config.push_str(&format!(
+            "[deployments.d{n}]\ntarget = {target}\nforce = true\n[deployments.d{n}.source]\n\
+             a.file = \"conf/a\"\nb.file = \"conf/b\"\nc.file = \"conf/c\"\nd.file = \"conf/d\"\n"
+        ));
+    }
+    sb.write("krops.toml", &config);
+    sb.krops(&["populate"]).success();
+    for n in 0..30 {
+        let dir = host.var_src().join(format!("d{n}"));
+        assert_eq!(std::fs::read_to_string(dir.join("d")).unwrap(), "d", "d{n} populated");
+    }
+    assert_eq!(proxy.connections(), 1, "one TCP connection for 30 deployments");
+
+    // Nothing changed: every deployment only takes its lock and finds its sources recorded.
+    sb.krops(&["populate"]).success();
+    assert_eq!(proxy.connections(), 2, "one TCP connection for the no-op run");
+}
+
+/// A session the server refuses (here every one past the lock's: `MaxSessions 1`) fails its
+/// command, saying why, instead of ssh quietly opening a connection of its own beside the
+/// master, over ssh and over rsync alike.
+#[test]
+fn a_refused_session_fails_instead_of_opening_another_connection() {
+    let sb = Sandbox::new();
+    let host = krops_tests::hosts::TestHost::start_with_limits("krops-test-one-session", "MaxSessions 1\n");
+    let proxy = DelayProxy::start(host.address(), Duration::ZERO).unwrap();
+    sb.write("conf/a", "a");
+    let target = host.target_toml(krops_tests::hosts::Login::Root, proxy.port, "/var/src");
+    std::fs::write(host.var_src().join(".populate"), "").unwrap();
+    for source in ["a.file = \"conf/a\"", "l.symlink = \"a\""] {
+        sb.write("krops.toml", &format!("[deployments.site]\ntarget = {target}\nsource.{source}\n"));
+        let before = proxy.connections();
+        sb.krops(&["populate"])
+            .code(1)
+            .stderr_has("no session free on the ssh connection to 127.0.0.1")
+            .stderr_has("krops opens no other");
+        assert_eq!(proxy.connections(), before + 1, "{source}: a second connection was opened");
+    }
+    for name in ["a", "l"] {
+        assert!(!host.var_src().join(name).exists(), "{name} was populated");
+    }
+}
+
+/// A host that accepts the connection and never says a word (a hung sshd, a black hole behind
+/// a load balancer) fails its deployment, naming the host and the connect stage, once
+/// `ConnectTimeout` has passed: krops's default (10 s), or what the target's `extraOptions` or
+/// the user's ssh configuration say, which win over krops's default. The three run at once.
+#[test]
+fn a_silent_host_fails_at_connect_within_its_connect_timeout() {
+    let sb = Sandbox::new();
+    let (port, _silent) = silent_listener();
+    let ssh_config = sb.write("ssh_config", "Host *\n  ConnectTimeout 2\n");
+    let options = |extra: &[&str]| {
+        let mut options = krops_tests::hosts::TestHost::extra_options();
+        options.extend(extra.iter().map(|o| o.to_string()));
+        krops_tests::hosts::quoted(&options).join(", ")
+    };
+    let mut configured = krops_tests::hosts::TestHost::extra_options();
+    assert_eq!(configured[..2], ["-F", "/dev/null"]);
+    configured[1] = ssh_config.display().to_string();
+    let configured = krops_tests::hosts::quoted(&configured).join(", ");
+    let target = |options: &str| {
+        format!("{{ host = \"127.0.0.1\", port = {port}, user = \"root\", extraOptions = [{options}] }}")
+    };
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.default]\ntarget = {}\nsource.l.symlink = \"x\"\n\
+             [deployments.given]\ntarget = {}\nsource.l.symlink = \"x\"\n\
+             [deployments.configured]\ntarget = {}\nsource.l.symlink = \"x\"\n",
+            target(&options(&[])),
+            target(&options(&["-o", "ConnectTimeout=2"])),
+            target(&configured),
+        ),
+    );
+    let mut child = sb
+        .krops_command(&["--json", "populate"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = Outcome::from_output(child.wait_with_output().unwrap());
+            panic!("krops still waits for a silent host after 60 s\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Outcome::from_output(child.wait_with_output().unwrap());
+    out.code(1);
+    let finished: std::collections::HashMap<String, serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["event"] == "deployment_finished")
+        .map(|line| (line["deployment"].as_str().unwrap().to_owned(), line))
+        .collect();
+    for (name, at_least, below) in [("default", 9_000, 30_000), ("given", 0, 8_000), ("configured", 0, 8_000)]
+    {
+        let line = &finished[name];
+        let error = &line["error"];
+        assert_eq!(error["stage"], "connect", "{name}: {line}\n{out}");
+        assert_eq!(error["host"], "127.0.0.1", "{name}: {line}\n{out}");
+        assert!(error["detail"].as_str().unwrap().contains("timed out"), "{name}: {line}\n{out}");
+        let millis = line["duration_ms"].as_u64().unwrap();
+        assert!((at_least..below).contains(&millis), "{name}: failed after {millis} ms\n{out}");
+    }
+    sb.krops(&["populate", "given"]).code(1).stderr_has("given: connect on 127.0.0.1 failed: ssh: ");
+}
+
+/// A listener on loopback that accepts every connection and never answers, until the returned
+/// guard is dropped; and its port.
+fn silent_listener() -> (u16, impl Drop) {
+    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (port, Stop(stop))
+}

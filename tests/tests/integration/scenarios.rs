@@ -16,6 +16,8 @@ crate::on_every_site!(
     use_checksum_catches_same_size_same_mtime_changes,
     symlink_and_pipe,
     failing_pipe_command_names_source_and_keeps_stderr,
+    a_failing_pipe_runs_once_and_touches_no_target,
+    a_pipe_runs_once_per_run,
     run_sees_krops_target_path,
     one_failing_deployment_does_not_stop_the_other,
     names_and_contents_are_never_interpreted_by_a_shell,
@@ -180,6 +182,43 @@ fn failing_pipe_command_names_source_and_keeps_stderr(kind: Kind) {
     assert!(!site.path("info").exists());
 }
 
+/// A pipe is local work: it runs in prepare, once, and its failure stops the deployment before
+/// anything is written on the target, even the sentinel `force` would create, even the sources
+/// before it.
+fn a_failing_pipe_runs_once_and_touches_no_target(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::new(&sb, kind);
+    site.write("old", "left alone");
+    sb.write("conf/a.nix", "a");
+    let runs = sb.path("runs");
+    config(
+        &sb,
+        &site,
+        "force = true",
+        &format!(
+            "a.file = \"conf/a.nix\"\nb.pipe = \"echo run >> '{}'; echo oh no >&2; exit 1\"",
+            runs.display()
+        ),
+    );
+    let before = site.listing("");
+    sb.krops(&["populate"]).code(1).stderr_has("prepare of source \"b\" failed").stderr_has("oh no");
+    assert_eq!(sb.read("runs"), "run\n", "the pipe ran once");
+    assert_eq!(site.listing(""), before, "the target was touched");
+}
+
+/// A pipe that succeeds also runs once per run: its output is fingerprinted and shipped.
+fn a_pipe_runs_once_per_run(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let runs = sb.path("runs");
+    config(&sb, &site, "", &format!("info.pipe = \"echo run >> '{}'; echo out\"", runs.display()));
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("info"), "out\n");
+    assert_eq!(sb.read("runs"), "run\n", "the pipe ran once");
+    sb.krops(&["populate"]).success();
+    assert_eq!(sb.read("runs"), "run\nrun\n", "the pipe ran once more in the second run");
+}
+
 fn run_sees_krops_target_path(kind: Kind) {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, kind);
@@ -323,8 +362,8 @@ fn progress_on_a_terminal() {
     let out = crate::support::Outcome::of(command);
     out.code(1)
         .stdout_has("✓ good: done in")
-        .stdout_has("✗ [bad] error: populate of source \"p\" failed")
+        .stdout_has("✗ [bad] error: prepare of source \"p\" failed")
         .stdout_has("the reason")
-        .stdout_has("bad: populate of source \"p\" failed: `echo the reason >&2; exit 4`: the reason");
+        .stdout_has("bad: prepare of source \"p\" failed: `echo the reason >&2; exit 4`: the reason");
     assert_eq!(sb.read("good/a"), "a");
 }
