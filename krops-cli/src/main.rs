@@ -258,9 +258,9 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 render::print_summary_of_no_deployments(None);
                 return Ok(ExitCode::SUCCESS);
             }
-            let json = serde_json::json!({ "deployments": deployments });
+            let json = krops::redact::json(serde_json::json!({ "deployments": deployments }));
             let json = serde_json::to_string_pretty(&json).map_err(|e| UsageError(e.into()))?;
-            say(&credentials(&json));
+            say(&json);
             return Ok(ExitCode::SUCCESS);
         }
         Command::Deploy { names, operation } => {

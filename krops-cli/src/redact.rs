@@ -1,9 +1,12 @@
 //! Credentials never reach the user's screen, logs or JSON: every line krops prints passes
 //! through [`credentials`], which hides the user and password of URLs
 //! (`https://deploy:TOKEN@host/…` → `https://***@host/…`), wherever they come from (a
-//! configuration value, a plugin's error, git's own stderr).
+//! configuration value, a plugin's error, git's own stderr). JSON goes through [`json`], which
+//! hides them string by string.
 
 use std::borrow::Cow;
+
+use serde_json::Value;
 
 /// `text` with the user-information part of every `scheme://user[:password]@host` replaced by
 /// `***`.
@@ -34,9 +37,23 @@ pub fn credentials(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `value` with [`credentials`] hidden in each of its strings and keys. Never on the
+/// serialized text: there a URL's start in one string and an `@` in a later one would make
+/// the redaction swallow the quotes, keys and fields between them.
+pub fn json(value: Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(credentials(&text).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(json).collect()),
+        Value::Object(fields) => {
+            Value::Object(fields.into_iter().map(|(k, v)| (credentials(&k).into_owned(), json(v))).collect())
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::credentials;
+    use super::{credentials, json};
 
     #[test]
     fn hides_user_and_password_of_urls() {
@@ -55,5 +72,18 @@ mod tests {
             "root@web1:/var/src and https://host/p@x"
         );
         assert_eq!(credentials("no urls here"), "no urls here");
+    }
+
+    #[test]
+    fn hides_credentials_string_by_string_in_json() {
+        let value = serde_json::json!({
+            "a": "see https://x", "b@c": ["https://u:p@h/r", 1, null], "d": { "https://u:p@h": "@" },
+        });
+        assert_eq!(
+            json(value),
+            serde_json::json!({
+                "a": "see https://x", "b@c": ["https://***@h/r", 1, null], "d": { "https://***@h": "@" },
+            })
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! - otherwise (and with -v or -q) plain lines on stderr, each prefixed with its deployment;
 //! - with `--json`, one JSON object per line on stdout (schema in the README, `"v": 1`).
 //!
-//! Every line passes through `redact::credentials`. Also prints the final summary.
+//! Every line passes through `redact::credentials` (JSON: `redact::json`, string by string).
+//! Also prints the final summary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use krops::events::{DeployError, Event, Level, Stage};
 use krops::pipeline::Outcomes;
-use krops::redact::credentials;
+use krops::redact::{self, credentials};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -194,13 +195,14 @@ async fn render_json(mut events: UnboundedReceiver<Event>, progress: Progress) {
     }
 }
 
-/// One `--json` line on stdout: the object with `v` and `time` added, credentials hidden.
+/// One `--json` line on stdout: the object with `v` and `time` added, credentials hidden in
+/// each string.
 pub fn print_json(mut object: Value) {
     if let Some(fields) = object.as_object_mut() {
         fields.insert("v".into(), json!(JSON_VERSION));
         fields.insert("time".into(), json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()));
     }
-    let line = credentials(&object.to_string()).into_owned();
+    let line = redact::json(object).to_string();
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }

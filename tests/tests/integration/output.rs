@@ -380,3 +380,41 @@ fn odd_bytes_from_children_are_shown_and_harmless() {
     out.success();
     assert!(out.stdout.contains("x \u{fffd}"), "{out}");
 }
+
+/// Credentials are hidden inside each JSON string, never across the line: a string that ends
+/// in something like the start of a URL (`https://x`), with an `@` in a later string or key,
+/// once made the redaction swallow the text between them (keys, quotes, whole fields).
+#[test]
+fn json_lines_stay_json_when_text_looks_like_a_url() {
+    let sb = Sandbox::new();
+    sb.target_dir("a");
+    sb.target_dir("b");
+    sb.target_dir("c");
+    // The failing command's text ends in `https://x`, and the next deployment's name (a key
+    // of the summary) holds an `@`; the command's stderr holds real credentials. A deployment
+    // name like a URL's start, and a source name with an `@`, put `event` between them.
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.a]\ntarget = {:?}\nsource.p.pipe = \"echo https://u:S3CRET@h/r >&2;false;exit;https://x\"\n\
+             [deployments.\"root@web\"]\ntarget = {:?}\nsource.q.pipe = \"echo ok\"\n\
+             [deployments.\"https://c\"]\ntarget = {:?}\nsource.\"q@c\".pipe = \"echo ok\"\n",
+            sb.path("a").display().to_string(),
+            sb.path("b").display().to_string(),
+            sb.path("c").display().to_string()
+        ),
+    );
+    for verbosity in ["-q", "-vv"] {
+        let out = sb.krops(&["--json", verbosity, "populate"]);
+        out.code(1);
+        let lines = json_lines(&out);
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["deployments"]["root@web"]["status"], "ok", "{out}");
+        assert_eq!(summary["deployments"]["https://c"]["status"], "ok", "{out}");
+        assert!(lines.iter().any(|l| l["event"] == "source_populated" && l["source"] == "q@c"), "{out}");
+        let error = &summary["deployments"]["a"]["error"];
+        assert_eq!(error["program"], "`echo https://***@h/r >&2;false;exit;https://x`");
+        assert_eq!(error["message"], "https://***@h/r", "{out}");
+        assert!(!out.stdout.contains("S3CRET") && !out.stderr.contains("S3CRET"), "{out}");
+    }
+}
