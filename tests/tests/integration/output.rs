@@ -361,7 +361,7 @@ fn json_for_every_command_and_error() {
     assert!(run.iter().any(|l| l["event"] == "output" && l["line"] == "from the command"), "{run:?}");
 }
 
-/// A child's output that is not UTF-8, or carries escape sequences, is shown (cleaned), and
+/// A child's output that is not UTF-8, or carries escape sequences, is shown (escaped), and
 /// never fails the deployment.
 #[test]
 fn odd_bytes_from_children_are_shown_and_harmless() {
@@ -417,4 +417,37 @@ fn json_lines_stay_json_when_text_looks_like_a_url() {
         assert_eq!(error["message"], "https://***@h/r", "{out}");
         assert!(!out.stdout.contains("S3CRET") && !out.stderr.contains("S3CRET"), "{out}");
     }
+}
+
+/// Text from a target or a child (here a pipe command's stderr, in its deployment's error)
+/// carrying a terminal's escape sequences (retitle the window, clear the screen) reaches the
+/// live display and plain lines escaped, never as the sequences themselves.
+#[test]
+fn escape_sequences_from_children_are_shown_escaped() {
+    let sb = Sandbox::new();
+    sb.target_dir("t");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.t]\ntarget = {:?}\nsource.p.pipe = \"printf 'boom \\\\033]0;pwned\\\\007 \\\\033[2J \\\\302\\\\233 end\\\\n' >&2; exit 3\"\n",
+            sb.path("t").display().to_string()
+        ),
+    );
+    let shown = "boom \\u{1b}]0;pwned\\u{7} \\u{1b}[2J \\u{9b} end";
+    let raw = ["\x1b]", "\x07", "\x1b[2J", "\u{9b}"];
+    // The live display, on a terminal that `script` gives krops.
+    let command = format!("{} --color never populate", krops_bin().display());
+    let out = Outcome::of({
+        let mut script = Command::new("script");
+        script.args(["-qec", &command, "/dev/null"]).current_dir(sb.path("")).stdin(Stdio::null());
+        script
+    });
+    out.code(1);
+    assert!(out.stdout.contains("✗ [t] error: "), "not the live display:\n{out}");
+    assert!(out.stdout.contains(shown), "{out}");
+    assert!(raw.iter().all(|r| !out.stdout.contains(r)), "{out}");
+    // Plain lines (no terminal).
+    let out = sb.krops(&["populate"]);
+    out.code(1).stderr_has(shown);
+    assert!(raw.iter().all(|r| !out.stderr.contains(r) && !out.stdout.contains(r)), "{out}");
 }
