@@ -11,6 +11,10 @@
 //! ABI version symbol is read (libloading), then abi_stable's layout check runs. A file that
 //! fails any step is kept as a *broken* plugin for the type its file name names: only the
 //! deployments that use that type fail, and `krops plugins` lists it with its error.
+//!
+//! Before all that, and before the probe, a file must be one no other user can have put there
+//! or changed ([`check_trusted`]): krops often runs as root, and whoever can write a plugin
+//! runs code as krops's user.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -204,14 +208,22 @@ impl Registry {
                 candidates.insert(source_type, file);
             }
         }
-        let files: Vec<PathBuf> = candidates.values().cloned().collect();
+        // An untrusted file is never probed or loaded; it still serves its type, which fails.
+        let mut untrusted = BTreeMap::new();
+        for file in candidates.values() {
+            if let Err(message) = check_trusted(file) {
+                untrusted.insert(file.clone(), message);
+            }
+        }
+        let files: Vec<PathBuf> =
+            candidates.values().filter(|f| !untrusted.contains_key(*f)).cloned().collect();
         let probed = match probe {
             Some(krops) => probe_in_child(krops, &files),
             None => BTreeMap::new(),
         };
         for (source_type, file) in candidates {
-            let loaded = match probed.get(&file) {
-                Some(Err(message)) => Err(PluginError { file: file.clone(), message: message.clone() }),
+            let loaded = match untrusted.get(&file).or(probed.get(&file).and_then(|p| p.as_ref().err())) {
+                Some(message) => Err(PluginError { file: file.clone(), message: message.clone() }),
                 // Loaded completely by the probe (or no probe could run): safe to load here.
                 _ => load_plugin(&file, &source_type),
             };
@@ -296,6 +308,73 @@ fn type_of_file(path: &Path) -> FileName {
         Some(source_type) if !source_type.is_empty() => FileName::Plugin(source_type.to_owned()),
         _ => FileName::Other,
     }
+}
+
+/// Whether `file` is one only root and krops's own user can have put there or changed: the
+/// file, every directory on its path and every symbolic link followed on the way (each link
+/// itself, then its target's path) belong to root or to krops's effective user, and none is
+/// writable by group or others, except a directory with the sticky bit (as /tmp): there no
+/// one can replace what is not theirs, and what is below it is checked in turn. The error
+/// names the path and why.
+fn check_trusted(file: &Path) -> Result<(), String> {
+    // Symbolic links followed before giving up, as the kernel does (MAXSYMLINKS).
+    const MAX_LINKS: usize = 40;
+    let euid = rustix::process::geteuid().as_raw();
+    let refuse = |path: &Path, why: String| Err(format!("not loaded: {} {why}", path.display()));
+    let check = |path: &Path, metadata: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        let (uid, mode) = (metadata.uid(), metadata.mode() & 0o7777);
+        if uid != 0 && uid != euid {
+            let whose =
+                if euid == 0 { "root".to_owned() } else { format!("root or uid {euid} (who runs krops)") };
+            return refuse(path, format!("belongs to uid {uid}, not to {whose}"));
+        }
+        let sticky_directory = metadata.is_dir() && mode & 0o1000 != 0;
+        // A link's own mode means nothing: who may replace it is its directory's business.
+        if !metadata.is_symlink() && mode & 0o022 != 0 && !sticky_directory {
+            return refuse(path, format!("can be written by users other than its owner (mode {mode:o})"));
+        }
+        Ok(())
+    };
+    let absolute =
+        std::path::absolute(file).map_err(|e| format!("not loaded: cannot resolve its path: {e}"))?;
+    let mut at = PathBuf::from("/");
+    let metadata =
+        std::fs::symlink_metadata(&at).map_err(|e| format!("not loaded: cannot inspect /: {e}"))?;
+    check(&at, &metadata)?;
+    // The components still to walk, the next one last.
+    let mut rest: Vec<std::ffi::OsString> =
+        absolute.components().rev().map(|c| c.as_os_str().to_owned()).collect();
+    let mut links = 0;
+    while let Some(name) = rest.pop() {
+        match Path::new(&name).components().next() {
+            Some(std::path::Component::Normal(_)) => {}
+            // `..` of a directory already walked (links are resolved, so this is its real parent).
+            Some(std::path::Component::ParentDir) => {
+                at.pop();
+                continue;
+            }
+            _ => continue,
+        }
+        let next = at.join(&name);
+        let metadata = std::fs::symlink_metadata(&next)
+            .map_err(|e| format!("not loaded: cannot inspect {}: {e}", next.display()))?;
+        check(&next, &metadata)?;
+        if metadata.is_symlink() {
+            links += 1;
+            let target = std::fs::read_link(&next)
+                .ok()
+                .filter(|_| links <= MAX_LINKS)
+                .ok_or_else(|| format!("not loaded: cannot follow the symbolic link {}", next.display()))?;
+            if target.is_absolute() {
+                at = PathBuf::from("/");
+            }
+            rest.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
+        } else {
+            at = next;
+        }
+    }
+    Ok(())
 }
 
 /// Runs the probe on `files` until every file has an answer: when the probe dies on a file
@@ -523,6 +602,31 @@ mod tests {
                 PathBuf::from("/opt/krops/lib/krops/plugins"),
             ]
         );
+    }
+
+    #[test]
+    fn trust_follows_links_and_checks_every_step() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let chmod = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("lib.so"), "").unwrap();
+        chmod(&real, 0o755).unwrap();
+        chmod(&real.join("lib.so"), 0o644).unwrap();
+        symlink("./real/../real", dir.path().join("relative")).unwrap();
+        symlink(&real, dir.path().join("absolute")).unwrap();
+        symlink("loop", dir.path().join("loop")).unwrap();
+        for link in ["relative", "absolute"] {
+            assert_eq!(check_trusted(&dir.path().join(link).join("lib.so")), Ok(()));
+        }
+        chmod(&real, 0o777).unwrap();
+        let refused = check_trusted(&dir.path().join("relative/lib.so")).unwrap_err();
+        assert_eq!(
+            refused,
+            format!("not loaded: {} can be written by users other than its owner (mode 777)", real.display())
+        );
+        assert!(check_trusted(&dir.path().join("loop/lib.so")).unwrap_err().contains("cannot follow"));
     }
 
     #[test]

@@ -13,7 +13,6 @@ use krops::config::{self, Kind};
 use krops::exec;
 use krops::loader::{self, search_dirs, Registry};
 use krops::pipeline::{self, Action};
-use krops::redact::credentials;
 use krops::select::{select, Purpose};
 use krops::ssh::Multiplexer;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -166,7 +165,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(UsageError(error)) => {
             let message = format!("{error:#}");
-            eprintln!("krops: {}", credentials(&message));
+            eprintln!("krops: {}", render::shown(&message));
             if json {
                 let error = serde_json::json!({ "message": message, "detail": null, "program": null, "host": null, "stage": null, "source": null });
                 render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
@@ -228,7 +227,8 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         }
         Command::Plugins => {
             for plugin in registry.plugins() {
-                say(&format!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display()));
+                let line = format!("{}\t{}\t{}", plugin.source_type, plugin.version, plugin.file.display());
+                say(&render::shown(&line));
             }
             let mut broken = registry.broken().peekable();
             if broken.peek().is_none() {
@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 return Ok(ExitCode::SUCCESS);
             }
             for error in broken {
-                eprintln!("krops: {}", credentials(&error.to_string()));
+                eprintln!("krops: {}", render::shown(&error.to_string()));
             }
             return Ok(ExitCode::from(2));
         }
@@ -258,9 +258,9 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 render::print_summary_of_no_deployments(None);
                 return Ok(ExitCode::SUCCESS);
             }
-            let json = serde_json::json!({ "deployments": deployments });
+            let json = krops::redact::json(serde_json::json!({ "deployments": deployments }));
             let json = serde_json::to_string_pretty(&json).map_err(|e| UsageError(e.into()))?;
-            say(&credentials(&json));
+            say(&json);
             return Ok(ExitCode::SUCCESS);
         }
         Command::Deploy { names, operation } => {

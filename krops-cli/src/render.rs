@@ -5,7 +5,9 @@
 //! - otherwise (and with -v or -q) plain lines on stderr, each prefixed with its deployment;
 //! - with `--json`, one JSON object per line on stdout (schema in the README, `"v": 1`).
 //!
-//! Every line passes through `redact::credentials`. Also prints the final summary.
+//! Every line passes through `redact::credentials` (JSON: `redact::json`, string by string),
+//! and what came from outside krops is made [`printable`] (JSON escapes it anyway). Also
+//! prints the final summary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -16,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use krops::events::{DeployError, Event, Level, Stage};
 use krops::pipeline::Outcomes;
-use krops::redact::credentials;
+use krops::redact::{self, credentials};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -141,7 +143,7 @@ async fn render_lines(
         if !result.is_empty() {
             print_result(&result);
         } else if let Some(line) = line_for(&event, verbosity) {
-            let line = printable(&credentials(&line));
+            let line = shown(&line);
             // Colour (a terminal, or `--color always`): errors red, finished deployments green.
             let failed = matches!(event, Event::DeploymentFinished { error: Some(_), .. });
             let finished = matches!(event, Event::DeploymentFinished { error: None, .. });
@@ -158,33 +160,28 @@ const RED: &str = "\x1b[31m";
 const GREEN: &str = "\x1b[32m";
 const RESET: &str = "\x1b[0m";
 
-/// A line for a file, pipe or plain terminal: the escape sequences and other control
-/// characters a child printed are dropped (tabs kept), so colours and cursor moves never
-/// reach a log, and a `\r` cannot hide what came before it.
-fn printable(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
+/// Text from outside krops (a child's output, a plugin's or a target's message, a name) as it
+/// may reach a terminal or a log: every control character (ESC, BEL, `\r`, C1, DEL…) is shown
+/// escaped (`\u{1b}`), never sent, so nothing printed can retitle or clear a terminal, move
+/// its cursor, or hide what came before it. Tabs and line breaks stay, and so does nothing of
+/// a `\r` that ends a line (`\r\n`, as ssh writes), which hides nothing.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\x1b' => {
-                // CSI: ESC [ parameters… final byte (@ to ~); other escapes: one character.
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
             '\t' | '\n' => out.push(c),
-            c if c.is_control() => {}
+            '\r' if chars.peek().is_none_or(|&next| next == '\n') => {}
+            c if c.is_control() => out.extend(c.escape_default()),
             c => out.push(c),
         }
     }
     out
+}
+
+/// A line for people: credentials hidden, control characters escaped.
+pub fn shown(text: &str) -> String {
+    printable(&credentials(text))
 }
 
 async fn render_json(mut events: UnboundedReceiver<Event>, progress: Progress) {
@@ -194,13 +191,14 @@ async fn render_json(mut events: UnboundedReceiver<Event>, progress: Progress) {
     }
 }
 
-/// One `--json` line on stdout: the object with `v` and `time` added, credentials hidden.
+/// One `--json` line on stdout: the object with `v` and `time` added, credentials hidden in
+/// each string.
 pub fn print_json(mut object: Value) {
     if let Some(fields) = object.as_object_mut() {
         fields.insert("v".into(), json!(JSON_VERSION));
         fields.insert("time".into(), json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()));
     }
-    let line = credentials(&object.to_string()).into_owned();
+    let line = redact::json(object).to_string();
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
@@ -300,7 +298,7 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
             .entry(deployment.to_owned())
             .or_insert_with(|| {
                 let bar = bars.add(ProgressBar::new_spinner().with_style(spinner.clone()));
-                bar.set_prefix(deployment.to_owned());
+                bar.set_prefix(shown(deployment));
                 bar.enable_steady_tick(Duration::from_millis(100));
                 bar
             })
@@ -318,7 +316,7 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
                         bars.set_draw_target(ProgressDrawTarget::stderr());
                     }
                 } else {
-                    bar_for(deployment).set_message(format!("connecting to {host}…"));
+                    bar_for(deployment).set_message(shown(&format!("connecting to {host}…")));
                     if connecting == 0 {
                         // Erase the spinners and stop drawing: ssh may ask on the terminal now.
                         let _ = bars.clear();
@@ -329,22 +327,20 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
             }
             Event::StageStarted { deployment, host, stage } => {
                 let on = host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
-                bar_for(deployment).set_message(credentials(&format!("{stage}{on}…")).into_owned());
+                bar_for(deployment).set_message(shown(&format!("{stage}{on}…")));
             }
             Event::SourcePopulated { deployment, source, source_type, report, .. } => {
-                bar_for(deployment).set_message(
-                    credentials(&format!("populate {source} ({source_type}){}", describe(report)))
-                        .into_owned(),
-                );
+                bar_for(deployment)
+                    .set_message(shown(&format!("populate {source} ({source_type}){}", describe(report))));
             }
             Event::Output { deployment, host, line } => {
-                let _ = bars.println(credentials(&format!("{} | {line}", at(deployment, host))));
+                let _ = bars.println(shown(&format!("{} | {line}", at(deployment, host))));
             }
             Event::Status { .. } | Event::Diff { .. } => {
                 bars.suspend(|| print_result(&result_lines(&event)));
             }
             Event::Log { deployment, host, level, message } if *level <= Level::Warn => {
-                let _ = bars.println(credentials(&format!("{} {message}", at(deployment, host))));
+                let _ = bars.println(shown(&format!("{} {message}", at(deployment, host))));
             }
             Event::DeploymentFinished { deployment, millis, error } => {
                 // A finished deployment leaves its spinner for a permanent line above the
@@ -352,11 +348,12 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
                 bar_for(deployment).finish_and_clear();
                 let (ok, failed) =
                     if style.color { ("\x1b[32m✓\x1b[0m", "\x1b[31m✗\x1b[0m") } else { ("✓", "✗") };
+                // The mark's colour is krops's own; only what follows it is made printable.
                 let line = match error {
-                    None => format!("{ok} {deployment}: done in {}", human(*millis)),
-                    Some(error) => format!("{failed} [{deployment}] error: {error}"),
+                    None => format!("{ok} {}", shown(&format!("{deployment}: done in {}", human(*millis)))),
+                    Some(error) => format!("{failed} {}", shown(&format!("[{deployment}] error: {error}"))),
                 };
-                let _ = bars.println(credentials(&line));
+                let _ = bars.println(line);
             }
             _ => {}
         }
@@ -434,7 +431,7 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
 fn print_result(lines: &[String]) {
     let mut stdout = std::io::stdout().lock();
     for line in lines {
-        let _ = writeln!(stdout, "{}", printable(&credentials(line)));
+        let _ = writeln!(stdout, "{}", shown(line));
     }
     let _ = stdout.flush();
 }
@@ -587,7 +584,7 @@ pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
         let (red, reset) = if style.color { (RED, RESET) } else { ("", "") };
         eprintln!("{red}krops: {} of {} deployments failed:{reset}", failed.len(), outcomes.len());
         for (name, error) in &failed {
-            eprintln!("  {name}: {}", printable(&credentials(&error.summary())));
+            eprintln!("  {name}: {}", shown(&error.summary()));
         }
     }
     if failed.is_empty() {
@@ -627,14 +624,14 @@ pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
             State::Running(Some(rollback)) => {
                 lines.push(format!("  {name}: interrupted by {signal}; {rollback}"))
             }
-            State::Done(Err(error)) => lines.push(format!("  {name}: {}", credentials(&error.summary()))),
+            State::Done(Err(error)) => lines.push(format!("  {name}: {}", error.summary())),
             State::Done(Ok(_)) => {}
         }
     }
     if !lines.is_empty() {
         eprintln!("krops: {} of {} deployments did not complete:", lines.len(), states.len());
         for line in lines {
-            eprintln!("{}", printable(&line));
+            eprintln!("{}", shown(&line));
         }
     }
 }
@@ -648,6 +645,16 @@ mod tests {
         use krops_core::wire::{Change, ChangeKind};
         let change = Change::new(ChangeKind::Added, "evil\n~ forged.nix\t");
         assert_eq!(change_text(&change), "+ evil\\n~ forged.nix\\t");
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(
+            shown("a\x1b]0;pwned\x07 \x1b[2J\r\u{9b}\x7f\tb\nhttps://u:p@h"),
+            "a\\u{1b}]0;pwned\\u{7} \\u{1b}[2J\\r\\u{9b}\\u{7f}\tb\nhttps://***@h"
+        );
+        assert_eq!(shown("ünïcode ✓"), "ünïcode ✓");
+        assert_eq!(shown("ssh: a\r\nb\r"), "ssh: a\nb");
     }
 
     #[test]

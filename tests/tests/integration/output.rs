@@ -361,7 +361,7 @@ fn json_for_every_command_and_error() {
     assert!(run.iter().any(|l| l["event"] == "output" && l["line"] == "from the command"), "{run:?}");
 }
 
-/// A child's output that is not UTF-8, or carries escape sequences, is shown (cleaned), and
+/// A child's output that is not UTF-8, or carries escape sequences, is shown (escaped), and
 /// never fails the deployment.
 #[test]
 fn odd_bytes_from_children_are_shown_and_harmless() {
@@ -379,4 +379,75 @@ fn odd_bytes_from_children_are_shown_and_harmless() {
     let out = sb.krops(&["--json", "run"]);
     out.success();
     assert!(out.stdout.contains("x \u{fffd}"), "{out}");
+}
+
+/// Credentials are hidden inside each JSON string, never across the line: a string that ends
+/// in something like the start of a URL (`https://x`), with an `@` in a later string or key,
+/// once made the redaction swallow the text between them (keys, quotes, whole fields).
+#[test]
+fn json_lines_stay_json_when_text_looks_like_a_url() {
+    let sb = Sandbox::new();
+    sb.target_dir("a");
+    sb.target_dir("b");
+    sb.target_dir("c");
+    // The failing command's text ends in `https://x`, and the next deployment's name (a key
+    // of the summary) holds an `@`; the command's stderr holds real credentials. A deployment
+    // name like a URL's start, and a source name with an `@`, put `event` between them.
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.a]\ntarget = {:?}\nsource.p.pipe = \"echo https://u:S3CRET@h/r >&2;false;exit;https://x\"\n\
+             [deployments.\"root@web\"]\ntarget = {:?}\nsource.q.pipe = \"echo ok\"\n\
+             [deployments.\"https://c\"]\ntarget = {:?}\nsource.\"q@c\".pipe = \"echo ok\"\n",
+            sb.path("a").display().to_string(),
+            sb.path("b").display().to_string(),
+            sb.path("c").display().to_string()
+        ),
+    );
+    for verbosity in ["-q", "-vv"] {
+        let out = sb.krops(&["--json", verbosity, "populate"]);
+        out.code(1);
+        let lines = json_lines(&out);
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["deployments"]["root@web"]["status"], "ok", "{out}");
+        assert_eq!(summary["deployments"]["https://c"]["status"], "ok", "{out}");
+        assert!(lines.iter().any(|l| l["event"] == "source_populated" && l["source"] == "q@c"), "{out}");
+        let error = &summary["deployments"]["a"]["error"];
+        assert_eq!(error["program"], "`echo https://***@h/r >&2;false;exit;https://x`");
+        assert_eq!(error["message"], "https://***@h/r", "{out}");
+        assert!(!out.stdout.contains("S3CRET") && !out.stderr.contains("S3CRET"), "{out}");
+    }
+}
+
+/// Text from a target or a child (here a pipe command's stderr, in its deployment's error)
+/// carrying a terminal's escape sequences (retitle the window, clear the screen) reaches the
+/// live display and plain lines escaped, never as the sequences themselves.
+#[test]
+fn escape_sequences_from_children_are_shown_escaped() {
+    let sb = Sandbox::new();
+    sb.target_dir("t");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.t]\ntarget = {:?}\nsource.p.pipe = \"printf 'boom \\\\033]0;pwned\\\\007 \\\\033[2J \\\\302\\\\233 end\\\\n' >&2; exit 3\"\n",
+            sb.path("t").display().to_string()
+        ),
+    );
+    let shown = "boom \\u{1b}]0;pwned\\u{7} \\u{1b}[2J \\u{9b} end";
+    let raw = ["\x1b]", "\x07", "\x1b[2J", "\u{9b}"];
+    // The live display, on a terminal that `script` gives krops.
+    let command = format!("{} --color never populate", krops_bin().display());
+    let out = Outcome::of({
+        let mut script = Command::new("script");
+        script.args(["-qec", &command, "/dev/null"]).current_dir(sb.path("")).stdin(Stdio::null());
+        script
+    });
+    out.code(1);
+    assert!(out.stdout.contains("✗ [t] error: "), "not the live display:\n{out}");
+    assert!(out.stdout.contains(shown), "{out}");
+    assert!(raw.iter().all(|r| !out.stdout.contains(r)), "{out}");
+    // Plain lines (no terminal).
+    let out = sb.krops(&["populate"]);
+    out.code(1).stderr_has(shown);
+    assert!(raw.iter().all(|r| !out.stderr.contains(r) && !out.stdout.contains(r)), "{out}");
 }

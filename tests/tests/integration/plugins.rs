@@ -352,3 +352,132 @@ fn a_missing_plugin_dir_is_a_usage_error() {
         .code(2)
         .stderr_has("--plugin-dir /nonexistent/plugins: not a directory");
 }
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A pipe deployment `a` and a symlink deployment `b`.
+fn pipe_and_symlink_deployments(sb: &Sandbox) {
+    sb.target_dir("a");
+    sb.target_dir("b");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.a]\ntarget = {:?}\nsource.x.pipe = \"echo x\"\n[deployments.b]\ntarget = {:?}\nsource.l.symlink = \"x\"\n",
+            sb.path("a").display().to_string(),
+            sb.path("b").display().to_string()
+        ),
+    );
+}
+
+/// Loading a library runs its code as whoever runs krops, often root: a plugin that other
+/// users can write (its file, or a directory on its path) is refused, naming the path and why,
+/// and only its type fails.
+#[test]
+fn a_plugin_others_can_write_is_refused() {
+    let sb = Sandbox::new();
+    let dir =
+        plugin_dir(&sb, "libkrops_populator_symlink.so", &build_dir().join("libkrops_populator_symlink.so"));
+    let file = format!("{dir}/libkrops_populator_symlink.so");
+    chmod(std::path::Path::new(&dir), 0o777);
+    let out = sb.krops(&["--plugin-dir", &dir, "plugins"]);
+    out.code(2).stdout_has("file\t").stderr_has(&format!(
+        "plugin {file}: not loaded: {dir} can be written by users other than its owner (mode 777)"
+    ));
+    assert!(
+        !out.stdout.contains("symlink\t"),
+        "the refused plugin was loaded, or not in its type's place:\n{out}"
+    );
+    pipe_and_symlink_deployments(&sb);
+    sb.krops(&["--plugin-dir", &dir, "populate"])
+        .code(1)
+        .stderr_has("1 of 2 deployments failed")
+        .stderr_has(&format!("{dir} can be written by users other than its owner"));
+    assert_eq!(sb.read("a/x"), "x\n", "the other type's deployment completed");
+    assert_eq!(sb.listing("b"), [".populate"]);
+
+    chmod(std::path::Path::new(&dir), 0o755);
+    chmod(std::path::Path::new(&file), 0o666);
+    sb.krops(&["--plugin-dir", &dir, "plugins"]).code(2).stderr_has(&format!(
+        "plugin {file}: not loaded: {file} can be written by users other than its owner (mode 666)"
+    ));
+    chmod(std::path::Path::new(&dir), 0o775);
+    chmod(std::path::Path::new(&file), 0o644);
+    sb.krops(&["--plugin-dir", &dir, "plugins"])
+        .code(2)
+        .stderr_has(&format!("not loaded: {dir} can be written by users other than its owner (mode 775)"));
+
+    // As they should be: loaded.
+    chmod(std::path::Path::new(&dir), 0o755);
+    for mode in [0o644, 0o755] {
+        chmod(std::path::Path::new(&file), mode);
+        sb.krops(&["--plugin-dir", &dir, "plugins"]).success().stdout_has(&format!("\t{file}"));
+    }
+}
+
+/// What belongs to another user, that user can replace: a plugin file, or a symlink on the way
+/// to it in a directory everyone may write to (such as /tmp, whose sticky bit protects only
+/// what is not the writer's own). Below such a directory, a directory of root's is fine.
+#[test]
+fn a_plugin_on_a_path_another_user_owns_is_refused() {
+    use std::os::unix::fs::{chown, lchown, symlink};
+    let sb = Sandbox::new();
+    let shared = sb.mkdir("shared");
+    chmod(&shared, 0o1777);
+    let dir = shared.join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("libkrops_populator_panicky.so");
+    std::fs::copy(fixture("plugin_panics"), &file).unwrap();
+    let (dir, file) = (dir.display().to_string(), file.display().to_string());
+    sb.krops(&["--plugin-dir", &dir, "plugins"]).success().stdout_has(&format!("panicky\t0.0.0\t{file}"));
+
+    let link = shared.join("link");
+    symlink(&dir, &link).unwrap();
+    lchown(&link, Some(65534), Some(65534)).unwrap();
+    let link = link.display().to_string();
+    sb.krops(&["--plugin-dir", &link, "plugins"])
+        .code(2)
+        .stderr_has(&format!("not loaded: {link} belongs to uid 65534, not to root"));
+
+    chown(&file, Some(65534), None).unwrap();
+    sb.krops(&["--plugin-dir", &dir, "plugins"])
+        .code(2)
+        .stderr_has(&format!("plugin {file}: not loaded: {file} belongs to uid 65534, not to root"));
+}
+
+/// Run by another user than root, krops loads plugins of root's and of that user's, not of a
+/// third user's.
+#[test]
+fn a_user_trusts_root_and_themselves() {
+    use std::os::unix::fs::chown;
+    let sb = Sandbox::new();
+    chmod(&sb.path(""), 0o755);
+    let plugins_of = |name: &str, uid: u32| {
+        let dir = sb.mkdir(name);
+        let file = dir.join("libkrops_populator_panicky.so");
+        std::fs::copy(fixture("plugin_panics"), &file).unwrap();
+        for path in [&dir, &file] {
+            chown(path, Some(uid), None).unwrap();
+        }
+        dir.display().to_string()
+    };
+    let as_nobody = |dir: &str| {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::support::krops_bin())
+            .args(["--plugin-dir", dir, "plugins"])
+            .current_dir(sb.path(""))
+            .env_remove("KROPS_PLUGIN_PATH");
+        crate::support::Outcome::of(command)
+    };
+    for (name, uid) in [("roots", 0), ("own", 65534)] {
+        as_nobody(&plugins_of(name, uid)).success().stdout_has("panicky\t");
+    }
+    let strangers = plugins_of("strangers", 1234);
+    as_nobody(&strangers).code(2).stderr_has(&format!(
+        "not loaded: {strangers} belongs to uid 1234, not to root or uid 65534 (who runs krops)"
+    ));
+}

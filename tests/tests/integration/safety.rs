@@ -265,11 +265,7 @@ fn reserved_names_are_configuration_errors_and_touch_nothing() {
 fn credentials_in_urls_are_never_printed() {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Local);
-    config(
-        &sb,
-        &site,
-        "repo.git = { url = \"http://deploy:S3CRET-TOKEN@127.0.0.1:9/repo\", ref = \"main\" }",
-    );
+    config(&sb, &site, "repo.git = { url = \"http://USR:S3CRET-TOKEN@127.0.0.1:9/repo\", ref = \"main\" }");
     for verbosity in ["-q", "-v", "-vvv"] {
         let out = sb.krops(&[verbosity, "populate"]);
         out.code(1).stderr_has("http://***@127.0.0.1:9/repo");
@@ -278,6 +274,45 @@ fn credentials_in_urls_are_never_printed() {
     let out = sb.krops(&["eval"]);
     out.success().stdout_has("http://***@127.0.0.1:9/repo");
     assert!(!out.stdout.contains("S3CRET"), "{out}");
+}
+
+/// A password with `#`, `?` or a space (which URL parsers take for a fragment, a query or the
+/// URL's end) is hidden too: in configuration errors that quote the URL, in `eval`, in a run's
+/// errors, in JSON.
+#[test]
+fn credentials_with_odd_characters_are_never_printed() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let git = |url: &str| format!("repo.git = {{ url = {url:?}, ref = \"main\" }}");
+    let health = |url: &str| format!("[[deployments.site.healthChecks]]\nurl = {url:?}\nstatus = 1");
+    for (sources, secret) in [
+        // Refused by the configuration's checks (exit 2), their messages quoting the URL.
+        (git("https://USR:S3#CRET@127.0.0.1:9/repo"), "S3#CRET"),
+        (git("https://USR:S3?CRET@127.0.0.1:9/repo"), "S3?CRET"),
+        (git("https://U SR:S3 CRET@127.0.0.1:9/repo"), "S3 CRET"),
+        (health("http://USR:S3#CRET@127.0.0.1:9/health"), "S3#CRET"),
+        (health("http://U SR:S3?CRET@127.0.0.1:9/health"), "S3?CRET"),
+        // Accepted: shown by eval, and by the run that fails to reach it.
+        (git("ssh://USR:S3#CRET@127.0.0.1:9/repo"), "S3#CRET"),
+    ] {
+        config(&sb, &site, &sources);
+        for args in [
+            &["populate"][..],
+            &["-vvv", "deploy"],
+            &["--json", "-vvv", "populate"],
+            &["eval"],
+            &["--json", "eval"],
+        ] {
+            let out = sb.krops(args);
+            assert!(out.code != Some(0) || args.contains(&"eval"), "{out}");
+            assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret), "{secret} shown\n{out}");
+            assert!(!out.stdout.contains("SR:") && !out.stderr.contains("SR:"), "the user shown\n{out}");
+            assert!(
+                out.stdout.contains("://***@127.0.0.1:9/") || out.stderr.contains("://***@127.0.0.1:9/"),
+                "{out}"
+            );
+        }
+    }
 }
 
 #[test]
