@@ -169,7 +169,7 @@ fn files_containing(dir: &Path, needle: &[u8], except: &[&Path]) -> Vec<String> 
             if kind.is_dir() && entry.file_name() != "target" && entry.file_name() != ".git" {
                 pending.push(path);
             } else if kind.is_file() && entry.metadata().is_ok_and(|m| m.len() <= 1 << 20) {
-                if let Ok(bytes) = std::fs::read(&path) {
+                if let Some(bytes) = read_regular(&path) {
                     if bytes.windows(needle.len()).any(|w| w == needle) {
                         found.push(path.display().to_string());
                     }
@@ -178,6 +178,21 @@ fn files_containing(dir: &Path, needle: &[u8], except: &[&Path]) -> Vec<String> 
         }
     }
     found
+}
+
+/// The contents of `path` if it is still a regular file when opened: another process may put
+/// a FIFO in its place meanwhile, whose open would block (hence O_NONBLOCK).
+fn read_regular(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NONBLOCK: i32 = 0o4000;
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn no_plaintext_on_the_deploying_machine_or_in_the_output(kind: Kind) {
