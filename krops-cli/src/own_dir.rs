@@ -11,22 +11,29 @@
 //! run, which makes a fresh one.
 
 /// `enter_own_dir PATH [create]` enters `PATH/.krops`, making it first with `create` (whatever
-/// else stands there, a link or someone else's directory, makes way); it fails, at `/`, when
+/// else stands there, a link or a directory without krops's mark `own`, makes way: another
+/// of krops's own 0700 directories, renamed there, is no state directory); it fails, at `/`, when
 /// the directory is not there or not krops's own. `own_dir_here PATH` says whether the working
 /// directory is it (also when entered another way, through `/proc/PID/cwd`).
 pub const FUNCTIONS: &str = r#"own_dir_here() {
   [ "$(stat -c '%u %a %F' .)" = "$(id -u) 700 directory" ] &&
-  [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ]
+  [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && [ -f own ]
 }
 enter_own_dir() {
   for _ in 1 2 3; do
     if cd -- "$1/.krops" 2> /dev/null && own_dir_here "$1"; then return 0; fi
     cd /
     [ "${2-}" = create ] || return 1
-    # Only what is not krops's makes way: a run racing this one makes the directory 0700 and
-    # its own at once (mkdir under umask 077), so one being made is never taken for foreign.
     if [ -e "$1/.krops" ] || [ -L "$1/.krops" ]; then rm -rf -- "$1/.krops"; fi
-    (umask 077 && mkdir -- "$1/.krops" 2> /dev/null) || true
+    # Made whole under another name, then renamed into place: a run racing this one never
+    # sees it without its mark, which only krops can put there.
+    made=$(mktemp -d -- "$1/.krops-new.XXXXXX") || break
+    if (cd -- "$made" && [ "$(stat -c '%u %a' .)" = "$(id -u) 700" ] &&
+        [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && : > own); then
+      mv -T -- "$made" "$1/.krops" 2> /dev/null || rm -rf -- "$made"
+    else
+      rm -rf -- "$made"
+    fi
   done
   echo "error: cannot make krops's own directory $1/.krops (does another account write to $1?)" >&2
   return 1

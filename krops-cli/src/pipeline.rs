@@ -494,7 +494,7 @@ held_by() {
   for pid in $(awk -v ino="$(stat -c %i .)" '$2 == "FLOCK" { n = split($6, f, ":"); if (f[n] == ino) print $5 }' /proc/locks 2> /dev/null); do
     case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2> /dev/null) in
       ''|*krops-run-*) ;;
-      *) printf 'foreign uid %s PID %s' "$(stat -c %u "/proc/$pid" 2> /dev/null)" "$pid"; return ;;
+      *) printf 'foreign uid %s PID %s' "$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status" 2> /dev/null)" "$pid"; return ;;
     esac
   done
   h=$(head -c 300 holder 2> /dev/null | head -n 1 | tr -cd '[:print:]')
@@ -580,6 +580,8 @@ if [ "$line" != done ]; then
   # This shell's ancestors (sudo, a login shell) carry the marker too: they are not work. Nor
   # is a process of another account (anyone can put the marker in a command line): the run's
   # own are root's, this user's or sudo's invoking user's.
+  # The real uid: a stranger's setuid program (sudo waiting for a password) runs as root.
+  real_uid() { awk '/^Uid:/ { print $2 }' "$1/status" 2> /dev/null; }
   mine=" " p=$$ users=" 0 $me ${SUDO_UID:+$SUDO_UID }"
   while [ "${p:-0}" -gt 1 ]; do mine="$mine$p " p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null); done
   while :; do
@@ -587,7 +589,7 @@ if [ "$line" != done ]; then
     for d in /proc/[0-9]*; do
       case $mine in *" ${d#/proc/} "*) continue ;; esac
       case $({ tr '\0' ' ' < "$d/cmdline"; } 2>/dev/null) in *" $0 "*|*" $0") ;; *) continue ;; esac
-      case $users in *" $(stat -c %u "$d" 2> /dev/null) "*) busy=1; break ;; esac
+      case $users in *" $(real_uid "$d") "*) busy=1; break ;; esac
     done
     [ -n "$busy" ] || break
     sleep 0.2

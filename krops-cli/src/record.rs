@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// of every entry's relative name, kind, size, mtime, mode and link target, or `absent`. For a
 /// git work tree (KIND `g`) the `.git` directories below it are left out and the commit of its
 /// HEAD put in instead; for content (KIND `c`: secrets, a pipe's output, small and easily
-/// forged with the same size and mtime) every file's SHA-256 goes in too. When the tools fail (no `find -printf`, no `sha256sum`), it prints `unknown`, which
+/// forged with the same size and mtime) every file's SHA-256 goes in too, bounded (files up to
+/// 16 MiB, 10 s each: a FIFO swapped in, or a huge sparse file, must not hold the lock). When the tools fail (no `find -printf`, no `sha256sum`), it prints `unknown`, which
 /// never matches a record: an unreadable state means "populate".
 pub const STATE_FUNCTION: &str = r#"state() {
   if [ -e "$p/$2" ] || [ -L "$p/$2" ]; then
@@ -31,7 +32,7 @@ pub const STATE_FUNCTION: &str = r#"state() {
       else
         find "./$2" -mindepth 1 -printf '%P\t%y\t%s\t%T@\t%m\t%l\n'
       fi &&
-      if [ "$1" = c ]; then find "./$2" -type f -exec sha256sum -- {} +; fi
+      if [ "$1" = c ]; then find "./$2" -type f -size -16385k -exec timeout 10 sha256sum -- {} +; fi
     } 2>/dev/null | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
     case $h in
       ''|e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855) echo unknown ;;

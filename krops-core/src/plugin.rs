@@ -11,7 +11,9 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::abi::{log_level, Populator, PopulatorBox, Populator_TO, TargetHandleRef};
-use crate::sdk::{secret_archive, SecretFile, INSTALL_SECRETS_SCRIPT, PRIVATE_DIR_FUNCTIONS};
+use crate::sdk::{
+    secret_archive, SecretFile, DETACHED_INSTALL_SCRIPT, INSTALL_SECRETS_SCRIPT, PRIVATE_DIR_FUNCTIONS,
+};
 use crate::wire::{
     capability, method, Description, Diff, PopulateRequest, PrepareRequest, RsyncReport, RsyncRequest,
     RunLocalRequest, RunScriptRequest, TargetInfo, ValidateRequest, WriteFileRequest, UNSUPPORTED,
@@ -139,8 +141,8 @@ impl<'a> Target<'a> {
     /// interruption, a dropped connection or a full disk never leaves a partial tree.
     pub fn install_secrets(&self, destination: &str, files: &[SecretFile]) -> Result<(), String> {
         let archive = secret_archive(files).map_err(|e| format!("cannot pack secrets: {e}"))?;
-        let script = format!("{PRIVATE_DIR_FUNCTIONS}\n{INSTALL_SECRETS_SCRIPT}");
-        self.run_script(&script, &[destination], &archive).map(drop)
+        let installer = format!("{PRIVATE_DIR_FUNCTIONS}\n{INSTALL_SECRETS_SCRIPT}");
+        self.run_script(DETACHED_INSTALL_SCRIPT, &[&installer, destination], &archive).map(drop)
     }
 
     pub fn log_info(&self, message: &str) {

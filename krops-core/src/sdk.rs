@@ -51,11 +51,19 @@ umask 077
 dest=$1 name=${1##*/}
 # A vanished reader of an error message must not end this shell before it cleans up.
 trap '' PIPE
-enter_private_dir "$dest.krops-staging.XXXXXX" || exit 1
-trap leave_private_dir EXIT
+# Staging directories of installers that could not finish (a machine that lost power) go.
+for stale in "$dest".krops-staging.*; do
+  if [ -d "$stale" ] && [ ! -L "$stale" ] && [ "$(stat -c '%u %a' -- "$stale")" = "$(id -u) 700" ]; then
+    rm -rf -- "$stale"
+  fi
+done
+entered=
+trap '[ -z "$entered" ] || leave_private_dir' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
+enter_private_dir "$dest.krops-staging.XXXXXX" || exit 1
+entered=1
 incomplete() {
   echo "error: the secrets for $dest arrived incomplete ($1); the old ones stay in place" >&2
   exit 1
@@ -79,6 +87,13 @@ fi
 trap '' HUP INT TERM
 if [ -e "../$name" ] || [ -L "../$name" ]; then mv -fT -- "../$name" old; fi
 mv -T -- tree "../$name""#;
+
+/// Runs the installer (`$1`, a script) on `$2` in a session of its own, and waits for it: a
+/// killed krops takes its local children along (and a signal, their process group), but never
+/// the installer, which always gets to verify, swap and clean up. Its input ends with krops.
+/// (`-f`: this shell leads its process group, and only a new process can start a session.)
+pub(crate) const DETACHED_INSTALL_SCRIPT: &str = r#"if command -v setsid > /dev/null; then exec setsid -f -w /bin/sh -c "$1" "$0" "$2"; fi
+exec /bin/sh -c "$1" "$0" "$2""#;
 
 /// `$1` the secrets' directory, `$2` a salt: `HASH<TAB>NAME<NUL>` per file below it, HASH being
 /// SHA-256 of the salt followed by the file's content; `absent` when no directory is there

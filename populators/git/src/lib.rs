@@ -38,10 +38,10 @@ pub struct Clean {
     exclude: Vec<String>,
 }
 
-/// `neutralise_filters DIR`: every filter driver that the work tree's own configuration names
-/// (`filter.NAME.*`, which a checkout or a status would run) is overridden for the git commands
+/// `neutralise_filters DIR`: every filter driver that the work tree's own configuration names,
+/// files it includes too (`filter.NAME.*`, which a checkout or a status would run), is overridden for the git commands
 /// that follow by one that runs nothing of it: `cat` both ways, no long-running process, not
-/// required. Overrides travel in git's environment (`GIT_CONFIG_COUNT`), which outranks every
+/// required; and every submodule's `update` is `checkout` (not a `!command`). Overrides travel in git's environment (`GIT_CONFIG_COUNT`), which outranks every
 /// configuration file; the work tree's own file is left as it is.
 const NEUTRAL_FILTERS_FUNCTION: &str = r#"neutralise_filters() {
   n=0
@@ -52,7 +52,15 @@ const NEUTRAL_FILTERS_FUNCTION: &str = r#"neutralise_filters() {
       n=$((n + 1))
     done
   done <<EOF
-$(command git -C "$1" config --local --name-only --get-regexp '^filter\.' 2> /dev/null | sed 's/\.[^.]*$//' | sort -u)
+$(command git -C "$1" config --local --includes --name-only --get-regexp '^filter\.' 2> /dev/null | sed 's/\.[^.]*$//' | sort -u)
+EOF
+  # A submodule's `update = !command` would run that command.
+  while IFS= read -r key; do
+    [ -n "$key" ] || continue
+    export "GIT_CONFIG_KEY_$n=$key" "GIT_CONFIG_VALUE_$n=checkout"
+    n=$((n + 1))
+  done <<EOF
+$(command git -C "$1" config --local --includes --name-only --get-regexp '^submodule\..*\.update$' 2> /dev/null)
 EOF
   export GIT_CONFIG_COUNT=$n
 }"#;

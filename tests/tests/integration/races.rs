@@ -80,8 +80,18 @@ fn entries_named(dir: &Path, needle: &str) -> Vec<String> {
 /// complete old or the complete new secrets, never a part, and no staging directory remains.
 #[test]
 fn an_interrupted_secrets_transfer_leaves_the_old_or_the_new_secrets_whole() {
+    interrupted_transfers(Kind::Root, ["INT", "TERM", "master"]);
+}
+
+/// The same for a local target, where a killed krops (SIGKILL) takes its children along.
+#[test]
+fn an_interrupted_local_secrets_transfer_leaves_the_old_or_the_new_secrets_whole() {
+    interrupted_transfers(Kind::Local, ["INT", "TERM", "KILL"]);
+}
+
+fn interrupted_transfers(kind: Kind, modes: [&str; 3]) {
     let sb = Sandbox::new();
-    let site = Site::ready(&sb, Kind::Root);
+    let site = Site::ready(&sb, kind);
     let stores = two_stores(&sb);
     passage_config(&sb, &site, &stores[0]);
     sb.krops(&["populate"]).success();
@@ -89,9 +99,7 @@ fn an_interrupted_secrets_transfer_leaves_the_old_or_the_new_secrets_whole() {
     let tmp = sb.mkdir("tmp").display().to_string();
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let mut interrupted_mid_stream = 0;
-    for (trial, mode) in
-        ["INT", "TERM", "master"].into_iter().flat_map(|m| std::iter::repeat_n(m, 10)).enumerate()
-    {
+    for (trial, mode) in modes.into_iter().flat_map(|m| std::iter::repeat_n(m, 10)).enumerate() {
         let before = whole_version(&site.path("secrets")).unwrap();
         let next = usize::from(before == "a");
         passage_config(&sb, &site, &stores[next]);
@@ -161,7 +169,11 @@ while :; do
   for n in .krops .krops/* secrets.krops-staging.* .krops-sentinel.*; do
     [ -e "$n" ] && [ ! -L "$n" ] || continue
     mv -T -- "$n" "moved.$i" 2> /dev/null || continue
-    case $n in .krops) ln -sfn "$private" .krops ;; *) ln -sfn "$v" "$n" ;; esac 2> /dev/null
+    case $n in
+      # Another directory only root can use: outside the target, or a source's inside it.
+      .krops) if [ $((i % 2)) = 0 ]; then ln -sfn "$private" .krops; else ln -sfn secrets .krops; fi ;;
+      *) ln -sfn "$v" "$n" ;;
+    esac 2> /dev/null
   done
   case $((i % 8)) in
     0) ln -sfn "$v" .populate 2> /dev/null ;;
@@ -243,6 +255,13 @@ fn a_writer_racing_names_in_the_target_path_reaches_nothing_outside(kind: Kind) 
     command.env("PATH", &path);
     crate::support::Outcome::of(command).success();
     assert_eq!(site.read("info"), "hi\n");
+    let mut secrets: Vec<String> = std::fs::read_dir(site.path("secrets"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    secrets.sort();
+    assert_eq!(secrets, ["s0", "s1", "s2", "s3", "s4"], "krops's state was kept among the secrets");
 }
 
 /// A target whose disk fills while secrets arrive: the error says so (not only tar's "Exiting
@@ -306,7 +325,20 @@ fn a_filter_driver_in_a_target_work_tree_runs_nothing() {
         .as_bytes(),
     )
     .unwrap();
-    site.write("r/.git/info/attributes", "* filter=evil\n");
+    site.write("r/.git/info/attributes", "* filter=evil\n* filter=included\n");
+    // A driver from a file the work tree's configuration includes, too.
+    sb.write(
+        "included.inc",
+        &format!(
+            "[filter \"included\"]\n\tclean = touch {0}; cat\n\tsmudge = touch {0}; cat\n",
+            ran.display()
+        ),
+    );
+    std::io::Write::write_all(
+        &mut config,
+        format!("[include]\n\tpath = {}\n", sb.path("included.inc").display()).as_bytes(),
+    )
+    .unwrap();
     // A tracked file edited by hand: status must look at its content.
     site.write("r/a.nix", "edited");
     sb.krops(&["diff"]).success();
@@ -378,16 +410,26 @@ fn a_stranger_carrying_a_killed_run_s_marker_holds_no_lock() {
         .to_owned();
     Command::new("kill").args(["-KILL", &krops.id().to_string()]).status().unwrap();
     let _ = krops.wait();
-    let mut stranger = Command::new("setpriv")
-        .args([&format!("--reuid={STRANGER}"), &format!("--regid={STRANGER}"), "--clear-groups", "--"])
-        .args(["/bin/sh", "-c", "sleep 60; :", &marker])
-        .spawn()
-        .unwrap();
+    // Also through a setuid program (sudo waiting for a password): it runs as root, but
+    // started by the stranger.
+    let strangers = ["sleep 60; :", "sleep 60 | sudo -S -p '' true \"$0\""].map(|script| {
+        Command::new("setpriv")
+            .args([&format!("--reuid={STRANGER}"), &format!("--regid={STRANGER}"), "--clear-groups", "--"])
+            .args(["/bin/sh", "-c", script, &marker])
+            .spawn()
+            .unwrap()
+    });
+    wait_until("the stranger's sudo waits", || {
+        processes_mentioning(&marker).iter().any(|p| p.contains("sudo -S"))
+    });
     let started = std::time::Instant::now();
     crate::support::Outcome::of(sb.krops_with_tmpdir(&["--wait-lock", "40", "populate"])).success();
     let waited = started.elapsed();
-    let _ = stranger.kill();
-    let _ = stranger.wait();
+    for mut stranger in strangers {
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+    // The sudo's own processes (root's) end with their input.
     assert!(waited < Duration::from_secs(20), "the stranger's process held the lock for {waited:?}");
 }
 

@@ -276,6 +276,7 @@ fn a_stale_watchdog_file_locks_nothing(kind: Kind) {
     for content in [format!("{}\n", stranger.id()), "0\n".to_owned(), "x y\n".to_owned()] {
         site.write(".krops/watchdog", &content);
         site.write(".krops/watchdog.fired", &content);
+        site.write(".krops/own", "");
         // As krops makes its directory: else it would be replaced, stale files and all.
         std::fs::set_permissions(site.path(".krops"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();

@@ -239,6 +239,7 @@ fn half_written_record_files_of_an_interrupted_run_go() {
     );
     site.write(".krops/record.Ab3dE9", "source half");
     site.write(".krops/holder.x1Y2z3", "someone since");
+    site.write(".krops/own", "");
     std::fs::set_permissions(site.path(".krops"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .unwrap();
     site.write("conf.krops-record.keep", "not krops's");
