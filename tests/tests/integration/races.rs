@@ -460,3 +460,25 @@ fn a_lock_held_by_no_krops_run_is_named_by_uid_and_pid() {
         .code(1)
         .stderr_has(&format!("is locked by a process that is no krops run (uid 0 PID {})", holder.id()));
 }
+
+/// A pipe's output replaced on the target by a huge (sparse) file: reading its state is
+/// bounded, so `status` and the lock's round trip answer at once instead of hashing for hours.
+#[test]
+fn the_state_of_a_huge_file_is_read_in_bounded_time() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\n[deployments.site.source]\ninfo.pipe = \"echo hi\"\n",
+            site.target()
+        ),
+    );
+    sb.krops(&["populate"]).success();
+    std::fs::File::options().write(true).open(site.path("info")).unwrap().set_len(1 << 40).unwrap();
+    let started = std::time::Instant::now();
+    sb.krops(&["status"]).success();
+    sb.krops(&["populate"]).success();
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert_eq!(site.read("info"), "hi\n");
+}
