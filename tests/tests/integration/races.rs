@@ -438,16 +438,7 @@ fn a_stranger_carrying_a_killed_run_s_marker_holds_no_lock() {
 /// last krops run that held it.
 #[test]
 fn a_lock_held_by_no_krops_run_is_named_by_uid_and_pid() {
-    let sb = Sandbox::new();
-    let site = Site::ready(&sb, Kind::Local);
-    sb.write(
-        "krops.toml",
-        &format!(
-            "[deployments.site]\ntarget = {}\n[deployments.site.source]\ninfo.pipe = \"echo hi\"\n",
-            site.target()
-        ),
-    );
-    sb.krops(&["populate"]).success();
+    let (sb, site) = populated_with_a_pipe();
     let mut holder = Command::new("flock").arg(site.path(".krops")).args(["sleep", "30"]).spawn().unwrap();
     wait_until("the lock is taken", || {
         std::fs::read_to_string("/proc/locks").unwrap().lines().count() > 0
@@ -465,6 +456,17 @@ fn a_lock_held_by_no_krops_run_is_named_by_uid_and_pid() {
 /// bounded, so `status` and the lock's round trip answer at once instead of hashing for hours.
 #[test]
 fn the_state_of_a_huge_file_is_read_in_bounded_time() {
+    let (sb, site) = populated_with_a_pipe();
+    std::fs::File::options().write(true).open(site.path("info")).unwrap().set_len(1 << 40).unwrap();
+    let started = std::time::Instant::now();
+    sb.krops(&["status"]).success();
+    sb.krops(&["populate"]).success();
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert_eq!(site.read("info"), "hi\n");
+}
+
+/// A local site populated with one pipe source, `info`.
+fn populated_with_a_pipe() -> (Sandbox, Site) {
     let sb = Sandbox::new();
     let site = Site::ready(&sb, Kind::Local);
     sb.write(
@@ -475,10 +477,5 @@ fn the_state_of_a_huge_file_is_read_in_bounded_time() {
         ),
     );
     sb.krops(&["populate"]).success();
-    std::fs::File::options().write(true).open(site.path("info")).unwrap().set_len(1 << 40).unwrap();
-    let started = std::time::Instant::now();
-    sb.krops(&["status"]).success();
-    sb.krops(&["populate"]).success();
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
-    assert_eq!(site.read("info"), "hi\n");
+    (sb, site)
 }
