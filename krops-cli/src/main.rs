@@ -13,7 +13,7 @@ use krops::config::{self, Kind};
 use krops::exec;
 use krops::loader::{self, search_dirs, Registry};
 use krops::pipeline::{self, Action};
-use krops::select::{select, Purpose};
+use krops::select::{select, Purpose, Shard};
 use krops::ssh::Multiplexer;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -53,6 +53,10 @@ struct Cli {
     /// Wait up to SECONDS for another krops run's lock on a target instead of failing
     #[arg(long = "wait-lock", global = true, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=604_800))]
     wait_lock: Option<u64>,
+    /// Act on the K-th of N parts of the selected deployments (split by name hash: stable and
+    /// balanced), e.g. one part per runner of a CI job matrix
+    #[arg(long, global = true, value_name = "K/N")]
+    shard: Option<Shard>,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,6 +129,9 @@ enum Command {
         /// Deployments: names, globs (web-*) or @TAG; none: every deployment
         #[arg(value_name = "NAME")]
         names: Vec<String>,
+        /// Only the selected deployments' names, one a line (with --json: one `names` event)
+        #[arg(long = "names")]
+        names_only: bool,
     },
     /// List the populator plugins found: type, version, file (broken ones on stderr, exit 2)
     Plugins,
@@ -245,9 +252,27 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             }
             return Ok(ExitCode::from(2));
         }
-        Command::Eval { names } => {
+        Command::Eval { names, names_only: true } => {
             let text = read()?;
-            let selected = validated_selection(&text, &names, Purpose::Any, false, registry.clone())?;
+            let shape = config::parse(&text.file, text.syntax, &text.text, Arc::new(config::ShapeOnly), None)
+                .map_err(|e| UsageError(e.into()))?;
+            let selected = select(&shape, &names, Purpose::Any, false).map_err(|e| UsageError(anyhow!(e)))?;
+            let selected: Vec<String> =
+                sharded(selected, cli.shard).into_iter().map(|(name, _)| name).collect();
+            if cli.json {
+                render::print_json(serde_json::json!({ "event": "names", "names": selected }));
+                render::print_summary_of_no_deployments(None);
+            } else {
+                for name in selected {
+                    say(&render::shown(&name));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Eval { names, names_only: false } => {
+            let text = read()?;
+            let selected =
+                validated_selection(&text, &names, Purpose::Any, false, cli.shard, registry.clone())?;
             let deployments: serde_json::Map<String, serde_json::Value> = selected
                 .into_iter()
                 .map(|(name, d)| Ok((name, serde_json::to_value(d)?)))
@@ -281,7 +306,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         Command::Diff { names } => (Action::Diff, names, Purpose::Any, read()?),
     };
     let single = matches!(action, Action::Run { .. });
-    let deployments = validated_selection(&text, &names, purpose, single, registry.clone())?;
+    let deployments = validated_selection(&text, &names, purpose, single, cli.shard, registry.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -365,11 +390,16 @@ fn validated_selection(
     names: &[String],
     purpose: Purpose,
     single: bool,
+    shard: Option<Shard>,
     registry: Arc<Registry>,
 ) -> Result<Vec<(String, config::Deployment)>, UsageError> {
     let shape = config::parse(&text.file, text.syntax, &text.text, Arc::new(config::ShapeOnly), None)
         .map_err(|e| UsageError(e.into()))?;
     let selected = select(&shape, names, purpose, single).map_err(|e| UsageError(anyhow!(e)))?;
+    let selected = sharded(selected, shard);
+    if let (Some(shard), true) = (shard, selected.is_empty()) {
+        eprintln!("krops: shard {}/{} of this selection holds no deployment", shard.index, shard.count);
+    }
     let only = selected.iter().map(|(name, _)| name.clone()).collect();
     let config = config::parse(&text.file, text.syntax, &text.text, registry, Some(&only))
         .map_err(|e| UsageError(e.into()))?;
@@ -377,6 +407,14 @@ fn validated_selection(
         .into_iter()
         .filter_map(|(name, _)| config.deployments.get(&name).cloned().map(|d| (name, d)))
         .collect())
+}
+
+/// `selected`, or only `shard`'s part of it.
+fn sharded<T>(selected: Vec<(String, T)>, shard: Option<Shard>) -> Vec<(String, T)> {
+    match shard {
+        Some(shard) => shard.of(selected),
+        None => selected,
+    }
 }
 
 /// A line on stdout; a reader that went away (`krops eval | head -1`) is not an error.

@@ -136,6 +136,51 @@ fn kinds(config: &Config) -> String {
     kinds.join(", ")
 }
 
+/// `--shard K/N`: the K-th of N parts of a selection, for splitting one fleet across N
+/// machines (a CI job matrix). The selection is ranked by a hash of each deployment's name, and
+/// rank `i` falls to part `i mod N + 1`: every part holds a share that differs from any other
+/// by at most one deployment, and the parts depend on the names alone, never on the file's
+/// order, the machine or the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 1 ≤ index ≤ count.
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Shard, String> {
+        let wrong = || format!("{text:?} is not K/N with 1 ≤ K ≤ N (e.g. 2/5)");
+        let (index, count) = text.split_once('/').ok_or_else(wrong)?;
+        let index: usize = index.parse().map_err(|_| wrong())?;
+        let count: usize = count.parse().map_err(|_| wrong())?;
+        if index == 0 || index > count {
+            return Err(wrong());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// The part of `selected` that is this shard's, in the selection's order.
+    pub fn of<T>(self, selected: Vec<(String, T)>) -> Vec<(String, T)> {
+        let mut ranked: Vec<(String, &str)> = selected
+            .iter()
+            .map(|(name, _)| (krops_core::sdk::sha256_hex(name.as_bytes()), name.as_str()))
+            .collect();
+        ranked.sort();
+        let mine: std::collections::BTreeSet<String> = ranked
+            .iter()
+            .enumerate()
+            .filter(|(rank, _)| rank % self.count + 1 == self.index)
+            .map(|(_, (_, name))| (*name).to_owned())
+            .collect();
+        selected.into_iter().filter(|(name, _)| mine.contains(name)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +229,41 @@ mod tests {
         let unknown = select(&c, &all(&["web1"]), deploy, false).unwrap_err();
         assert!(unknown.contains("did you mean \"web-1\""), "{unknown}");
         assert!(select(&c, &all(&["@asia"]), deploy, false).unwrap_err().contains("no deployment matches"));
+    }
+
+    #[test]
+    fn shards_partition_a_selection_evenly_whatever_its_order() {
+        let names: Vec<(String, ())> = (0..23).map(|i| (format!("host-{i}"), ())).collect();
+        let mut reversed = names.clone();
+        reversed.reverse();
+        for count in [1, 2, 3, 5, 7, 23, 30] {
+            let parts: Vec<Vec<String>> = (1..=count)
+                .map(|index| {
+                    let shard = Shard { index, count };
+                    let mut part: Vec<String> = shard.of(names.clone()).into_iter().map(|(n, _)| n).collect();
+                    let mut again: Vec<String> =
+                        shard.of(reversed.clone()).into_iter().map(|(n, _)| n).collect();
+                    part.sort();
+                    again.sort();
+                    assert_eq!(part, again, "{index}/{count} depends on the order");
+                    part
+                })
+                .collect();
+            let mut all: Vec<String> = parts.concat();
+            all.sort();
+            let mut expected: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+            expected.sort();
+            assert_eq!(all, expected, "the {count} parts are not a partition");
+            let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn a_shard_is_k_of_n() {
+        assert_eq!("2/5".parse(), Ok(Shard { index: 2, count: 5 }));
+        for wrong in ["0/3", "4/3", "3", "a/b", "1/0", "-1/2", ""] {
+            assert!(wrong.parse::<Shard>().is_err(), "{wrong}");
+        }
     }
 }

@@ -21,4 +21,5 @@ mod remote;
 mod safety;
 mod scenarios;
 mod secrets;
+mod shard;
 mod support;
