@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use krops_tests::hosts::TestHost;
+
 use crate::on_every_site;
 use crate::support::{Kind, Sandbox, Site};
 
@@ -196,4 +198,57 @@ fn a_deployment_without_sources_is_recorded() {
     sb.write("krops.toml", &format!("[deployments.site]\ntarget = {}\ncommand = \"true\"\n", site.target()));
     sb.krops(&["run"]).success();
     sb.krops(&["status"]).success().stdout_has("last activation: run ok at ");
+}
+
+/// A hundred hosts in one run with the default settings (issue 23): every deployment succeeds,
+/// each host gets its own files, and a second run, which changes nothing, succeeds too without
+/// transferring anything. krops runs with its defaults (`--jobs` 32, ssh's own key exchange);
+/// the hosts are started in parallel and offer only the light key exchange
+/// ([`TestHost::start_light`]), which halves the test's time on two cores (~20 s, from ~31 s).
+#[test]
+fn a_hundred_hosts_are_deployed_in_one_run() {
+    const HOSTS: usize = 100;
+    let sb = Sandbox::new();
+    sb.write("conf/a.nix", "a");
+    sb.write("conf/dir/b.nix", "b");
+    let hosts: Vec<Site> = std::thread::scope(|scope| {
+        let starters: Vec<_> = (0..10)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t * HOSTS / 10..(t + 1) * HOSTS / 10)
+                        .map(|_| {
+                            Site::on_host(Kind::Root, TestHost::start_light("krops-test-host"))
+                                .with_sentinel()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        starters.into_iter().flat_map(|s| s.join().expect("a host did not start")).collect()
+    });
+    assert_eq!(hosts.len(), HOSTS);
+    let mut toml = String::new();
+    for (i, site) in hosts.iter().enumerate() {
+        toml.push_str(&format!(
+            "[deployments.host{i:03}]\ntarget = {}\n[deployments.host{i:03}.source]\n\
+             conf.file = \"conf\"\ninfo.pipe = \"echo host{i:03}\"\n",
+            site.target()
+        ));
+    }
+    sb.write("krops.toml", &toml);
+    let first = sb.krops(&["populate"]);
+    first.success();
+    for (i, site) in hosts.iter().enumerate() {
+        assert_eq!(site.read("conf/a.nix"), "a", "host{i:03}\n{first}");
+        assert_eq!(site.read("conf/dir/b.nix"), "b", "host{i:03}\n{first}");
+        assert_eq!(site.read("info"), format!("host{i:03}\n"), "host{i:03}\n{first}");
+    }
+    let again = sb.krops(&["-vv", "populate"]);
+    again.success();
+    assert_eq!(
+        again.stderr.lines().filter(|l| l.contains("running rsync")).count(),
+        0,
+        "a no-op redeploy transferred something:\n{again}"
+    );
+    assert_eq!(again.stderr.matches("in 0 ms, unchanged: true").count(), 2 * HOSTS, "{again}");
 }

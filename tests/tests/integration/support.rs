@@ -191,6 +191,13 @@ impl Site {
         }
     }
 
+    /// A remote site on `host`, started by the test (e.g. with other sshd settings), logged in
+    /// to as `kind` says.
+    pub fn on_host(kind: Kind, host: krops_tests::hosts::TestHost) -> Site {
+        assert!(kind != Kind::Local, "a site on a test host is remote");
+        Site { kind, dir: host.var_src(), host: Some(host) }
+    }
+
     /// A site with its sentinel in place.
     pub fn ready(sb: &Sandbox, kind: Kind) -> Site {
         Site::new(sb, kind).with_sentinel()
