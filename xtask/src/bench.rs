@@ -17,6 +17,7 @@ pub fn run_all(build_dir: &Path) -> Result<()> {
     plugins_start_up(build_dir)?;
     noop_redeploy(build_dir, Duration::from_millis(25))?;
     fleet(build_dir, 20)?;
+    deployer_cost(build_dir, &[20, 50, 100])?;
     big_tree(build_dir, 100_000)?;
     passage_secrets(build_dir, 1000)?;
     pass_secrets(build_dir, 200)
@@ -91,6 +92,135 @@ fn fleet(build_dir: &Path, count: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the deploying machine pays for a no-op redeploy of N hosts (one deployment each, a file
+/// and a pipe source): CPU seconds of krops and everything it waited for (its ssh clients and
+/// masters, local rsync), measured by GNU time, against N cold `ssh HOST true` clients started
+/// at once; krops's own share (its process alone); and krops's peak memory per host. The
+/// targets (sshd, curve25519 key exchange) are not counted. Median of 3, alternating.
+pub fn deployer_cost(build_dir: &Path, counts: &[usize]) -> Result<()> {
+    krops_tests::packages::ensure(&[("/usr/bin/time", "time")]).map_err(anyhow::Error::msg)?;
+    let most = counts.iter().copied().max().unwrap_or(0);
+    let hosts: Vec<TestHost> = std::thread::scope(|scope| {
+        let starters: Vec<_> = (0..10)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t * most / 10..(t + 1) * most / 10)
+                        .map(|_| TestHost::start_light("krops-bench-cost"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        starters.into_iter().flat_map(|s| s.join().unwrap_or_default()).collect()
+    });
+    if hosts.len() != most {
+        bail!("only {} of {most} hosts started", hosts.len());
+    }
+    let work = tempfile::tempdir()?;
+    std::fs::write(work.path().join("configuration.nix"), "{ ... }: { }\n")?;
+    let krops = build_dir.join("krops");
+    println!("deployer cost of a no-op redeploy (CPU of krops + its ssh and rsync; targets excluded), median of 3:");
+    for &count in counts {
+        let mut toml = String::new();
+        for (i, host) in hosts.iter().take(count).enumerate() {
+            std::fs::write(host.var_src().join(".populate"), "")?;
+            let target = host.target_toml(Login::Root, host.port, "/var/src");
+            toml.push_str(&format!(
+                "[deployments.h{i}]\ntarget = {target}\n[deployments.h{i}.source]\nnixos-config.file = \"configuration.nix\"\ninfo.pipe = \"echo {i}\"\n"
+            ));
+        }
+        let config = work.path().join(format!("cost-{count}.toml"));
+        std::fs::write(&config, toml)?;
+        run_quiet(Command::new(&krops).args(["-q", "-f"]).arg(&config).arg("populate"))?;
+        let mut bare = String::from("for port in");
+        for host in hosts.iter().take(count) {
+            bare.push_str(&format!(" {}", host.port));
+        }
+        bare.push_str(&format!(
+            "; do ssh {} -p \"$port\" root@127.0.0.1 true & done; wait",
+            join(&TestHost::extra_options())?
+        ));
+        let (mut ours, mut theirs, mut own, mut peaks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ours.push(cpu_of(Command::new(&krops).args(["-q", "-f"]).arg(&config).arg("populate"))?);
+            theirs.push(cpu_of(Command::new("/bin/sh").args(["-c", &bare]))?);
+            let (peak, self_cpu) = peak_rss_and_own_cpu(&krops, &config)?;
+            peaks.push(Duration::from_millis(peak));
+            own.push(self_cpu);
+        }
+        let (k, b, o) = (median(ours), median(theirs), median(own));
+        let peak_kb = median(peaks).as_millis() as f64;
+        println!("  {count} hosts:");
+        println!("    {:<40} {:>7.2} s", "krops no-op (krops + ssh + rsync):", k.as_secs_f64());
+        println!("    {:<40} {:>7.2} s", format!("{count} x cold `ssh HOST true`:"), b.as_secs_f64());
+        println!("    {:<40} {:>7.2}x", "ratio:", k.as_secs_f64() / b.as_secs_f64());
+        println!(
+            "    {:<40} {:>7.2} s ({:.0}%)",
+            "krops's own process:",
+            o.as_secs_f64(),
+            100.0 * o.as_secs_f64() / k.as_secs_f64()
+        );
+        println!(
+            "    {:<40} {:>7.1} MB ({:.2} MB a host)",
+            "krops's peak resident memory:",
+            peak_kb / 1024.0,
+            peak_kb / 1024.0 / count as f64
+        );
+    }
+    Ok(())
+}
+
+/// User + system CPU of `command` and every descendant it waited for, as GNU time reports it.
+fn cpu_of(command: &mut Command) -> Result<Duration> {
+    let report = tempfile::NamedTempFile::new()?;
+    let mut timed = Command::new("/usr/bin/time");
+    timed.args(["-f", "%U %S", "-o"]).arg(report.path()).arg(command.get_program()).args(command.get_args());
+    run_quiet(&mut timed)?;
+    let text = std::fs::read_to_string(report.path())?;
+    let seconds: f64 = text.split_whitespace().filter_map(|w| w.parse::<f64>().ok()).sum();
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Runs `krops populate` of `config`, sampling its process: peak resident memory (kB, `VmHWM`)
+/// and the CPU of the process alone (utime + stime, the last sample before it exits).
+fn peak_rss_and_own_cpu(krops: &Path, config: &Path) -> Result<(u64, Duration)> {
+    let mut child = Command::new(krops)
+        .args(["-q", "-f"])
+        .arg(config)
+        .arg("populate")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (status_file, stat_file) =
+        (format!("/proc/{}/status", child.id()), format!("/proc/{}/stat", child.id()));
+    let (mut peak, mut ticks) = (0, 0);
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok());
+            peak = peak.max(hwm.unwrap_or(0));
+        }
+        if let Ok(stat) = std::fs::read_to_string(&stat_file) {
+            // After the command name (in parentheses, which may hold spaces): utime and stime
+            // are fields 14 and 15.
+            let fields: Vec<&str> =
+                stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+            let sum = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+                + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            ticks = ticks.max(sum);
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("krops failed ({status})");
+            }
+            // The kernel's clock ticks are 100 a second on Linux.
+            return Ok((peak, Duration::from_millis(ticks * 10)));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A 100k-file tree: a one-file change versus a no-op redeploy, and krops's peak memory.

@@ -22,7 +22,8 @@ tasks:
   install PREFIX
             release build, then PREFIX/bin/krops, PREFIX/lib/krops/plugins/*.so and
             PREFIX/share/man/man1/krops.1
-  bench     release build, then benchmarks against loopback test hosts (see BENCHMARKS.md)
+  bench     release build, then benchmarks against loopback test hosts (see BENCHMARKS.md);
+            `bench cost`: only the deployer's CPU and memory for 20, 50 and 100 hosts
   test-vm   boot a QEMU VM and deploy every source type into it
             (--missing-sentinel: deploy without force, which must fail)";
 
@@ -47,7 +48,12 @@ fn main() -> Result<()> {
             deps::ensure(deps::TEST)?;
             deps::ensure(deps::BUILD)?;
             run("cargo", &["build", "--workspace", "--release"])?;
-            bench::run_all(&workspace_root().join("target/release"))
+            let release = workspace_root().join("target/release");
+            match args.get(1).map(String::as_str) {
+                None => bench::run_all(&release),
+                Some("cost") => bench::deployer_cost(&release, &[20, 50, 100]),
+                Some(other) => bail!("bench: unknown part {other} (only `cost`)"),
+            }
         }
         _ => {
             eprintln!("{USAGE}");
