@@ -252,7 +252,7 @@ fn big_tree(build_dir: &Path, files: usize) -> Result<()> {
         run_quiet(Command::new(&krops).args(["-q", "-f"]).arg(&config).arg("populate"))?;
         Ok(started.elapsed())
     };
-    let peak = first_deploy_peak_rss(&krops, &config)?;
+    let peak = peak_rss_and_own_cpu(&krops, &config)?.0;
     let noop: Vec<Duration> = (0..3).map(|_| run()).collect::<Result<_>>()?;
     let changed: Vec<Duration> = (0..3)
         .map(|round| {
@@ -267,31 +267,6 @@ fn big_tree(build_dir: &Path, files: usize) -> Result<()> {
     println!("  {:<42} {:>7.2}x", "ratio one change / no-op:", changed.as_secs_f64() / noop.as_secs_f64());
     println!("  {:<42} {:>7.1} MB", "krops's peak RSS, first deploy of the tree:", peak as f64 / 1024.0);
     Ok(())
-}
-
-/// Deploys `config` once, watching krops's own peak resident memory (`VmHWM`, which only
-/// grows) until it exits; in kB.
-fn first_deploy_peak_rss(krops: &Path, config: &Path) -> Result<u64> {
-    let mut child =
-        Command::new(krops).args(["-q", "-f"]).arg(config).arg("populate").stdout(Stdio::null()).spawn()?;
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(status) = std::fs::read_to_string(&status_file) {
-            let hwm = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok());
-            peak = peak.max(hwm.unwrap_or(0));
-        }
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("krops failed on the tree ({status})");
-            }
-            return Ok(peak);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Times `krops populate` of `config` and `baseline`, each `rounds` times, alternating.
