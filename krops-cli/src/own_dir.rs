@@ -28,8 +28,7 @@ enter_own_dir() {
     # Made whole under another name, then renamed into place: a run racing this one never
     # sees it without its mark, which only krops can put there.
     made=$(mktemp -d -- "$1/.krops-new.XXXXXX") || break
-    if (cd -- "$made" && [ "$(stat -c '%u %a' .)" = "$(id -u) 700" ] &&
-        [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && : > own); then
+    if (cd -- "$made" && private_here "$1" && : > own); then
       mv -T -- "$made" "$1/.krops" 2> /dev/null || rm -rf -- "$made"
     else
       rm -rf -- "$made"
@@ -39,7 +38,8 @@ enter_own_dir() {
   return 1
 }"#;
 
-/// `script` with [`FUNCTIONS`] defined before it.
+/// `script` with [`FUNCTIONS`] (and `sdk::PRIVATE_DIR_FUNCTIONS`, which they use) defined
+/// before it.
 pub fn with_functions(script: &str) -> String {
-    format!("{FUNCTIONS}\n{script}")
+    format!("{}\n{FUNCTIONS}\n{script}", krops_core::sdk::PRIVATE_DIR_FUNCTIONS)
 }
