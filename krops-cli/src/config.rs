@@ -32,6 +32,10 @@ pub struct Config {
     #[serde(skip)]
     pub file: PathBuf,
     pub deployments: BTreeMap<String, Deployment>,
+    /// Names that select several deployments (a configuration in Nix's group scripts, lists
+    /// and sets of deployments).
+    #[serde(skip)]
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 /// One deployment: where its sources go and how it is activated.
@@ -202,6 +206,8 @@ pub enum Kind {
     Deploy,
     Build,
     Run,
+    /// The original's `pkgs.populate`: sources only, for `krops populate` (and diff, status).
+    Populate,
 }
 
 impl Kind {
@@ -210,6 +216,7 @@ impl Kind {
             Kind::Deploy => "deploy",
             Kind::Build => "build",
             Kind::Run => "run",
+            Kind::Populate => "populate",
         }
     }
 }
@@ -357,16 +364,34 @@ pub struct Text {
     pub file: PathBuf,
     pub syntax: Syntax,
     pub text: String,
+    /// Nix only: names that select several deployments.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Nix only: attributes left out because they failed to evaluate.
+    pub failed: BTreeMap<String, Option<String>>,
+}
+
+impl Text {
+    /// [`parse`]s the text, with the groups evaluation found.
+    pub fn parse(
+        &self,
+        validator: Arc<dyn SourceValidator>,
+        only: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = parse(&self.file, self.syntax, &self.text, validator, only)?;
+        config.groups = self.groups.clone();
+        Ok(config)
+    }
 }
 
 /// Reads and validates a configuration file, every deployment of it.
 pub fn load(file: &Path, validator: Arc<dyn SourceValidator>) -> Result<Config, ConfigError> {
-    let text = read(file, &crate::nix::Options::default())?;
-    parse(&text.file, text.syntax, &text.text, validator, None)
+    let text = read(file, &crate::nix::Options::default(), &[])?;
+    text.parse(validator, None)
 }
 
-/// Reads (or, for Nix, evaluates) a configuration file.
-pub fn read(file: &Path, nix: &crate::nix::Options) -> Result<Text, ConfigError> {
+/// Reads (or, for Nix, evaluates) a configuration file; of a file in Nix, only the attributes
+/// `names` select (all when empty), as `nix-build -A` would.
+pub fn read(file: &Path, nix: &crate::nix::Options, names: &[String]) -> Result<Text, ConfigError> {
     let error = |position, message: String| ConfigError { file: file.to_owned(), position, message };
     // Lexically normalised, as Nix does with paths: `a/../b.toml` names `b.toml` in messages
     // and resolves relative paths the same way in every syntax.
@@ -377,7 +402,11 @@ pub fn read(file: &Path, nix: &crate::nix::Options) -> Result<Text, ConfigError>
         error(None, "unknown configuration syntax; use a .toml, .json or .nix file".to_owned())
     })?;
     let text = match syntax {
-        Syntax::Nix => crate::nix::evaluate(&file, nix).map_err(|message| error(None, message))?,
+        Syntax::Nix => {
+            let evaluated = crate::nix::evaluate(&file, nix, names).map_err(|message| error(None, message))?;
+            let crate::nix::Evaluated { document, groups, failed } = evaluated;
+            return Ok(Text { file, syntax, text: document, groups, failed });
+        }
         _ => {
             let bytes = std::fs::read(&file).map_err(|e| error(None, format!("cannot read: {e}")))?;
             String::from_utf8(bytes).map_err(|e| {
@@ -387,7 +416,7 @@ pub fn read(file: &Path, nix: &crate::nix::Options) -> Result<Text, ConfigError>
             })?
         }
     };
-    Ok(Text { file, syntax, text })
+    Ok(Text { file, syntax, text, groups: BTreeMap::new(), failed: BTreeMap::new() })
 }
 
 /// Parses a configuration's text; `file` names it in errors and anchors relative paths. The
@@ -434,7 +463,7 @@ pub fn parse(
             })
         }
     })?;
-    Ok(Config { file: file.to_owned(), deployments: raw.deployments.0 })
+    Ok(Config { file: file.to_owned(), deployments: raw.deployments.0, groups: BTreeMap::new() })
 }
 
 /// A source's attributes are checked as a whole (by its plugin), so the parser places an

@@ -213,7 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         argstrs: pairs(&cli.argstr),
         show_trace: cli.show_trace,
     };
-    let read = || read_config(cli.file.as_deref(), &nix).map_err(UsageError);
+    let read = |names: &[String]| read_config(cli.file.as_deref(), &nix, names).map_err(UsageError);
     let (action, names, purpose, text) = match cli.command {
         Command::Completions { .. } | Command::Man => return Ok(ExitCode::SUCCESS),
         Command::Plugins if cli.json => {
@@ -253,10 +253,10 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             return Ok(ExitCode::from(2));
         }
         Command::Eval { names, names_only: true } => {
-            let text = read()?;
-            let shape = config::parse(&text.file, text.syntax, &text.text, Arc::new(config::ShapeOnly), None)
-                .map_err(|e| UsageError(e.into()))?;
-            let selected = select(&shape, &names, Purpose::Any, false).map_err(|e| UsageError(anyhow!(e)))?;
+            let text = read(&names)?;
+            let shape = text.parse(Arc::new(config::ShapeOnly), None).map_err(|e| UsageError(e.into()))?;
+            let selected = select(&shape, &names, Purpose::Any, false)
+                .map_err(|e| UsageError(anyhow!(unevaluated(&text, &names, &nix).unwrap_or(e))))?;
             let selected: Vec<String> =
                 sharded(selected, cli.shard).into_iter().map(|(name, _)| name).collect();
             if cli.json {
@@ -270,9 +270,9 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Eval { names, names_only: false } => {
-            let text = read()?;
+            let text = read(&names)?;
             let selected =
-                validated_selection(&text, &names, Purpose::Any, false, cli.shard, registry.clone())?;
+                validated_selection(&text, &names, Purpose::Any, false, cli.shard, registry.clone(), &nix)?;
             let deployments: serde_json::Map<String, serde_json::Value> = selected
                 .into_iter()
                 .map(|(name, d)| Ok((name, serde_json::to_value(d)?)))
@@ -291,22 +291,35 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         Command::Deploy { names, operation } => {
             // clap has already held it to nixos-rebuild's actions (the `Operation` enum).
             let operation = operation.and_then(|op| op.to_possible_value()).map(|v| v.get_name().to_owned());
-            (Action::Deploy { operation }, names, Purpose::Activate(Kind::Deploy), read()?)
+            let text = read(&names)?;
+            (Action::Deploy { operation }, names, Purpose::Activate(Kind::Deploy), text)
         }
         Command::Build { names, trace } => {
-            (Action::Build { trace }, names, Purpose::Activate(Kind::Build), read()?)
+            let text = read(&names)?;
+            (Action::Build { trace }, names, Purpose::Activate(Kind::Build), text)
         }
         Command::Run { name, argv } => {
             let argv = (!argv.is_empty()).then_some(argv);
             let run = Action::Run { argv, interactive: !cli.json };
-            (run, name.into_iter().collect(), Purpose::Activate(Kind::Run), read()?)
+            let names: Vec<String> = name.into_iter().collect();
+            let text = read(&names)?;
+            (run, names, Purpose::Activate(Kind::Run), text)
         }
-        Command::Populate { names } => (Action::Populate, names, Purpose::Any, read()?),
-        Command::Status { names } => (Action::Status, names, Purpose::Any, read()?),
-        Command::Diff { names } => (Action::Diff, names, Purpose::Any, read()?),
+        Command::Populate { names } => {
+            let text = read(&names)?;
+            (Action::Populate, names, Purpose::Any, text)
+        }
+        Command::Status { names } => {
+            let text = read(&names)?;
+            (Action::Status, names, Purpose::Any, text)
+        }
+        Command::Diff { names } => {
+            let text = read(&names)?;
+            (Action::Diff, names, Purpose::Any, text)
+        }
     };
     let single = matches!(action, Action::Run { .. });
-    let deployments = validated_selection(&text, &names, purpose, single, cli.shard, registry.clone())?;
+    let deployments = validated_selection(&text, &names, purpose, single, cli.shard, registry.clone(), &nix)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -369,8 +382,12 @@ fn load_plugins(cli_dirs: &[PathBuf]) -> Registry {
     Registry::load(&dirs, exe.as_deref())
 }
 
-/// `-f FILE`, else the first default file here, read (or evaluated).
-fn read_config(file: Option<&std::path::Path>, nix: &krops::nix::Options) -> anyhow::Result<config::Text> {
+/// `-f FILE`, else the first default file here, read (or evaluated as far as `names` need).
+fn read_config(
+    file: Option<&std::path::Path>,
+    nix: &krops::nix::Options,
+    names: &[String],
+) -> anyhow::Result<config::Text> {
     let file = match file {
         Some(file) => file.to_owned(),
         None => {
@@ -380,7 +397,32 @@ fn read_config(file: Option<&std::path::Path>, nix: &krops::nix::Options) -> any
             })?
         }
     };
-    Ok(config::read(&file, nix)?)
+    Ok(config::read(&file, nix, names)?)
+}
+
+/// When a selection found nothing, the reason may be an attribute that failed to evaluate: the
+/// one named (or holding what is named), or, with no names, every one (the first three).
+fn unevaluated(text: &config::Text, names: &[String], nix: &krops::nix::Options) -> Option<String> {
+    let concerned: Vec<&String> = if names.is_empty() {
+        text.failed.keys().take(3).collect()
+    } else {
+        text.failed
+            .keys()
+            .filter(|f| names.iter().any(|n| n == *f || n.starts_with(&format!("{f}."))))
+            .collect()
+    };
+    if concerned.is_empty() {
+        return None;
+    }
+    let file = text.file.display();
+    let reasons: Vec<String> = concerned
+        .into_iter()
+        .map(|name| {
+            let message = text.failed[name].clone().unwrap_or_else(|| krops::nix::explain(&text.file, nix, name));
+            format!("{file}: attribute {name:?} does not evaluate: {message}")
+        })
+        .collect();
+    Some(reasons.join("\n"))
 }
 
 /// The deployments `names` select, with their sources validated by the plugins; the sources
@@ -392,17 +434,17 @@ fn validated_selection(
     single: bool,
     shard: Option<Shard>,
     registry: Arc<Registry>,
+    nix: &krops::nix::Options,
 ) -> Result<Vec<(String, config::Deployment)>, UsageError> {
-    let shape = config::parse(&text.file, text.syntax, &text.text, Arc::new(config::ShapeOnly), None)
-        .map_err(|e| UsageError(e.into()))?;
-    let selected = select(&shape, names, purpose, single).map_err(|e| UsageError(anyhow!(e)))?;
+    let shape = text.parse(Arc::new(config::ShapeOnly), None).map_err(|e| UsageError(e.into()))?;
+    let selected = select(&shape, names, purpose, single)
+        .map_err(|e| UsageError(anyhow!(unevaluated(text, names, nix).unwrap_or(e))))?;
     let selected = sharded(selected, shard);
     if let (Some(shard), true) = (shard, selected.is_empty()) {
         eprintln!("krops: shard {}/{} of this selection holds no deployment", shard.index, shard.count);
     }
     let only = selected.iter().map(|(name, _)| name.clone()).collect();
-    let config = config::parse(&text.file, text.syntax, &text.text, registry, Some(&only))
-        .map_err(|e| UsageError(e.into()))?;
+    let config = text.parse(registry, Some(&only)).map_err(|e| UsageError(e.into()))?;
     Ok(selected
         .into_iter()
         .filter_map(|(name, _)| config.deployments.get(&name).cloned().map(|d| (name, d)))

@@ -85,11 +85,15 @@ pub fn select(
     Ok(selected)
 }
 
-/// Deployment names that `pattern` selects: `@TAG`, a glob, or an exact name.
+/// Deployment names that `pattern` selects: `@TAG`, a glob, an exact name, or a group's name
+/// (a configuration in Nix's lists, sets and scripts of deployments).
 fn matching<'c>(config: &'c Config, pattern: &str) -> Result<Vec<&'c String>, String> {
     // A name as written wins, even when it holds glob characters.
     if let Some((name, _)) = config.deployments.get_key_value(pattern) {
         return Ok(vec![name]);
+    }
+    if let Some(members) = config.groups.get(pattern) {
+        return Ok(members.iter().filter_map(|m| config.deployments.get_key_value(m).map(|(n, _)| n)).collect());
     }
     if let Some(tag) = pattern.strip_prefix('@') {
         return Ok(config
@@ -110,7 +114,8 @@ fn matching<'c>(config: &'c Config, pattern: &str) -> Result<Vec<&'c String>, St
 /// `; did you mean "web1", "web2"?` for the names (and tags) closest to `wanted`.
 fn suggestion(config: &Config, wanted: &str) -> String {
     let tags = config.deployments.values().flat_map(|d| d.tags.iter().map(|t| format!("@{t}")));
-    let candidates: Vec<String> = config.deployments.keys().cloned().chain(tags).collect();
+    let candidates: Vec<String> =
+        config.deployments.keys().chain(config.groups.keys()).cloned().chain(tags).collect();
     let mut scored: Vec<(f64, &String)> = candidates
         .iter()
         .map(|c| (strsim::jaro_winkler(wanted, c), c))

@@ -17,22 +17,49 @@ let
 
   standIns = import ./stand-ins.nix;
 
-  # Attribute sets merged attribute by attribute, at every depth; lists are concatenated and
-  # anything else is taken from the later set: how the original's module-based evalSource
-  # combines source definitions.
-  deepMerge = a: b:
-    if builtins.isAttrs a && builtins.isAttrs b then
-      a // builtins.mapAttrs (name: value: if a ? ${name} then deepMerge a.${name} value else value) b
-    else if builtins.isList a && builtins.isList b then a ++ b
-    else b;
+  # The module system's merge, as the original's evalSource gets it from `lib.evalModules`
+  # over its `source` options, for the forms krops.nix files use: at every attribute of the
+  # definitions, mkIf and mkMerge are unfolded, only the definitions of the highest priority
+  # (mkOverride: mkForce 50, plain 100, mkDefault 1000) count, sets are merged attribute by
+  # attribute, lists are concatenated in mkOrder's order (mkBefore, plain, mkAfter), and other
+  # values must agree. The mk* functions of nixpkgs' lib and of the stand-ins make the same
+  # values, so this holds with and without nixpkgs.
+  unfold = priority: order: v:
+    let type = if builtins.isAttrs v then v._type or null else null; in
+    if type == "if" then (if v.condition then unfold priority order v.content else [ ])
+    else if type == "merge" then builtins.concatMap (unfold priority order) v.contents
+    else if type == "override" then unfold v.priority order v.content
+    else if type == "order" then unfold priority v.priority v.content
+    else [{ inherit priority order; value = v; }];
+  isMergeableSet = v: builtins.isAttrs v && !(v ? _type) && (v.type or null) != "derivation" && !(v ? outPath);
+  mergeDefinitions = where: definitions:
+    let
+      unfolded = map (d: d // { value = expandShorthand where d.value; }) (builtins.concatMap (unfold 100 1000) definitions);
+      highest = builtins.foldl' (p: d: if d.priority < p then d.priority else p) 1500 unfolded;
+      chosen = builtins.filter (d: d.priority == highest) unfolded;
+      values = map (d: d.value) chosen;
+      ordered = builtins.sort (a: b: a.order < b.order) chosen;
+      first = builtins.head values;
+    in
+    if chosen == [ ] then null
+    else if builtins.all isMergeableSet values then
+      let names = builtins.attrNames (builtins.foldl' (a: b: a // b) { } values); in
+      builtins.listToAttrs (builtins.filter (a: a.value != null) (map
+        (name: { inherit name; value = mergeDefinitions (where ++ [ name ]) (builtins.concatMap (v: if v ? ${name} then [ v.${name} ] else [ ]) values); })
+        names))
+    else if builtins.all builtins.isList values then builtins.concatMap (d: d.value) ordered
+    else if builtins.all (v: v == first) values then first
+    else throw "krops: evalSource: ${builtins.concatStringsSep "." where} has conflicting definitions (${builtins.concatStringsSep ", " (map (v: builtins.toJSON (if builtins.isPath v then toString v else v)) values)}); choose one with lib.mkForce";
 
-  # A source's shorthand (`file = "./x"`) as the table it stands for, so that later
-  # definitions can add attributes to it.
+  # A source's shorthand (`file = "/x"`, `pipe = "cmd"`), at `source.NAME.TYPE`, as the set it
+  # stands for, so that other definitions can add attributes to it.
   shorthands = { file = "path"; derivation = "text"; pipe = "command"; symlink = "target"; passage = "dir"; };
-  expandSource = builtins.mapAttrs (type: value:
-    if builtins.isString value && shorthands ? ${type} then { ${shorthands.${type}} = value; }
-    else if builtins.isPath value && shorthands ? ${type} then { ${shorthands.${type}} = toString value; }
-    else value);
+  expandShorthand = where: value:
+    let type = builtins.elemAt where 2; in
+    if builtins.length where == 3 && shorthands ? ${type}
+      && (builtins.isString value || builtins.isPath value || (builtins.isAttrs value && (value.type or null) == "derivation"))
+    then { ${shorthands.${type}} = if builtins.isPath value then toString value else value; }
+    else value;
 
   # `/etc/hostname`, as the original reads it (the kernel's host name is not visible to nix).
   hostName = default:
@@ -45,10 +72,12 @@ let
   getEnvOr = name: default: let value = builtins.getEnv name; in if value == "" then default else value;
 
   kropsLib = rec {
-    # Merges a list of source sets source by source and attribute by attribute.
+    # Merges a list of source sets source by source and attribute by attribute, with the
+    # module system's rules (see mergeDefinitions); attributes left null are dropped, as the
+    # original's `sanitize` does.
     evalSource = sources:
-      let list = if builtins.isList sources then sources else [ sources ]; in
-      builtins.foldl' (merged: set: deepMerge merged (builtins.mapAttrs (_: expandSource) set)) { } list;
+      let merged = mergeDefinitions [ "source" ] (if builtins.isList sources then sources else [ sources ]); in
+      if merged == null then { } else merged;
 
     # The original's target: `[[USER]@]HOST[:PORT][/PATH]` (IPv6 hosts in brackets) or a set,
     # with every default filled in.
@@ -64,8 +93,9 @@ let
         given = name: value: if value == null || value == "" && name != "user" then { } else { ${name} = value; };
       in
       {
-        # As the original: `getEnv` gives "" when LOGNAME is unset.
-        user = builtins.getEnv "LOGNAME";
+        # As the original (`maybeEnv "LOGNAME" null`): without LOGNAME (cron, systemd units,
+        # CI containers) the user is null, ssh's choice, and `isLocalTarget` still holds.
+        user = getEnvOr "LOGNAME" null;
         host = getEnvOr "HOSTNAME" (hostName "localhost");
         port = null;
         path = "/var/src";

@@ -72,4 +72,16 @@ rec {
   isDerivation = x: builtins.isAttrs x && (x.type or null) == "derivation";
   traceIf = cond: message: x: if cond then builtins.trace message x else x;
   warn = message: builtins.trace "warning: ${message}";
+  # The module system's properties, as nixpkgs' lib makes them (krops's evalSource reads them).
+  mkIf = condition: content: { _type = "if"; inherit condition content; };
+  mkMerge = contents: { _type = "merge"; inherit contents; };
+  mkOverride = priority: content: { _type = "override"; inherit priority content; };
+  mkOptionDefault = mkOverride 1500;
+  mkDefault = mkOverride 1000;
+  mkImageMediaOverride = mkOverride 60;
+  mkForce = mkOverride 50;
+  mkVMOverride = mkOverride 10;
+  mkOrder = priority: content: { _type = "order"; inherit priority content; };
+  mkBefore = mkOrder 500;
+  mkAfter = mkOrder 1500;
 }
