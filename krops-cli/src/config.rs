@@ -678,22 +678,53 @@ fn operation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
 #[derive(Default)]
 struct Sources(BTreeMap<String, Source>);
 
-/// Source names are one path component: they become `<path>/<name>` on the target. Names
-/// krops uses itself beside the sources are reserved: the sentinel `.populate` (which holds
-/// the backups), and every name starting with `.krops` or holding `.krops-` (the lock and
-/// the temporary entries made beside a source while it is replaced, `NAME.krops-…`).
+/// Source names become `<path>/<name>` on the target. As in the original, a `/` in a name
+/// (`"sources/nixpkgs"`) nests the source in directories below `<path>`, which krops makes;
+/// every component is a plain name (not empty, not `.` or `..`), so nothing lands outside
+/// `<path>`. Names krops uses itself are reserved in every component: the sentinel
+/// `.populate` (which holds the backups), and every name starting with `.krops` or holding
+/// `.krops-` (krops's own directory and the temporary entries made beside a source while it
+/// is replaced, `NAME.krops-…`).
 pub fn check_source_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        Err(format!("source name {name:?} must be one path component (not empty, no '/', not '.' or '..')"))
-    } else if name.chars().any(char::is_control) {
-        Err(format!("source name {name:?} contains a control character"))
-    } else if name == ".populate" || name.starts_with(".krops") || name.contains(".krops-") {
-        Err(format!(
-            "source name {name:?} is reserved: krops keeps .populate, .krops* and *.krops-* beside the sources"
-        ))
-    } else {
-        Ok(())
+    if name.chars().any(char::is_control) {
+        return Err(format!("source name {name:?} contains a control character"));
     }
+    for component in name.split('/') {
+        if component.is_empty() || component == "." || component == ".." {
+            return Err(format!(
+                "source name {name:?}: every part between '/' must be a name (not empty, not '.' or '..')"
+            ));
+        }
+        if component == ".populate" || component.starts_with(".krops") || component.contains(".krops-") {
+            return Err(format!(
+                "source name {name:?} is reserved: krops keeps .populate, .krops* and *.krops-* beside the sources"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where source `name` goes below `path`: the directory that holds it, and its name there.
+pub fn placement(path: &str, name: &str) -> (String, String) {
+    let path = path.trim_end_matches('/');
+    match name.rsplit_once('/') {
+        Some((parent, leaf)) => (format!("{path}/{parent}"), leaf.to_owned()),
+        None => (if path.is_empty() { "/".to_owned() } else { path.to_owned() }, name.to_owned()),
+    }
+}
+
+/// A source nested in another (`a` and `a/b`) would be overwritten by it: an error.
+fn check_nesting(sources: &BTreeMap<String, Source>) -> Result<(), String> {
+    for name in sources.keys() {
+        let mut parent = name.as_str();
+        while let Some((up, _)) = parent.rsplit_once('/') {
+            if sources.contains_key(up) {
+                return Err(format!("source {name:?} lies inside source {up:?}; one would overwrite the other"));
+            }
+            parent = up;
+        }
+    }
+    Ok(())
 }
 
 impl<'de> Deserialize<'de> for Sources {
@@ -713,6 +744,7 @@ impl<'de> Deserialize<'de> for Sources {
                         return Err(de::Error::custom(format!("source {name:?} is defined twice")));
                     }
                 }
+                check_nesting(&sources).map_err(de::Error::custom)?;
                 Ok(Sources(sources))
             }
         }
@@ -858,10 +890,22 @@ mod tests {
     }
 
     #[test]
+    fn nested_source_names_land_below_the_path() {
+        assert_eq!(placement("/var/src", "a/b/c"), ("/var/src/a/b".to_owned(), "c".to_owned()));
+        assert_eq!(placement("/var/src", "a"), ("/var/src".to_owned(), "a".to_owned()));
+        assert_eq!(placement("/", "a"), ("/".to_owned(), "a".to_owned()));
+        assert_eq!(placement("/", "a/b"), ("/a".to_owned(), "b".to_owned()));
+    }
+
+    #[test]
     fn bad_names_and_shapes() {
         for (text, needle) in [
-            ("source.\"..\".file = \"x\"", "one path component"),
-            ("source.\"a/b\".file = \"x\"", "one path component"),
+            ("source.\"..\".file = \"x\"", "every part between '/' must be a name"),
+            ("source.\"a/../b\".file = \"x\"", "every part between '/' must be a name"),
+            ("source.\"/etc\".file = \"x\"", "every part between '/' must be a name"),
+            ("source.\"a/\".file = \"x\"", "every part between '/' must be a name"),
+            ("source.\"a/.populate\".file = \"x\"", "is reserved"),
+            ("source.a.file = \"x\"\nsource.\"a/b\".file = \"x\"", "lies inside source \"a\""),
             ("source.s.file = 3", "must be a string (shorthand for file.path) or a table"),
             ("source.s.git = \"x\"", "must be a table"),
             ("source.s = {}", "no type key"),

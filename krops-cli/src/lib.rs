@@ -9,6 +9,7 @@ pub mod events;
 pub mod exec;
 pub mod handle;
 pub mod loader;
+pub mod nested;
 pub mod nix;
 pub mod own_dir;
 pub mod pipeline;

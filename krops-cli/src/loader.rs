@@ -17,6 +17,7 @@
 //! runs code as krops's user.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::sabi_trait::TD_Opaque;
@@ -286,6 +287,27 @@ impl SourceValidator for Registry {
             return Ok(attrs);
         }
         self.plugin(source_type)?.validate(name, attrs, config_dir)
+    }
+}
+
+/// The registry for `krops eval`, which shows sources as their plugins normalise them: a source
+/// of a broken plugin's type is an error with the plugin's reason, not passed through raw.
+pub struct Strict(pub Arc<Registry>);
+
+impl SourceValidator for Strict {
+    fn knows(&self, source_type: &str) -> bool {
+        self.0.knows(source_type)
+    }
+
+    fn validate(&self, name: &str, source_type: &str, attrs: Value, config_dir: &Path) -> Result<Value, String> {
+        match self.0.broken.get(source_type) {
+            Some(error) => Err(format!(
+                "the {source_type} plugin {} cannot be used: {}",
+                error.file.display(),
+                error.message
+            )),
+            None => self.0.validate(name, source_type, attrs, config_dir),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use krops::config::{self, Kind};
 use krops::exec;
-use krops::loader::{self, search_dirs, Registry};
+use krops::loader::{self, search_dirs, Registry, Strict};
 use krops::pipeline::{self, Action};
 use krops::select::{select, Purpose, Shard};
 use krops::ssh::Multiplexer;
@@ -272,7 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         Command::Eval { names, names_only: false } => {
             let text = read(&names)?;
             let selected =
-                validated_selection(&text, &names, Purpose::Any, false, cli.shard, registry.clone(), &nix)?;
+                validated_selection(&text, &names, Purpose::Any, false, cli.shard, Arc::new(Strict(registry)), &nix)?;
             let deployments: serde_json::Map<String, serde_json::Value> = selected
                 .into_iter()
                 .map(|(name, d)| Ok((name, serde_json::to_value(d)?)))
@@ -433,7 +433,7 @@ fn validated_selection(
     purpose: Purpose,
     single: bool,
     shard: Option<Shard>,
-    registry: Arc<Registry>,
+    validator: Arc<dyn config::SourceValidator>,
     nix: &krops::nix::Options,
 ) -> Result<Vec<(String, config::Deployment)>, UsageError> {
     let shape = text.parse(Arc::new(config::ShapeOnly), None).map_err(|e| UsageError(e.into()))?;
@@ -444,7 +444,7 @@ fn validated_selection(
         eprintln!("krops: shard {}/{} of this selection holds no deployment", shard.index, shard.count);
     }
     let only = selected.iter().map(|(name, _)| name.clone()).collect();
-    let config = text.parse(registry, Some(&only)).map_err(|e| UsageError(e.into()))?;
+    let config = text.parse(validator, Some(&only)).map_err(|e| UsageError(e.into()))?;
     Ok(selected
         .into_iter()
         .filter_map(|(name, _)| config.deployments.get(&name).cloned().map(|d| (name, d)))

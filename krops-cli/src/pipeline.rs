@@ -739,6 +739,12 @@ fn populate(
         }
         let sources: Vec<(&String, &crate::config::Source)> =
             deployment.source.iter().filter(|(name, _)| !unchanged.contains(*name)).collect();
+        let parents = crate::nested::parents(deployment);
+        if !sources.is_empty() && !parents.is_empty() {
+            let mut args = vec![host.target.path.clone()];
+            args.extend(parents);
+            stage_script(host, Stage::Populate, crate::nested::MAKE_PARENTS_SCRIPT, &args, reporter)?;
+        }
         let results = parallel_map(&sources, SOURCES_AT_ONCE, |(name, source)| {
             populate_source(host, name, source, registry, reporter)
         });
@@ -762,7 +768,8 @@ fn populate_source(
     let plugin = registry.plugin(&source.source_type).map_err(fail)?;
     let handle = HostHandle::for_target(host, reporter);
     let started = Instant::now();
-    let report = plugin.populate(&handle, name, source.attrs.clone(), &host.target.path).map_err(fail)?;
+    let (directory, leaf) = crate::config::placement(&host.target.path, name);
+    let report = plugin.populate(&handle, &leaf, source.attrs.clone(), &directory).map_err(fail)?;
     reporter.emit(Event::SourcePopulated {
         deployment: reporter.deployment.clone(),
         host: label.clone(),
@@ -851,7 +858,8 @@ fn diff(
             };
             let plugin = registry.plugin(&source.source_type).map_err(fail)?;
             let handle = HostHandle::for_target(host, reporter);
-            plugin.diff(&handle, name, source.attrs.clone(), &host.target.path).map_err(fail)
+            let (directory, leaf) = crate::config::placement(&host.target.path, name);
+            plugin.diff(&handle, &leaf, source.attrs.clone(), &directory).map_err(fail)
         });
         // Reported in configuration order, whichever finished first; a failed source (populate
         // would fail too) fails the deployment after the others are told.
