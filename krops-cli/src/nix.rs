@@ -59,10 +59,11 @@ pub fn evaluate(file: &Path, options: &Options, names: &[String]) -> Result<Eval
         if let Ok(answer) = evaluator.run(&json!({ "select": names })) {
             let found: Found = serde_json::from_value(answer)
                 .map_err(|e| format!("krops's Nix library answered in an unexpected shape: {e}"))?;
-            // A script's members are known by their writers' names only: finding them takes
-            // the whole file.
-            let scripts = found.groups.values().any(|g| matches!(g, Group::Writers { .. }));
-            if found.missing.is_empty() && !scripts {
+            // A script's members are known by their writers' names only, and a list's may be
+            // deployments of their own elsewhere: finding them takes the whole file.
+            let by_writer = found.groups.values().any(|g| matches!(g, Group::Writers { .. }))
+                || !found.from_lists.is_empty();
+            if found.missing.is_empty() && !by_writer {
                 return found.finish(BTreeMap::new());
             }
         }

@@ -26,8 +26,8 @@ fn eval(sb: &Sandbox, file: &str, nix_path: Option<&str>, args: &[&str], env: &[
     Outcome::of(command)
 }
 
-/// The deployments `eval` printed, evaluated both ways; the two must agree (but for `tags`,
-/// which 04 uses to say which lib it got).
+/// The deployments `eval --json` printed, evaluated both ways; the two must agree (but for
+/// `tags`, which 04 uses to say which lib it got).
 fn deployments(sb: &Sandbox, file: &str, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let plain = eval(sb, file, None, args, env);
     plain.success();
@@ -44,69 +44,204 @@ fn deployments(sb: &Sandbox, file: &str, args: &[&str], env: &[(&str, &str)]) ->
     plain
 }
 
-#[test]
-fn the_corpus_evaluates_as_its_authors_meant() {
+/// One way to evaluate a corpus file (`NN-name.expect.json` holds a list of them) and what it
+/// must give: each deployment's kind, target (`user@host[:port]/path`, `$LOCAL` for this
+/// machine as the invoking user) and source names; values at JSON pointers into the
+/// deployments; the members each group selects; what selecting a broken attribute says; or the
+/// error of the whole file. `$CORPUS` stands for the corpus directory. An env value of null
+/// unsets the variable.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    deployments: std::collections::BTreeMap<String, Expected>,
+    #[serde(default)]
+    fields: std::collections::BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    groups: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    errors: std::collections::BTreeMap<String, String>,
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expected {
+    kind: String,
+    target: String,
+    sources: Vec<String>,
+}
+
+/// The invoking user krops sees in the corpus tests (LOGNAME), so that targets read the same
+/// on every machine.
+const USER: &str = "corpus-user";
+
+fn check_corpus_file(stem: &str) {
     krops_tests::hosts::prepare_machine();
     let sb = Sandbox::new();
+    let file = format!("{stem}.nix");
+    let cases: Vec<Case> =
+        serde_json::from_str(&std::fs::read_to_string(format!("{CORPUS}/{stem}.expect.json")).unwrap()).unwrap();
+    // The kernel's host name: what krops takes for this machine.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
+    for case in cases {
+        // Without LOGNAME, krops takes the user from the system.
+        let user = match case.env.get("LOGNAME") {
+            Some(None) => String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap(),
+            _ => USER.to_owned(),
+        };
+        let local = format!("{}@{host}", user.trim());
+        let expand = |text: &str| text.replace("$CORPUS", CORPUS).replace("$LOCAL", &local);
+        let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+        let env = |command: &mut Command| {
+            command.env("LOGNAME", USER);
+            for (name, value) in &case.env {
+                match value {
+                    Some(value) => command.env(name, value),
+                    None => command.env_remove(name),
+                };
+            }
+        };
+        let run = |extra: &[&str], nix_path: Option<&str>| {
+            let mut command = Command::new(krops_bin());
+            command.current_dir(sb.path("")).env_remove("KROPS_PLUGIN_PATH").args(["-f", &format!("{CORPUS}/{file}")]);
+            command.args(&args).args(extra);
+            match nix_path {
+                Some(path) => command.env("NIX_PATH", path),
+                None => command.env_remove("NIX_PATH"),
+            };
+            env(&mut command);
+            Outcome::of(command)
+        };
+        let stub = format!("nixpkgs={STUB_NIXPKGS}");
+        if let Some(error) = &case.error {
+            for nix_path in [None, Some(stub.as_str())] {
+                run(&["eval"], nix_path).code(2).stderr_has(error);
+            }
+            continue;
+        }
+        let evaluated: Vec<serde_json::Value> = [None, Some(stub.as_str())]
+            .into_iter()
+            .map(|nix_path| {
+                let out = run(&["--json", "eval"], nix_path);
+                out.success();
+                let line = out.stdout.lines().find(|l| l.contains(r#""event":"eval""#)).unwrap_or_else(|| panic!("{out}"));
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["deployments"].clone()
+            })
+            .collect();
+        let without_tags = |mut value: serde_json::Value| {
+            for deployment in value.as_object_mut().unwrap().values_mut() {
+                deployment.as_object_mut().unwrap().remove("tags");
+            }
+            value
+        };
+        assert_eq!(
+            without_tags(evaluated[0].clone()),
+            without_tags(evaluated[1].clone()),
+            "{file} {args:?}: with and without <nixpkgs/lib> differ"
+        );
+        let found = &evaluated[0];
+        let names: Vec<&String> = found.as_object().unwrap().keys().collect();
+        let wanted: Vec<&String> = case.deployments.keys().collect();
+        assert_eq!(names, wanted, "{file} {args:?}: deployments");
+        for (name, expected) in &case.deployments {
+            let deployment = &found[name];
+            let target = &deployment["target"];
+            let port = target["port"].as_u64().map_or(String::new(), |p| format!(":{p}"));
+            let shown = format!(
+                "{}@{}{port}{}",
+                target["user"].as_str().unwrap(),
+                target["host"].as_str().unwrap(),
+                target["path"].as_str().unwrap()
+            );
+            let mut sources: Vec<&String> = deployment["source"].as_object().unwrap().keys().collect();
+            sources.sort();
+            let mut wanted_sources: Vec<&String> = expected.sources.iter().collect();
+            wanted_sources.sort();
+            assert_eq!(
+                (deployment["kind"].as_str().unwrap(), shown, sources),
+                (expected.kind.as_str(), expand(&expected.target), wanted_sources),
+                "{file} {args:?}: deployment {name}"
+            );
+        }
+        for (pointer, value) in &case.fields {
+            let value: serde_json::Value = serde_json::from_str(&expand(&value.to_string())).unwrap();
+            assert_eq!(found.pointer(pointer), Some(&value), "{file} {args:?}: {pointer}");
+        }
+        for (group, members) in &case.groups {
+            let out = run(&["eval", "--names", group], None);
+            out.success();
+            assert_eq!(out.stdout.lines().collect::<Vec<_>>(), *members, "{file} {args:?}: group {group}\n{out}");
+        }
+        for (attribute, message) in &case.errors {
+            run(&["eval", attribute], None).code(2).stderr_has(&format!("attribute \"{attribute}\" does not evaluate")).stderr_has(message);
+        }
+    }
+}
 
-    let d = deployments(&sb, "01-minimal.nix", &[], &[]);
-    assert_eq!(d["deploy"]["kind"], "deploy");
-    assert_eq!(d["deploy"]["target"]["host"], "server01.example.org");
-    assert_eq!(d["deploy"]["source"]["nixpkgs"]["git"]["url"], "https://github.com/NixOS/nixpkgs");
+/// A test per corpus file, so that one failure hides no other.
+macro_rules! corpus {
+    ($($test:ident: $stem:literal,)*) => {
+        $(#[test] fn $test() { check_corpus_file($stem); })*
 
-    let d = deployments(&sb, "02-mapattrs-hosts.nix", &[], &[]);
-    assert_eq!(d.as_object().unwrap().keys().collect::<Vec<_>>(), ["db", "web"]);
-    assert_eq!(d["db"]["target"]["host"], "10.0.0.2");
-
-    let d = deployments(&sb, "03-function.nix", &[], &[]);
-    assert_eq!(d["web"]["target"]["host"], "web.example.org");
-    let d = deployments(&sb, "03-function.nix", &["--argstr", "name", "db", "--arg", "sudo", "true"], &[]);
-    assert_eq!(d["db"]["target"]["host"], "db.example.org");
-    assert_eq!(d["db"]["target"]["sudo"], true);
-
-    let d = deployments(&sb, "04-getenv-and-friends.nix", &[], &[]);
-    assert_eq!(d["host-one"]["source"]["names"]["pipe"]["command"], "echo alpha,beta");
-    assert!(d["host-one"]["source"].get("motd").is_none());
-    let d = deployments(&sb, "04-getenv-and-friends.nix", &[], &[("KROPS_TEST_MOTD", "1")]);
-    assert!(d["host-one"]["source"]["motd"]["file"].is_object());
-    let tags = |nix_path| {
-        let out = eval(&sb, "04-getenv-and-friends.nix", nix_path, &[], &[]);
-        let value: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        value["deployments"]["host-one"]["tags"][0].as_str().unwrap().to_owned()
+        /// Every file of the corpus has its test.
+        #[test]
+        fn every_corpus_file_is_tested() {
+            let tested = [$($stem),*];
+            let mut files: Vec<String> = std::fs::read_dir(CORPUS)
+                .unwrap()
+                .filter_map(|e| e.unwrap().file_name().into_string().ok())
+                .filter_map(|n| n.strip_suffix(".nix").map(str::to_owned))
+                .collect();
+            files.sort();
+            assert_eq!(files, tested);
+            assert!(files.len() >= 25);
+        }
     };
-    assert_eq!(tags(None), "stand-ins");
-    assert_eq!(tags(Some(&format!("nixpkgs={STUB_NIXPKGS}"))), "nixpkgs-lib");
+}
 
-    let d = deployments(&sb, "05-evalsource-merge.nix", &[], &[]);
-    let git = &d["merged"]["source"]["nixpkgs"]["git"];
-    assert_eq!(
-        (git["url"].as_str(), git["ref"].as_str()),
-        (Some("https://github.com/NixOS/nixpkgs"), Some("nixos-24.05"))
-    );
-    assert_eq!(git["clean"]["exclude"], serde_json::json!(["/.version-suffix"]));
-    assert_eq!(d["merged"]["source"]["nixos-config"]["file"]["useChecksum"], true);
+corpus! {
+    corpus_01_minimal: "01-minimal",
+    corpus_02_mapattrs_hosts: "02-mapattrs-hosts",
+    corpus_03_function: "03-function",
+    corpus_04_getenv_and_friends: "04-getenv-and-friends",
+    corpus_05_evalsource_merge: "05-evalsource-merge",
+    corpus_06_mktarget_sudo: "06-mktarget-sudo",
+    corpus_07_writecommand_function: "07-writecommand-function",
+    corpus_08_nested: "08-nested",
+    corpus_09_writers: "09-writers",
+    corpus_10_filter_without_type: "10-filter-without-type",
+    corpus_11_list_of_kinds: "11-list-of-kinds",
+    corpus_12_duplicate_names: "12-duplicate-names",
+    corpus_13_stockholm_style: "13-stockholm-style",
+    corpus_14_paths_and_deployments_key: "14-paths-and-deployments-key",
+    corpus_15_function_attributes: "15-function-attributes",
+    corpus_16_required_argument: "16-required-argument",
+    corpus_17_mkif_mkforce: "17-mkif-mkforce",
+    corpus_18_mkmerge_order: "18-mkmerge-order",
+    corpus_19_conflicting_definitions: "19-conflicting-definitions",
+    corpus_20_fleet_broken_entries: "20-fleet-broken-entries",
+    corpus_21_group_script: "21-group-script",
+    corpus_22_group_list: "22-group-list",
+    corpus_23_slash_names: "23-slash-names",
+    corpus_24_populate_unused: "24-populate-unused",
+    corpus_25_unsupported_pkgs: "25-unsupported-pkgs",
+    corpus_26_recursion: "26-recursion",
+    corpus_27_mktarget_local: "27-mktarget-local",
+    corpus_28_shared_sources_module: "28-shared-sources-module",
+    corpus_29_element_mkforce: "29-element-mkforce",
+    corpus_30_deployments_key_functions: "30-deployments-key-functions",
+}
 
-    let d = deployments(&sb, "06-mktarget-sudo.nix", &[], &[]);
-    let target = &d["deploy"]["target"];
-    assert_eq!(
-        (target["user"].as_str(), target["host"].as_str()),
-        (Some("deploy"), Some("web1.example.org"))
-    );
-    assert_eq!((target["port"].as_u64(), target["path"].as_str()), (Some(2222), Some("/srv/src")));
-    assert_eq!(target["sudo"], true);
-    assert_eq!(target["extraOptions"], serde_json::json!(["-o", "ConnectTimeout=5"]));
-
-    let d = deployments(&sb, "07-writecommand-function.nix", &[], &[]);
-    assert_eq!(d["switch"]["kind"], "run");
-    assert_eq!(d["switch"]["command"], "nixos-rebuild -I /opt/src switch");
-
-    let d = deployments(&sb, "08-nested.nix", &[], &[]);
-    assert_eq!(
-        d.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["checks.web", "servers.db", "servers.web"]
-    );
-    assert_eq!(d["checks.web"]["kind"], "build");
-
+/// The scripts 09's writers build run; 04 says which lib it got.
+#[test]
+fn writers_build_scripts_and_the_lib_is_nixpkgs_when_there_is_one() {
+    krops_tests::hosts::prepare_machine();
+    let sb = Sandbox::new();
     let d = deployments(&sb, "09-writers.nix", &[], &[]);
     let generate = d["deploy"]["source"]["generated"]["pipe"]["command"].as_str().unwrap().to_owned();
     let output = Command::new(&generate).output().unwrap();
@@ -116,32 +251,13 @@ fn the_corpus_evaluates_as_its_authors_meant() {
         String::from_utf8_lossy(&Command::new(&script).output().unwrap().stdout),
         "from writeScript\n"
     );
-
-    let d = deployments(&sb, "10-filter-without-type.nix", &[], &[]);
-    assert_eq!(
-        d["deploy"]["source"]["modules"]["file"]["filters"],
-        serde_json::json!([{ "type": "exclude", "pattern": "*.bak" }])
-    );
-
-    let d = deployments(&sb, "11-list-of-kinds.nix", &[], &[]);
-    let kinds: Vec<&str> =
-        ["deploy", "test", "cmd"].iter().map(|n| d[*n]["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["deploy", "build", "run"]);
-
-    eval(&sb, "12-duplicate-names.nix", None, &[], &[])
-        .code(2)
-        .stderr_has("two deployments are named \"deploy\"");
-
-    // lib, pkgs and krops kept beside the deployments are not searched (builtins.builtins …).
-    let d = deployments(&sb, "13-stockholm-style.nix", &["--argstr", "name", "beta"], &[]);
-    assert_eq!(d.as_object().unwrap().keys().collect::<Vec<_>>(), ["deploy", "test"]);
-    assert_eq!(d["deploy"]["target"]["host"], "beta.example.org");
-    assert_eq!(d["test"]["kind"], "build");
-
-    // Paths stay paths on this machine; a `deployments` set may hold writer results.
-    let d = deployments(&sb, "14-paths-and-deployments-key.nix", &[], &[]);
-    assert_eq!(d["web"]["source"]["modules"]["file"]["path"], format!("{CORPUS}/files/modules"));
-    assert_eq!(d["web"]["target"]["extraOptions"], serde_json::json!(["-i", format!("{CORPUS}/files/motd")]));
+    let tags = |nix_path| {
+        let out = eval(&sb, "04-getenv-and-friends.nix", nix_path, &[], &[]);
+        let value: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        value["deployments"]["host-one"]["tags"][0].as_str().unwrap().to_owned()
+    };
+    assert_eq!(tags(None), "stand-ins");
+    assert_eq!(tags(Some(&format!("nixpkgs={STUB_NIXPKGS}"))), "nixpkgs-lib");
 }
 
 /// `krops deploy` with no NAME activates only the writeDeploy deployment of a file that also
