@@ -403,7 +403,8 @@ pub fn read(file: &Path, nix: &crate::nix::Options, names: &[String]) -> Result<
     })?;
     let text = match syntax {
         Syntax::Nix => {
-            let evaluated = crate::nix::evaluate(&file, nix, names).map_err(|message| error(None, message))?;
+            let evaluated =
+                crate::nix::evaluate(&file, nix, names).map_err(|message| error(None, message))?;
             let crate::nix::Evaluated { document, groups, failed } = evaluated;
             return Ok(Text { file, syntax, text: document, groups, failed });
         }
@@ -719,7 +720,9 @@ fn check_nesting(sources: &BTreeMap<String, Source>) -> Result<(), String> {
         let mut parent = name.as_str();
         while let Some((up, _)) = parent.rsplit_once('/') {
             if sources.contains_key(up) {
-                return Err(format!("source {name:?} lies inside source {up:?}; one would overwrite the other"));
+                return Err(format!(
+                    "source {name:?} lies inside source {up:?}; one would overwrite the other"
+                ));
             }
             parent = up;
         }

@@ -299,7 +299,13 @@ impl SourceValidator for Strict {
         self.0.knows(source_type)
     }
 
-    fn validate(&self, name: &str, source_type: &str, attrs: Value, config_dir: &Path) -> Result<Value, String> {
+    fn validate(
+        &self,
+        name: &str,
+        source_type: &str,
+        attrs: Value,
+        config_dir: &Path,
+    ) -> Result<Value, String> {
         match self.0.broken.get(source_type) {
             Some(error) => Err(format!(
                 "the {source_type} plugin {} cannot be used: {}",

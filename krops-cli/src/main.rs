@@ -271,8 +271,15 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         }
         Command::Eval { names, names_only: false } => {
             let text = read(&names)?;
-            let selected =
-                validated_selection(&text, &names, Purpose::Any, false, cli.shard, Arc::new(Strict(registry)), &nix)?;
+            let selected = validated_selection(
+                &text,
+                &names,
+                Purpose::Any,
+                false,
+                cli.shard,
+                Arc::new(Strict(registry)),
+                &nix,
+            )?;
             let deployments: serde_json::Map<String, serde_json::Value> = selected
                 .into_iter()
                 .map(|(name, d)| Ok((name, serde_json::to_value(d)?)))
@@ -418,7 +425,8 @@ fn unevaluated(text: &config::Text, names: &[String], nix: &krops::nix::Options)
     let reasons: Vec<String> = concerned
         .into_iter()
         .map(|name| {
-            let message = text.failed[name].clone().unwrap_or_else(|| krops::nix::explain(&text.file, nix, name));
+            let message =
+                text.failed[name].clone().unwrap_or_else(|| krops::nix::explain(&text.file, nix, name));
             format!("{file}: attribute {name:?} does not evaluate: {message}")
         })
         .collect();

@@ -127,13 +127,17 @@ impl Found {
     /// name.
     fn finish(mut self, mut failed: BTreeMap<String, Option<String>>) -> Result<Evaluated, String> {
         if let Some(name) = self.duplicates.first() {
-            return Err(format!("two deployments are named {name:?}; give them distinct names or attribute paths"));
+            return Err(format!(
+                "two deployments are named {name:?}; give them distinct names or attribute paths"
+            ));
         }
         let listed: BTreeSet<String> = self.from_lists.iter().cloned().collect();
         let named_by_writer = |writer: &str, deployments: &serde_json::Map<String, Value>| -> Vec<String> {
             self.writers
                 .iter()
-                .filter(|(name, w)| *w == writer && !listed.contains(*name) && deployments.contains_key(*name))
+                .filter(|(name, w)| {
+                    *w == writer && !listed.contains(*name) && deployments.contains_key(*name)
+                })
                 .map(|(name, _)| name.clone())
                 .collect()
         };
@@ -207,7 +211,8 @@ impl Evaluator {
         let argstrs: serde_json::Map<String, Value> =
             options.argstrs.iter().map(|(name, value)| (name.clone(), value.clone().into())).collect();
         let argstrs = Value::Object(argstrs).to_string();
-        let library_files = LIBRARY.into_iter().map(|(relative, contents)| (library.join(relative), contents));
+        let library_files =
+            LIBRARY.into_iter().map(|(relative, contents)| (library.join(relative), contents));
         let generated = [
             (scratch.path().join("args.nix"), args.as_str()),
             (scratch.path().join("argstrs.json"), argstrs.as_str()),
@@ -278,7 +283,8 @@ impl Evaluator {
         // The set names the deployments below it, as when it evaluates whole.
         if !path.is_empty() {
             let prefix = format!("{}.", path.join("."));
-            let members: Vec<String> = found.deployments.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
+            let members: Vec<String> =
+                found.deployments.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
             if !members.is_empty() {
                 found.groups.insert(path.join("."), Group::Members { members });
             }

@@ -93,7 +93,10 @@ fn matching<'c>(config: &'c Config, pattern: &str) -> Result<Vec<&'c String>, St
         return Ok(vec![name]);
     }
     if let Some(members) = config.groups.get(pattern) {
-        return Ok(members.iter().filter_map(|m| config.deployments.get_key_value(m).map(|(n, _)| n)).collect());
+        return Ok(members
+            .iter()
+            .filter_map(|m| config.deployments.get_key_value(m).map(|(n, _)| n))
+            .collect());
     }
     if let Some(tag) = pattern.strip_prefix('@') {
         return Ok(config

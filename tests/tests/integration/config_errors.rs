@@ -80,7 +80,12 @@ fn unknown_source_type_lists_the_available_ones() {
 
 #[test]
 fn bad_source_name_and_target() {
-    rejects("toml", toml("source.\"..\".file = \"conf/a.nix\""), "3:", "every part between '/' must be a name");
+    rejects(
+        "toml",
+        toml("source.\"..\".file = \"conf/a.nix\""),
+        "3:",
+        "every part between '/' must be a name",
+    );
     rejects(
         "toml",
         |_| "[deployments.site]\ntarget = \"-oProxyCommand=touch /tmp/x\"\n".to_owned(),

@@ -84,7 +84,9 @@ fn evaluation_errors_exit_2_with_nix_message() {
     sb.write("krops.nix", "throw \"my own words\"");
     sb.krops(&["eval"]).code(2).stderr_has("my own words");
     sb.write("krops.nix", "42");
-    sb.krops(&["eval"]).code(2).stderr_has("holds no deployment (writeDeploy, writeTest, writeCommand, populate)");
+    sb.krops(&["eval"])
+        .code(2)
+        .stderr_has("holds no deployment (writeDeploy, writeTest, writeCommand, populate)");
     assert_eq!(sb.listing("site"), [".populate"]);
 }
 

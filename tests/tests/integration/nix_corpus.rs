@@ -85,7 +85,8 @@ fn check_corpus_file(stem: &str) {
     let sb = Sandbox::new();
     let file = format!("{stem}.nix");
     let cases: Vec<Case> =
-        serde_json::from_str(&std::fs::read_to_string(format!("{CORPUS}/{stem}.expect.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(format!("{CORPUS}/{stem}.expect.json")).unwrap())
+            .unwrap();
     // The kernel's host name: what krops takes for this machine.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
     for case in cases {
@@ -108,7 +109,10 @@ fn check_corpus_file(stem: &str) {
         };
         let run = |extra: &[&str], nix_path: Option<&str>| {
             let mut command = Command::new(krops_bin());
-            command.current_dir(sb.path("")).env_remove("KROPS_PLUGIN_PATH").args(["-f", &format!("{CORPUS}/{file}")]);
+            command
+                .current_dir(sb.path(""))
+                .env_remove("KROPS_PLUGIN_PATH")
+                .args(["-f", &format!("{CORPUS}/{file}")]);
             command.args(&args).args(extra);
             match nix_path {
                 Some(path) => command.env("NIX_PATH", path),
@@ -129,7 +133,11 @@ fn check_corpus_file(stem: &str) {
             .map(|nix_path| {
                 let out = run(&["--json", "eval"], nix_path);
                 out.success();
-                let line = out.stdout.lines().find(|l| l.contains(r#""event":"eval""#)).unwrap_or_else(|| panic!("{out}"));
+                let line = out
+                    .stdout
+                    .lines()
+                    .find(|l| l.contains(r#""event":"eval""#))
+                    .unwrap_or_else(|| panic!("{out}"));
                 serde_json::from_str::<serde_json::Value>(line).unwrap()["deployments"].clone()
             })
             .collect();
@@ -175,10 +183,17 @@ fn check_corpus_file(stem: &str) {
         for (group, members) in &case.groups {
             let out = run(&["eval", "--names", group], None);
             out.success();
-            assert_eq!(out.stdout.lines().collect::<Vec<_>>(), *members, "{file} {args:?}: group {group}\n{out}");
+            assert_eq!(
+                out.stdout.lines().collect::<Vec<_>>(),
+                *members,
+                "{file} {args:?}: group {group}\n{out}"
+            );
         }
         for (attribute, message) in &case.errors {
-            run(&["eval", attribute], None).code(2).stderr_has(&format!("attribute \"{attribute}\" does not evaluate")).stderr_has(message);
+            run(&["eval", attribute], None)
+                .code(2)
+                .stderr_has(&format!("attribute \"{attribute}\" does not evaluate"))
+                .stderr_has(message);
         }
     }
 }
@@ -315,4 +330,58 @@ fn a_missing_file_in_an_unselected_deployment_does_not_matter() {
     assert_eq!(sb.read("here/a"), "a");
     sb.krops(&["eval", "here"]).success();
     sb.krops(&["populate", "elsewhere"]).code(2).stderr_has("/nonexistent/on/this/laptop does not exist");
+}
+
+/// Without LOGNAME (cron, systemd units, CI containers), `lib.mkTarget "/path"` and
+/// `"localhost/path"` are this machine: deployed locally, without ssh (an ssh that fails
+/// loudly is first on PATH).
+#[test]
+fn mktarget_targets_deploy_locally_without_logname() {
+    krops_tests::hosts::prepare_machine();
+    let sb = Sandbox::new();
+    sb.target_dir("plain");
+    sb.target_dir("named");
+    sb.write("bin/ssh", "#!/bin/sh\necho ssh was called >&2\nexit 99\n");
+    std::fs::set_permissions(sb.path("bin/ssh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    sb.write("configuration.nix", "{ ... }: { }\n");
+    sb.write(
+        "krops.nix",
+        &format!(
+            r#"let
+  lib = import "${{<krops>}}/lib";
+  pkgs = import "${{<krops>}}/pkgs" {{}};
+  source = lib.evalSource [{{ nixos-config.file = toString ./configuration.nix; }}];
+in {{
+  plain = pkgs.krops.writeCommand "plain" {{
+    inherit source;
+    target = lib.mkTarget "{plain}";
+    command = path: "touch ${{path}}/ran";
+  }};
+  named = pkgs.krops.writeCommand "named" {{
+    inherit source;
+    target = lib.mkTarget "localhost{named}";
+    command = path: "touch ${{path}}/ran";
+  }};
+}}
+"#,
+            plain = sb.path("plain").display(),
+            named = sb.path("named").display()
+        ),
+    );
+    let path = format!("{}:{}", sb.path("bin").display(), std::env::var("PATH").unwrap());
+    for name in ["plain", "named"] {
+        let mut command = Command::new(krops_bin());
+        command
+            .current_dir(sb.path(""))
+            .env_remove("LOGNAME")
+            .env_remove("KROPS_PLUGIN_PATH")
+            .env("PATH", &path);
+        command.args(["run", name]);
+        let out = Outcome::of(command);
+        out.success();
+        assert!(!out.stderr.contains("ssh was called"), "{out}");
+        assert!(sb.path(&format!("{name}/ran")).exists(), "{out}");
+        assert_eq!(sb.read(&format!("{name}/nixos-config")), "{ ... }: { }\n");
+    }
 }

@@ -123,6 +123,23 @@ fn a_truncated_plugin_fails_only_its_deployments() {
     assert_eq!(sb.listing("a"), [".populate"], "nothing touched on the broken type's target");
 }
 
+/// `eval` shows sources as their plugins normalise them: a source whose plugin is broken is a
+/// usage error with the plugin's reason, not printed raw; another deployment evaluates.
+#[test]
+fn eval_refuses_a_source_whose_plugin_is_broken() {
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("plugins");
+    std::fs::write(dir.join("libkrops_populator_panicky.so"), b"not a library").unwrap();
+    let dir = dir.display().to_string();
+    two_deployments(&sb, "panicky");
+    let out = sb.krops(&["--plugin-dir", &dir, "eval"]);
+    out.code(2)
+        .stderr_has("source \"x\": the panicky plugin ")
+        .stderr_has("libkrops_populator_panicky.so cannot be used: is not a shared library for this machine");
+    assert!(out.stdout.is_empty(), "{out}");
+    sb.krops(&["--plugin-dir", &dir, "eval", "b"]).success().stdout_has("\"symlink\"");
+}
+
 #[test]
 fn a_fifo_named_like_a_plugin_does_not_hang_krops() {
     let sb = Sandbox::new();

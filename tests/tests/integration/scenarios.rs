@@ -21,6 +21,8 @@ crate::on_every_site!(
     run_sees_krops_target_path,
     one_failing_deployment_does_not_stop_the_other,
     names_and_contents_are_never_interpreted_by_a_shell,
+    sources_named_with_a_slash_nest_below_the_path,
+    a_nested_source_never_goes_through_a_link_or_a_path_others_can_change,
 );
 
 /// A krops.toml with one deployment `site` into `site`.
@@ -172,6 +174,53 @@ fn symlink_and_pipe(kind: Kind) {
     assert_eq!(link.to_str(), Some("nixos-config"));
     assert_eq!(site.read("info"), "line 1\nline 2\n42\n");
     assert_eq!(mode(&site.path("info")), 0o644);
+}
+
+/// `"sources/nixpkgs"` lands in `<path>/sources/nixpkgs`, as in the original; the directories
+/// on the way are made, and a redeploy, diff and status see the nested names.
+fn sources_named_with_a_slash_nest_below_the_path(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    sb.write("conf/tree/a.nix", "a");
+    config(
+        &sb,
+        &site,
+        "",
+        "\"sources/tree\".file = \"conf/tree\"\n\"sources/deep/info\".pipe = \"echo piped\"\n\"links/current\".symlink = \"../sources/tree\"",
+    );
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("sources/tree/a.nix"), "a");
+    assert_eq!(site.read("sources/deep/info"), "piped\n");
+    assert_eq!(std::fs::read_link(site.path("links/current")).unwrap().to_str(), Some("../sources/tree"));
+    assert_eq!(mode(&site.path("sources/deep")), 0o755);
+    let again = sb.krops(&["populate"]);
+    again.success();
+    assert!(again.stdout.contains("unchanged") || again.stderr.contains("unchanged"), "{again}");
+    sb.krops(&["status"]).success().stdout_has("sources/deep/info (pipe): as recorded");
+    sb.write("conf/tree/a.nix", "changed");
+    sb.krops(&["diff"]).success().stdout_has("sources/tree");
+}
+
+/// A link where a nested source's directory belongs, or a target path others can write, stops
+/// the deployment before anything is written there.
+fn a_nested_source_never_goes_through_a_link_or_a_path_others_can_change(kind: Kind) {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, kind);
+    let outside = sb.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, site.path("sources")).unwrap();
+    config(&sb, &site, "", "\"sources/info\".pipe = \"echo piped\"");
+    sb.krops(&["populate"]).code(1).stderr_has("is in the way: not a directory");
+    assert!(sb.listing("outside").is_empty());
+    std::fs::remove_file(site.path("sources")).unwrap();
+    let root = site.path("");
+    let before = mode(&root);
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    sb.krops(&["populate"]).code(1).stderr_has("is writable by others");
+    assert!(!site.path("sources").exists());
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(before)).unwrap();
+    sb.krops(&["populate"]).success();
+    assert_eq!(site.read("sources/info"), "piped\n");
 }
 
 fn failing_pipe_command_names_source_and_keeps_stderr(kind: Kind) {
