@@ -353,9 +353,15 @@ impl Syntax {
     }
 }
 
-/// Finds the default configuration file in `dir`.
-pub fn discover(dir: &Path) -> Option<PathBuf> {
-    DEFAULT_FILES.iter().map(|name| dir.join(name)).find(|p| p.is_file())
+/// The default configuration file: the first of [`DEFAULT_FILES`] in `dir`, else in the
+/// nearest directory above it that has one (as git finds its repository from a
+/// subdirectory). Also the other default files beside it, which it wins over.
+pub fn discover(dir: &Path) -> Option<(PathBuf, Vec<PathBuf>)> {
+    dir.ancestors().find_map(|dir| {
+        let mut present = DEFAULT_FILES.iter().map(|name| dir.join(name)).filter(|p| p.is_file());
+        let first = present.next()?;
+        Some((first, present.collect()))
+    })
 }
 
 /// A configuration file's text, as read (TOML, JSON) or evaluated (Nix), with its absolute

@@ -79,7 +79,7 @@ enum Operation {
 enum Command {
     /// Populate, then nixos-rebuild OPERATION on the build host
     Deploy {
-        /// Deployments: names, globs (web-*) or @TAG; none: every deployment of kind deploy
+        /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment of kind deploy
         #[arg(value_name = "NAME")]
         names: Vec<String>,
         /// nixos-rebuild action (default: the configuration's, else switch)
@@ -92,7 +92,7 @@ enum Command {
     /// `nixos-rebuild test`, which activates: use `krops deploy --operation test` for that.
     #[command(alias = "test")]
     Build {
-        /// Deployments: names, globs (web-*) or @TAG; none: every deployment of kind build
+        /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment of kind build
         #[arg(value_name = "NAME")]
         names: Vec<String>,
         /// Pass --show-trace to nix-build
@@ -108,25 +108,31 @@ enum Command {
     },
     /// Populate only
     Populate {
-        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment
         #[arg(value_name = "NAME")]
         names: Vec<String>,
     },
     /// What populate would change on each target; changes nothing
     Diff {
-        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment
         #[arg(value_name = "NAME")]
         names: Vec<String>,
+        /// Exit 1 when populate would change something (0: nothing, 2: an error)
+        #[arg(long)]
+        exit_code: bool,
     },
     /// What was last deployed to each target, and what drifted since; changes nothing
     Status {
-        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment
         #[arg(value_name = "NAME")]
         names: Vec<String>,
+        /// Exit 1 when a target drifted or was never deployed (0: as recorded, 2: an error)
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Print the normalised configuration as JSON; touches no target
     Eval {
-        /// Deployments: names, globs (web-*) or @TAG; none: every deployment
+        /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment
         #[arg(value_name = "NAME")]
         names: Vec<String>,
         /// Only the selected deployments' names, one a line (with --json: one `names` event)
@@ -214,6 +220,10 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         show_trace: cli.show_trace,
     };
     let read = |names: &[String]| read_config(cli.file.as_deref(), &nix, names).map_err(UsageError);
+    let exit_code = matches!(
+        cli.command,
+        Command::Diff { exit_code: true, .. } | Command::Status { exit_code: true, .. }
+    );
     let (action, names, purpose, text) = match cli.command {
         Command::Completions { .. } | Command::Man => return Ok(ExitCode::SUCCESS),
         Command::Plugins if cli.json => {
@@ -316,11 +326,11 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             let text = read(&names)?;
             (Action::Populate, names, Purpose::Any, text)
         }
-        Command::Status { names } => {
+        Command::Status { names, .. } => {
             let text = read(&names)?;
             (Action::Status, names, Purpose::Any, text)
         }
-        Command::Diff { names } => {
+        Command::Diff { names, .. } => {
             let text = read(&names)?;
             (Action::Diff, names, Purpose::Any, text)
         }
@@ -361,6 +371,15 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
         Ok(outcomes) => {
             ssh.shutdown();
             let code = render::summary(&outcomes, style);
+            // `--exit-code` keeps 1 for differences: a failed deployment is 2 there.
+            if exit_code {
+                let all_ok = outcomes.iter().all(|(_, result)| result.is_ok());
+                return Ok(ExitCode::from(match (all_ok, progress.found_differences()) {
+                    (false, _) => 2,
+                    (true, true) => 1,
+                    (true, false) => 0,
+                }));
+            }
             // `run` of one deployment exits as ssh does: with its command's status.
             match outcomes.as_slice() {
                 [(_, Err(error))] if single && error.stage == krops::events::Stage::Activate => {
@@ -399,9 +418,23 @@ fn read_config(
         Some(file) => file.to_owned(),
         None => {
             let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            config::discover(&cwd).ok_or_else(|| {
-                anyhow!("no {} in {}; name a file with -f", config::DEFAULT_FILES.join(", "), cwd.display())
-            })?
+            let (file, beside) = config::discover(&cwd).ok_or_else(|| {
+                anyhow!(
+                    "no {} in {} or a directory above it; name a file with -f",
+                    config::DEFAULT_FILES.join(", "),
+                    cwd.display()
+                )
+            })?;
+            // Two configurations in one directory: the first is taken (as SPEC orders them),
+            // never silently.
+            for other in beside {
+                eprintln!(
+                    "krops: warning: using {} and not {} beside it; name one with -f",
+                    file.display(),
+                    other.display()
+                );
+            }
+            file
         }
     };
     Ok(config::read(&file, nix, names)?)

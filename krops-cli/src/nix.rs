@@ -51,7 +51,8 @@ pub struct Evaluated {
 /// in [`Evaluated::failed`]. The error is nix's own message.
 pub fn evaluate(file: &Path, options: &Options, names: &[String]) -> Result<Evaluated, String> {
     let evaluator = Evaluator::new(file, options)?;
-    let plain = |name: &String| !name.starts_with('@') && !name.contains(['*', '?', '[', ']']);
+    // Tags, globs and expressions (`@eu&!web-*`) need every deployment.
+    let plain = |name: &String| !name.contains(['@', '*', '?', '[', ']', ',', '&', '!']);
     // The named attributes alone, when that works; when it does not (a name that is no
     // attribute path, an attribute that fails), the whole file, so that the failure is told
     // apart from its neighbours and explained as the selected attribute's.

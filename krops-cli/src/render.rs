@@ -80,7 +80,12 @@ pub fn init_tracing(verbose: u8, quiet: bool, color: bool) {
 
 /// What each deployment is doing, kept for the summary of an interrupted run.
 #[derive(Clone, Default)]
-pub struct Progress(Arc<Mutex<BTreeMap<String, State>>>);
+pub struct Progress {
+    states: Arc<Mutex<BTreeMap<String, State>>>,
+    /// Whether a diff showed a change (or could not tell) or a status a source not as
+    /// recorded: `--exit-code`'s answer.
+    differences: Arc<std::sync::atomic::AtomicBool>,
+}
 
 #[derive(Clone)]
 enum State {
@@ -92,11 +97,29 @@ enum State {
 
 impl Progress {
     pub fn new(names: &[String]) -> Progress {
-        Progress(Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), State::Waiting)).collect())))
+        Progress {
+            states: Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), State::Waiting)).collect())),
+            differences: Arc::default(),
+        }
+    }
+
+    /// Whether `diff` or `status` found the targets other than configured.
+    pub fn found_differences(&self) -> bool {
+        self.differences.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn note(&self, event: &Event) {
-        let Ok(mut states) = self.0.lock() else { return };
+        let differs = match event {
+            Event::Diff { changes, .. } => changes.as_ref().is_none_or(|c| !c.is_empty()),
+            Event::Status { deployed, sources, .. } => {
+                !deployed || sources.iter().any(|s| s.verdict != "as recorded")
+            }
+            _ => false,
+        };
+        if differs {
+            self.differences.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let Ok(mut states) = self.states.lock() else { return };
         match event {
             Event::StageStarted { deployment, .. } => {
                 if let Some(state @ State::Waiting) = states.get_mut(deployment) {
@@ -597,7 +620,7 @@ pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
 /// The summary of a run ended by `signal`: finished deployments as they ended, running ones
 /// failed (interrupted), waiting ones skipped.
 pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
-    let states = progress.0.lock().map(|s| s.clone()).unwrap_or_default();
+    let states = progress.states.lock().map(|s| s.clone()).unwrap_or_default();
     if style.json {
         let deployments: serde_json::Map<String, Value> = states
             .iter()

@@ -61,9 +61,11 @@ pub fn select(
         return Ok(selected);
     }
     for name in names {
-        let matches = matching(config, name)?;
+        let matches = expression(config, name)?;
         if matches.is_empty() {
-            return Err(format!("{file}: no deployment matches {name:?}{}", suggestion(config, name)));
+            return Err(format!(
+                "{file}: {name:?} selects no deployment (its parts match, but not together)"
+            ));
         }
         let fitting: Vec<&String> =
             matches.iter().copied().filter(|n| purpose.fits(&config.deployments[*n])).collect();
@@ -83,6 +85,59 @@ pub fn select(
         return Err(format!("run acts on one deployment; {} are selected", selected.len()));
     }
     Ok(selected)
+}
+
+/// Deployment names that a NAME argument selects, in the file's order. Its grammar:
+///
+/// ```text
+/// NAME   = TERM { "," TERM }        union
+/// TERM   = FACTOR { "&" FACTOR }    intersection
+/// FACTOR = [ "!" ] PATTERN          "!": every deployment but those
+/// ```
+///
+/// where a PATTERN is a deployment's or group's name, `@TAG` or a glob. A NAME that is a
+/// deployment's or group's name as written is that, whatever characters it holds. Every
+/// PATTERN must match something (a typo is an error, not an empty part).
+fn expression<'c>(config: &'c Config, name: &str) -> Result<Vec<&'c String>, String> {
+    if config.deployments.contains_key(name) || config.groups.contains_key(name) {
+        return matching(config, name);
+    }
+    let file = config.file.display();
+    let mut union: Vec<&String> = Vec::new();
+    for term in name.split(',') {
+        let mut intersection: Option<Vec<&String>> = None;
+        for factor in term.split('&') {
+            let (negated, pattern) = match factor.strip_prefix('!') {
+                Some(rest) => (true, rest),
+                None => (false, factor),
+            };
+            if pattern.is_empty() {
+                return Err(format!("{file}: {name:?}: an empty part (the grammar: NAME,NAME union, NAME&NAME intersection, !NAME all but)"));
+            }
+            let matches = matching(config, pattern)?;
+            if matches.is_empty() {
+                return Err(format!(
+                    "{file}: no deployment matches {pattern:?}{}",
+                    suggestion(config, pattern)
+                ));
+            }
+            let selected: Vec<&String> = if negated {
+                config.deployments.keys().filter(|n| !matches.contains(n)).collect()
+            } else {
+                matches
+            };
+            intersection = Some(match intersection {
+                None => selected,
+                Some(so_far) => so_far.into_iter().filter(|n| selected.contains(n)).collect(),
+            });
+        }
+        for found in intersection.unwrap_or_default() {
+            if !union.contains(&found) {
+                union.push(found);
+            }
+        }
+    }
+    Ok(union)
 }
 
 /// Deployment names that `pattern` selects: `@TAG`, a glob, an exact name, or a group's name
@@ -237,6 +292,25 @@ mod tests {
         let unknown = select(&c, &all(&["web1"]), deploy, false).unwrap_err();
         assert!(unknown.contains("did you mean \"web-1\""), "{unknown}");
         assert!(select(&c, &all(&["@asia"]), deploy, false).unwrap_err().contains("no deployment matches"));
+    }
+
+    #[test]
+    fn union_intersection_and_negation() {
+        let c = config();
+        let any = |name: &str| names(select(&c, &[name.to_owned()], Purpose::Any, false));
+        assert_eq!(any("@eu,@us"), ["db", "web-1", "web-2"]);
+        assert_eq!(any("@web&@eu"), ["web-1"]);
+        assert_eq!(any("!@web"), ["check", "db", "shell"]);
+        assert_eq!(any("@web&!@eu"), ["web-2"]);
+        assert_eq!(any("db,web-*&!web-2"), ["db", "web-1"]);
+        assert_eq!(
+            names(select(&c, &["!@eu".to_owned()], Purpose::Activate(Kind::Deploy), false)),
+            ["web-2"]
+        );
+        let err = |name: &str| select(&c, &[name.to_owned()], Purpose::Any, false).unwrap_err();
+        assert!(err("@eu&@us").contains("selects no deployment"), "{}", err("@eu&@us"));
+        assert!(err("@eu,").contains("an empty part"));
+        assert!(err("@eu&@asia").contains("no deployment matches \"@asia\""));
     }
 
     #[test]

@@ -262,3 +262,33 @@ fn a_target_in_the_way_and_a_fresh_target(kind: Kind) {
     std::fs::create_dir(site.path("link")).unwrap();
     sb.krops(&["diff"]).code(1).stderr_has("link").stderr_has("is a directory");
 }
+
+/// `diff --exit-code` and `status --exit-code`, for CI: 0 nothing to change or drift, 1 changes
+/// or drift (also a target never deployed), 2 an error.
+#[test]
+fn exit_code_tells_changes_and_drift() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    sb.write("conf/a", "a");
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.site]\ntarget = {}\nsource.a.file = \"conf/a\"\n", site.target()),
+    );
+    sb.krops(&["diff", "--exit-code"]).code(1);
+    sb.krops(&["status", "--exit-code"]).code(1);
+    sb.krops(&["diff"]).success();
+    sb.krops(&["populate"]).success();
+    sb.krops(&["diff", "--exit-code"]).success();
+    sb.krops(&["status", "--exit-code"]).success();
+    sb.write("conf/a", "changed");
+    sb.krops(&["diff", "--exit-code"]).code(1);
+    std::fs::write(site.path("a"), "edited on the target").unwrap();
+    sb.krops(&["status", "--exit-code"]).code(1);
+    sb.krops(&["status"]).success();
+    sb.write(
+        "krops.toml",
+        "[deployments.site]\ntarget = \"/nonexistent/krops-exit-code\"\nsource.a.file = \"conf/a\"\n",
+    );
+    sb.krops(&["diff", "--exit-code"]).code(2).stderr_has("failed");
+    sb.krops(&["-f", "/nonexistent.toml", "status", "--exit-code"]).code(2);
+}

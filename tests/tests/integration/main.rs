@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod config_errors;
+mod daily;
 mod diff;
 mod fleet;
 mod git;
