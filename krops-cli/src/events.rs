@@ -122,7 +122,11 @@ impl DeployError {
 
 impl std::fmt::Display for DeployError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed: {}", self.place(), self.message)
+        write!(f, "{} failed: {}", self.place(), self.message)?;
+        if self.output.is_some() {
+            write!(f, "; its output is above")?;
+        }
+        Ok(())
     }
 }
 

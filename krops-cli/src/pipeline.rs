@@ -952,7 +952,8 @@ fn activate(
             let program = failed.program.clone().unwrap_or_default();
             match (stderr, failed.exit_status) {
                 (Some((stderr, status)), _) => {
-                    failed.message = format!("{program} failed ({status}); its output is above");
+                    // The output was shown as it came; `Display` says so, `--json` carries it.
+                    failed.message = format!("{program} failed ({status})");
                     failed.headline = match crate::events::headline(&stderr) {
                         line if line.is_empty() => failed.message.clone(),
                         line => line,

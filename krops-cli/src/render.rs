@@ -148,7 +148,7 @@ pub async fn render(events: UnboundedReceiver<Event>, style: Style, terminal_fre
         && style.verbosity.level == Level::Info
         && std::io::stderr().is_terminal();
     match (style.json, live) {
-        (true, _) => render_json(events, progress).await,
+        (true, _) => render_json(events, style.verbosity, progress).await,
         (false, true) => render_live(events, style, progress).await,
         (false, false) => render_lines(events, style.verbosity, style.color, progress).await,
     }
@@ -207,10 +207,19 @@ pub fn shown(text: &str) -> String {
     printable(&credentials(text))
 }
 
-async fn render_json(mut events: UnboundedReceiver<Event>, progress: Progress) {
+/// One JSON line per event; `log` events as `-v`/`-vv` choose (none with `-q`), `connecting`
+/// once per connection.
+async fn render_json(mut events: UnboundedReceiver<Event>, verbosity: Verbosity, progress: Progress) {
     while let Some(event) = events.recv().await {
         progress.note(&event);
-        print_json(json_of(&event));
+        let shown = match &event {
+            Event::Log { level, .. } => !verbosity.quiet && *level <= verbosity.level,
+            Event::Connecting { done, .. } => !done,
+            _ => true,
+        };
+        if shown {
+            print_json(json_of(&event));
+        }
     }
 }
 
@@ -293,17 +302,26 @@ fn error_json(error: &DeployError) -> Value {
         Some(output) => format!("{}\n{}", error.message, output.trim_end()),
         None => error.message.clone(),
     };
+    // The failing program's last words: its stderr, else the message that holds it.
+    let stderr = error.output.as_deref().unwrap_or(&error.message);
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    let stderr_tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n");
     json!({
         "message": error.headline, "detail": detail, "program": error.program,
+        "exit_status": error.exit_status, "stderr_tail": stderr_tail,
         "host": error.host, "stage": error.stage, "source": error.source_name,
         "rollback": error.rollback,
     })
 }
 
+/// How much of a failing program's stderr `--json` errors carry in `stderr_tail`.
+const STDERR_TAIL_LINES: usize = 20;
+
 /// The `error` of a deployment a signal cut short.
 fn interrupted_json(signal: &str, rollback: Option<&str>) -> Value {
     json!({
         "message": format!("interrupted by {signal}"), "detail": null, "program": null,
+        "exit_status": null, "stderr_tail": null,
         "host": null, "stage": null, "source": null, "rollback": rollback,
     })
 }

@@ -7,18 +7,43 @@ use std::time::{Duration, Instant};
 
 use crate::support::{krops_bin, Kind, Outcome, Sandbox, Site};
 
-/// Every stdout line of a `--json` run is one object of the README's schema; returns them.
+/// The README's `--json` event table: each event and the fields it documents (the
+/// backquoted names of its fields column outside parentheses).
+fn readme_events() -> std::collections::BTreeMap<String, Vec<String>> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let table = &readme[readme.find("| `event` | fields |").expect("the README's event table")..];
+    let mut events = std::collections::BTreeMap::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let row = row.trim_start_matches("| ").trim_end_matches(" |");
+        let (event, fields) = row.split_once(" | ").unwrap_or_else(|| panic!("a row of two cells: {row}"));
+        let mut names = Vec::new();
+        let (mut depth, mut quoted, mut name) = (0, false, String::new());
+        for c in fields.chars() {
+            match c {
+                '(' if !quoted => depth += 1,
+                ')' if !quoted => depth -= 1,
+                '`' if quoted => {
+                    if depth == 0 {
+                        names.push(std::mem::take(&mut name));
+                    }
+                    name.clear();
+                    quoted = false;
+                }
+                '`' => quoted = true,
+                c if quoted => name.push(c),
+                _ => {}
+            }
+        }
+        events.insert(event.trim_matches('`').to_owned(), names);
+    }
+    events
+}
+
+/// Every stdout line of a `--json` run is one object of the README's schema (an event of its
+/// table, with exactly the fields it documents: all of them but for `summary`, whose fields
+/// are alternatives); returns them.
 fn json_lines(out: &Outcome) -> Vec<serde_json::Value> {
-    let events = [
-        "stage_started",
-        "stage_finished",
-        "source_populated",
-        "output",
-        "log",
-        "connecting",
-        "deployment_finished",
-        "summary",
-    ];
+    let events = readme_events();
     let lines: Vec<serde_json::Value> = out
         .stdout
         .lines()
@@ -28,15 +53,28 @@ fn json_lines(out: &Outcome) -> Vec<serde_json::Value> {
     for line in &lines {
         assert_eq!(line["v"], 1, "{line}");
         let event = line["event"].as_str().unwrap_or_else(|| panic!("no event: {line}"));
-        assert!(events.contains(&event), "unknown event {event}: {line}");
+        let documented =
+            events.get(event).unwrap_or_else(|| panic!("event {event} is not in the README: {line}"));
+        let mut fields: Vec<&String> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !["v", "event", "time"].contains(&k.as_str()))
+            .collect();
+        fields.sort();
+        let mut wanted: Vec<&String> = documented.iter().collect();
+        wanted.sort();
+        if event == "summary" {
+            assert!(
+                fields.iter().all(|f| wanted.contains(f)),
+                "{event}: {fields:?} beyond the README's {wanted:?}"
+            );
+        } else {
+            assert_eq!(fields, wanted, "{event}: fields against the README's");
+        }
         let time = line["time"].as_str().unwrap_or_else(|| panic!("no time: {line}"));
         assert!(humantime_like(time), "time is not RFC 3339: {time}");
-        if event != "summary" {
-            assert!(line["deployment"].is_string(), "{line}");
-        }
-        for key in ["duration_ms"] {
-            assert!(line.get(key).is_none_or(serde_json::Value::is_u64), "{key}: {line}");
-        }
+        assert!(line.get("duration_ms").is_none_or(serde_json::Value::is_u64), "{line}");
     }
     let last = lines.last().unwrap();
     assert_eq!(last["event"], "summary", "the last line is the summary\n{out}");
@@ -315,20 +353,21 @@ fn the_man_page_describes_every_command() {
     }
 }
 
-/// Every command answers in JSON lines with `--json`, usage errors included; a `run`'s output
-/// becomes `output` events instead of reaching stdout.
+/// Every command answers in JSON lines of the README's schema with `--json`, usage errors
+/// included; a `run`'s output becomes `output` events instead of reaching stdout.
 #[test]
 fn json_for_every_command_and_error() {
     let sb = Sandbox::new();
     two_deployments(&sb);
-    let only_json = |out: &Outcome| {
-        for line in out.stdout.lines() {
-            let value: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{out}"));
-            assert_eq!(value["v"], 1, "{line}");
-        }
-        out.stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
-    };
+    let only_json = json_lines;
+    let names = only_json(sb.krops(&["--json", "eval", "--names", "@eu,bad"]).success());
+    assert_eq!(names[0]["names"], serde_json::json!(["good", "bad"]));
+    let populated = only_json(sb.krops(&["--json", "populate", "good"]).success());
+    assert!(populated.iter().any(|l| l["event"] == "source_populated"));
+    let diff = only_json(sb.krops(&["--json", "diff", "good"]).success());
+    assert!(diff.iter().any(|l| l["event"] == "diff" && l["unchanged"] == true), "{diff:?}");
+    let status = only_json(sb.krops(&["--json", "status", "good"]).success());
+    assert!(status.iter().any(|l| l["event"] == "status" && l["deployed"] == true), "{status:?}");
     let eval = only_json(sb.krops(&["--json", "eval"]).success());
     assert_eq!(eval[0]["event"], "eval");
     assert!(eval[0]["deployments"]["good"].is_object());
@@ -359,6 +398,41 @@ fn json_for_every_command_and_error() {
     );
     let run = only_json(sb.krops(&["--json", "run"]).success());
     assert!(run.iter().any(|l| l["event"] == "output" && l["line"] == "from the command"), "{run:?}");
+}
+
+/// `log` events follow `-q`/`-v`/`-vv` as the text does (the commands krops runs are trace);
+/// a failing program's error carries its exit status and the tail of its stderr, never the
+/// text-only "its output is above".
+#[test]
+fn json_logs_follow_verbosity_and_errors_carry_the_program() {
+    let sb = Sandbox::new();
+    two_deployments(&sb);
+    let logs = |args: &[&str]| -> Vec<String> {
+        let out = sb.krops(args);
+        json_lines(&out)
+            .into_iter()
+            .filter(|l| l["event"] == "log")
+            .map(|l| l["level"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(logs(&["--json", "-vv", "populate", "good"]).iter().any(|l| l == "trace"));
+    assert!(!logs(&["--json", "populate", "good"]).iter().any(|l| l == "trace" || l == "debug"));
+    assert!(!logs(&["--json", "-v", "populate", "good"]).iter().any(|l| l == "trace"));
+    assert!(logs(&["--json", "-q", "populate"]).is_empty());
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.r]\ntarget = {:?}\ncommand = \"echo first >&2; echo second words >&2; exit 3\"\n",
+            sb.path("good").display().to_string()
+        ),
+    );
+    let out = sb.krops(&["--json", "run"]);
+    out.code(3);
+    let lines = json_lines(&out);
+    let error = &lines.last().unwrap()["deployments"]["r"]["error"];
+    assert_eq!(error["exit_status"], 3, "{error}");
+    assert!(error["stderr_tail"].as_str().unwrap().ends_with("second words"), "{error}");
+    assert!(!out.stdout.contains("its output is above"), "{out}");
 }
 
 /// A child's output that is not UTF-8, or carries escape sequences, is shown (escaped), and
