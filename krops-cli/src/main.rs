@@ -1,6 +1,8 @@
 //! The `krops` command: parse the command line, load plugins and configuration, run the
 //! pipeline, render its events. Everything that deploys lives in the krops library (lib.rs).
 
+mod completions;
+mod man;
 mod render;
 
 use std::path::PathBuf;
@@ -149,6 +151,10 @@ enum Command {
     /// Print the man page (roff) on stdout; `cargo xtask install` installs it
     #[command(hide = true)]
     Man,
+    /// The configuration's deployment names, group names and @TAGs, one a line, for the
+    /// completion scripts (nothing when there is no configuration)
+    #[command(hide = true, name = "complete-names")]
+    CompleteNames,
 }
 
 /// A failure before anything was touched: usage or configuration (exit 2).
@@ -200,15 +206,15 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     };
     match &cli.command {
         Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), "krops", &mut script);
-            say(String::from_utf8_lossy(&script).trim_end());
+            say(&completions::script(*shell, Cli::command()));
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+            let page = man::page(Cli::command())
                 .map_err(|e| UsageError(anyhow!("cannot write the man page: {e}")))?;
+            use std::io::Write;
+            // A reader that went away (`krops man | head`) is not an error.
+            let _ = std::io::stdout().lock().write_all(&page);
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -226,6 +232,20 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     );
     let (action, names, purpose, text) = match cli.command {
         Command::Completions { .. } | Command::Man => return Ok(ExitCode::SUCCESS),
+        Command::CompleteNames => {
+            let shape = read(&[]).ok().and_then(|text| text.parse(Arc::new(config::ShapeOnly), None).ok());
+            if let Some(shape) = shape {
+                let tags: std::collections::BTreeSet<&String> =
+                    shape.deployments.values().flat_map(|d| d.tags.iter()).collect();
+                for name in shape.deployments.keys().chain(shape.groups.keys()) {
+                    say(name);
+                }
+                for tag in tags {
+                    say(&format!("@{tag}"));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Plugins if cli.json => {
             let plugins: Vec<serde_json::Value> = registry
                 .plugins()

@@ -237,6 +237,49 @@ fn completions_for_bash_zsh_and_fish() {
     sb.krops(&["completions", "tcsh"]).code(2);
 }
 
+/// Completion of NAMEs offers the configuration's deployments, groups and @TAGs (read when
+/// completing, from the configuration of the directory completed in): bash's script run for
+/// real; zsh's and fish's hooked to the same source.
+#[test]
+fn completions_offer_deployment_names_and_tags() {
+    let sb = Sandbox::new();
+    two_deployments(&sb);
+    let bin = krops_bin();
+    let bin_dir = bin.parent().unwrap().display().to_string();
+    let complete = |words: &str| -> Vec<String> {
+        let script = format!(
+            "source <(krops completions bash)\nCOMP_WORDS=({words})\nCOMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+             _krops_with_names krops \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\nprintf '%s\\n' \"${{COMPREPLY[@]}}\""
+        );
+        let mut command = Command::new("bash");
+        command.current_dir(sb.path("")).env("PATH", format!("{bin_dir}:{}", std::env::var("PATH").unwrap()));
+        command.args(["-c", &script]);
+        let out = Outcome::of(command);
+        out.success();
+        let mut words: Vec<String> =
+            out.stdout.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        words.sort();
+        words
+    };
+    assert_eq!(complete("krops deploy ''"), ["@eu", "@us", "bad", "good"]);
+    assert_eq!(complete("krops -v populate @"), ["@eu", "@us"]);
+    assert_eq!(complete("krops diff g"), ["good"]);
+    assert!(complete("krops deploy --operation ''").contains(&"switch".to_owned()));
+    assert!(complete("krops deploy --j").contains(&"--jobs".to_owned()));
+    sb.krops(&["complete-names"]).success().stdout_has("bad\ngood\n@eu\n@us\n");
+    sb.krops(&["completions", "zsh"])
+        .success()
+        .stdout_has("_krops_names() {")
+        .stdout_has(":_krops_names' \\");
+    sb.krops(&["completions", "fish"]).success().stdout_has("-f -a \"(krops complete-names 2>/dev/null)\"");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut command = Command::new(&bin);
+    command.current_dir(elsewhere.path()).arg("complete-names");
+    let out = Outcome::of(command);
+    out.success();
+    assert!(out.stdout.is_empty(), "{out}");
+}
+
 #[test]
 fn summaries_name_rsync_git_and_user_commands() {
     let sb = Sandbox::new();
@@ -348,9 +391,31 @@ fn the_man_page_describes_every_command() {
     let sb = Sandbox::new();
     let out = sb.krops(&["man"]);
     out.success().stdout_has(".TH krops 1");
-    for command in ["deploy", "build", "run", "populate", "eval", "plugins", "completions"] {
-        out.stdout_has(command);
+    for command in ["deploy", "build", "run", "populate", "diff", "status", "eval", "plugins", "completions"]
+    {
+        out.stdout_has(&format!("\\fBkrops {command}\\fR"));
     }
+    for section in [
+        ".SH SYNOPSIS",
+        ".SH OPTIONS",
+        ".SH COMMANDS",
+        ".SH CONFIGURATION",
+        ".SH EXIT STATUS",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+    ] {
+        out.stdout_has(section);
+    }
+    // One page: no references to per-command pages that do not exist.
+    assert!(!out.stdout.contains("krops\\-deploy(1)") && !out.stdout.contains("krops-deploy(1)"), "{out}");
+    // A reader that stops early is no error.
+    let mut child = sb.krops_command(&["man"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = Outcome::from_output(child.wait_with_output().unwrap());
+    out.success();
+    assert!(out.stderr.is_empty(), "{out}");
 }
 
 /// Every command answers in JSON lines of the README's schema with `--json`, usage errors
