@@ -14,10 +14,19 @@ pub enum Stage {
     Connect,
     /// Before any target is touched: plugins resolve what may fail (git refs).
     Prepare,
+    /// Taking the target's lock (another run, or another process, may hold it).
+    Lock,
     Sentinel,
     Backup,
     Populate,
+    /// `deploy`: nixos-rebuild.
     Activate,
+    /// `build`: nix-build of the system.
+    Build,
+    /// `run`: the deployment's command.
+    Run,
+    /// `exec`: a command on the target, nothing populated.
+    Exec,
     /// After a `switch` or `test` activation: the deployment's `healthChecks`.
     HealthCheck,
     /// With `confirmTimeout`: confirming the new system over a new connection.
@@ -33,10 +42,14 @@ impl std::fmt::Display for Stage {
         f.write_str(match self {
             Stage::Connect => "connect",
             Stage::Prepare => "prepare",
+            Stage::Lock => "lock",
             Stage::Sentinel => "sentinel",
             Stage::Backup => "backup",
             Stage::Populate => "populate",
             Stage::Activate => "activate",
+            Stage::Build => "build",
+            Stage::Run => "run",
+            Stage::Exec => "exec",
             Stage::HealthCheck => "health check",
             Stage::Confirm => "confirm",
             Stage::Status => "status",
@@ -187,10 +200,11 @@ pub enum Event {
         millis: u128,
         report: serde_json::Value,
     },
-    /// A line the activation command printed.
+    /// A line the activation (or `run`'s or `exec`'s command) printed, in `stage`.
     Output {
         deployment: String,
         host: Option<String>,
+        stage: Stage,
         line: String,
     },
     Log {
@@ -283,10 +297,11 @@ impl Reporter {
         self.emit(Event::Log { deployment: self.deployment.clone(), host: host.clone(), level, message });
     }
 
-    pub fn output(&self, host: &Option<String>, line: &str) {
+    pub fn output(&self, host: &Option<String>, stage: Stage, line: &str) {
         self.emit(Event::Output {
             deployment: self.deployment.clone(),
             host: host.clone(),
+            stage,
             line: line.to_owned(),
         });
     }

@@ -108,6 +108,15 @@ enum Command {
         #[arg(last = true, value_name = "CMD")]
         argv: Vec<String>,
     },
+    /// Run CMD on each selected deployment's target, in parallel, populating nothing
+    Exec {
+        /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// The command and its arguments (one argument: a shell command line)
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
     /// Populate only
     Populate {
         /// Deployments: names, groups, globs (web-*) or @TAG, combined with `,` (or), `&` (and), `!` (all but); none: every deployment
@@ -342,6 +351,10 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             let text = read(&names)?;
             (run, names, Purpose::Activate(Kind::Run), text)
         }
+        Command::Exec { names, argv } => {
+            let text = read(&names)?;
+            (Action::Exec { argv }, names, Purpose::Any, text)
+        }
         Command::Populate { names } => {
             let text = read(&names)?;
             (Action::Populate, names, Purpose::Any, text)
@@ -402,7 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             }
             // `run` of one deployment exits as ssh does: with its command's status.
             match outcomes.as_slice() {
-                [(_, Err(error))] if single && error.stage == krops::events::Stage::Activate => {
+                [(_, Err(error))] if single && error.stage == krops::events::Stage::Run => {
                     Ok(error.exit_status.and_then(|s| u8::try_from(s).ok()).map_or(code, ExitCode::from))
                 }
                 _ => Ok(code),

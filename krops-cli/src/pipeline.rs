@@ -42,6 +42,10 @@ pub enum Action {
         argv: Option<Vec<String>>,
         interactive: bool,
     },
+    /// Run `argv` on each target, populating nothing and taking no lock.
+    Exec {
+        argv: Vec<String>,
+    },
 }
 
 /// A whole run's inputs.
@@ -129,12 +133,12 @@ pub async fn run(
 
 /// The ssh connections whose sessions a deployment's target locks hold, with how many locks on
 /// each: its target's, and a `deploy`'s build host's when it is elsewhere (as [`deploy_one`]
-/// locks them). `status` and `diff` lock nothing.
+/// locks them). `status`, `diff` and `exec` lock nothing.
 fn locked_connections(deployment: &Deployment, action: &Action, origin: &Origin) -> BTreeMap<ssh::Key, u32> {
     let target = Transport::new(deployment.target.clone(), origin);
     let mut hosts = vec![target.clone()];
     match (action, &deployment.build_target) {
-        (Action::Status | Action::Diff, _) => return BTreeMap::new(),
+        (Action::Status | Action::Diff | Action::Exec { .. }, _) => return BTreeMap::new(),
         (Action::Deploy { .. }, Some(build)) => {
             let build = Transport::new(build.clone(), origin);
             if !build.same_place(&target) {
@@ -181,8 +185,16 @@ fn deploy_one(
         })
     };
     let target = connect(&deployment.target)?;
-    if let Action::Status = action {
-        return status(&target, deployment, reporter);
+    match action {
+        Action::Status => return status(&target, deployment, reporter),
+        Action::Exec { argv } => {
+            let script = activation::run_script(deployment, Some(argv));
+            let env = [("KROPS_TARGET_PATH", target.target.path.as_str())];
+            let program = user_command(&crate::transport::join(argv));
+            let argv = target.shell(&script, &[], &env, Tty::No);
+            return activate(&target, &argv, &program, (Io::Forwarded, Stage::Exec), reporter);
+        }
+        _ => {}
     }
     // Plugins resolve what may fail before anything is written; they may ask the target
     // (read-only), e.g. for a git URL only the target reaches.
@@ -231,7 +243,7 @@ fn deploy_one(
         }
     }
     let (operation, result) = match action {
-        Action::Populate | Action::Status | Action::Diff => return Ok(()),
+        Action::Populate | Action::Status | Action::Diff | Action::Exec { .. } => return Ok(()),
         Action::Deploy { operation } => {
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
@@ -245,7 +257,10 @@ fn deploy_one(
         Action::Build { trace } => {
             let script = activation::build_script(&target.target, *trace || deployment.trace);
             let argv = target.shell(&script, &[], &[], Tty::No);
-            ("build".to_owned(), activate(&target, &argv, "nix-build", Io::Forwarded, reporter))
+            (
+                "build".to_owned(),
+                activate(&target, &argv, "nix-build", (Io::Forwarded, Stage::Build), reporter),
+            )
         }
         Action::Run { argv, interactive } => {
             let script = activation::run_script(deployment, argv.as_deref());
@@ -259,7 +274,13 @@ fn deploy_one(
             let io = if *interactive { Io::Terminal } else { Io::Forwarded };
             (
                 "run".to_owned(),
-                activate(&target, &target.shell(&script, &[], &env, tty), &program, io, reporter),
+                activate(
+                    &target,
+                    &target.shell(&script, &[], &env, tty),
+                    &program,
+                    (io, Stage::Run),
+                    reporter,
+                ),
             )
         }
     };
@@ -289,7 +310,7 @@ fn deploy(
     };
     let script = activation::deploy_script(deployment, operation);
     let argv = host.shell(&script, &[], &[], Tty::No);
-    let mut result = activate(host, &argv, "nixos-rebuild", Io::Forwarded, reporter);
+    let mut result = activate(host, &argv, "nixos-rebuild", (Io::Forwarded, Stage::Activate), reporter);
     if result.is_ok() && guarded && !deployment.health_checks.is_empty() {
         result = timed(reporter, &target.host_label(), Stage::HealthCheck, || {
             recovery::run_checks(target, &deployment.health_checks, reporter)
@@ -633,13 +654,14 @@ fn lock_with_sentinel(
         held.release();
         let waiting =
             if wait_lock.is_some() { "; gave up waiting" } else { "; wait for it with --wait-lock SECONDS" };
+        let busy = |message: String| failure(&label, Stage::Lock, None, message);
         match answer.strip_prefix("busy") {
             Some(holder) => match holder.trim().strip_prefix("foreign ") {
-                Some(process) => Err(fail(format!(
+                Some(process) => Err(busy(format!(
                     "{} is locked by a process that is no krops run ({process}){waiting}",
                     host.location(&path),
                 ))),
-                None => Err(fail(format!(
+                None => Err(busy(format!(
                     "{} is locked by another krops run ({}){waiting}",
                     host.location(&path),
                     holder.trim(),
@@ -929,12 +951,12 @@ fn activate(
     host: &Transport,
     argv: &Argv,
     program: &str,
-    io: Io,
+    (io, stage): (Io, Stage),
     reporter: &Reporter,
 ) -> Result<(), DeployError> {
     let label = host.host_label();
-    timed(reporter, &label, Stage::Activate, || {
-        let forward = |_: Stream, line: &str| reporter.output(&label, line);
+    timed(reporter, &label, stage, || {
+        let forward = |_: Stream, line: &str| reporter.output(&label, stage, line);
         let forwarded = matches!(io, Io::Forwarded);
         let (input, output) = match io {
             Io::Forwarded => (Input::Null, Output::Lines(&forward)),
@@ -948,7 +970,7 @@ fn activate(
                 }
                 _ => None,
             };
-            let mut failed = exec_failure(&label, Stage::Activate, program, error);
+            let mut failed = exec_failure(&label, stage, program, error);
             let program = failed.program.clone().unwrap_or_default();
             match (stderr, failed.exit_status) {
                 (Some((stderr, status)), _) => {

@@ -161,7 +161,7 @@ pub fn roll_back(
     let argv = host.shell(&script, &[PROFILE.to_owned()], &[], Tty::No);
     reporter.log(&label, Level::Info, "rolling back".to_owned());
     reporter.log(&label, Level::Trace, format!("running {}", argv.display()));
-    let forward = |_: Stream, line: &str| reporter.output(&label, line);
+    let forward = |_: Stream, line: &str| reporter.output(&label, Stage::Activate, line);
     match exec::run(&argv, &[], Input::Null, Output::Lines(&forward)) {
         Ok(_) => "rolled back".to_owned(),
         Err(exec::ExecError::Failed { stderr, .. }) => {

@@ -248,8 +248,8 @@ fn json_of(event: &Event) -> Value {
             "event": "source_populated", "deployment": deployment, "host": host, "stage": Stage::Populate,
             "source": source, "type": source_type, "duration_ms": millis, "report": report,
         }),
-        Event::Output { deployment, host, line } => json!({
-            "event": "output", "deployment": deployment, "host": host, "stage": Stage::Activate, "line": line,
+        Event::Output { deployment, host, stage, line } => json!({
+            "event": "output", "deployment": deployment, "host": host, "stage": stage, "line": line,
         }),
         Event::Log { deployment, host, level, message } => json!({
             "event": "log", "deployment": deployment, "host": host, "level": level, "message": message,
@@ -374,7 +374,7 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
                 bar_for(deployment)
                     .set_message(shown(&format!("populate {source} ({source_type}){}", describe(report))));
             }
-            Event::Output { deployment, host, line } => {
+            Event::Output { deployment, host, line, .. } => {
                 let _ = bars.println(shown(&format!("{} | {line}", at(deployment, host))));
             }
             Event::Status { .. } | Event::Diff { .. } => {
@@ -444,7 +444,7 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
                 describe(report)
             ))
         }
-        Event::Output { deployment, host, line } if chatty => {
+        Event::Output { deployment, host, line, .. } if chatty => {
             Some(format!("{} | {line}", at(deployment, host)))
         }
         Event::Log { deployment, host, level, message }

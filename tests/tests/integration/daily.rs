@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::{krops_bin, Outcome, Sandbox};
+use crate::support::{krops_bin, Kind, Outcome, Sandbox, Site};
 
 /// krops in `dir` (below the sandbox), with no `-f`.
 fn krops_in(sb: &Sandbox, dir: &str, args: &[&str]) -> Outcome {
@@ -74,4 +74,53 @@ fn selection_by_union_intersection_and_negation() {
     assert_eq!(names("a,b"), ["a,b"]);
     sb.krops(&["eval", "--names", "@web&@db"]).code(2).stderr_has("selects no deployment");
     sb.krops(&["eval", "--names", "@web&@asia"]).code(2).stderr_has("no deployment matches \"@asia\"");
+}
+
+/// `krops exec` runs a command on every selected target at once, locally and over ssh (sudo
+/// too), populating nothing and needing no sentinel; a failing host fails its deployment with
+/// the command's status, the others still answer.
+#[test]
+fn exec_runs_a_command_on_every_target_without_populating() {
+    krops_tests::hosts::prepare_machine();
+    let sb = Sandbox::new();
+    let local = Site::new(&sb, Kind::Local);
+    let root = Site::new(&sb, Kind::Root);
+    let sudo = Site::new(&sb, Kind::Sudo);
+    sb.write("conf/a", "a");
+    let mut toml = String::new();
+    for (name, site) in [("local", &local), ("root", &root), ("sudo", &sudo)] {
+        toml.push_str(&format!(
+            "[deployments.{name}]\ntarget = {}\nsource.a.file = \"conf/a\"\n",
+            site.target()
+        ));
+    }
+    sb.write("krops.toml", &toml);
+    let out = sb.krops(&["exec", "--", "echo \"on $(id -un) at $KROPS_TARGET_PATH\""]);
+    out.success();
+    for (name, site) in [("local", &local), ("root", &root), ("sudo", &sudo)] {
+        let user = if name == "local" {
+            String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap()
+        } else {
+            "root".into()
+        };
+        out.stderr_has(&format!("[{name}"));
+        assert!(
+            out.stderr.contains(&format!("on {} at {}", user.trim(), site.target_path())),
+            "{name}\n{out}"
+        );
+        assert!(!site.path("a").exists(), "exec populated {name}");
+        assert!(!site.path(".krops").exists(), "exec locked {name}");
+    }
+    let out = sb.krops(&["--json", "exec", "root,local", "--", "sh", "-c", "echo out; exit 7"]);
+    out.code(1);
+    let lines: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        lines.iter().any(|l| l["event"] == "output" && l["stage"] == "exec" && l["line"] == "out"),
+        "{out}"
+    );
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["deployments"]["root"]["error"]["exit_status"], 7, "{out}");
+    assert_eq!(summary["deployments"]["root"]["error"]["stage"], "exec", "{out}");
+    sb.krops(&["exec", "local"]).code(2);
 }

@@ -197,14 +197,14 @@ fn summaries_of_failing_nix_build_and_nixos_rebuild() {
     let site = Site::ready(&sb, Kind::Root);
     config(&sb, &site, "", "ok");
     sb.write("configuration.nix", "{ ... }: { krops-test.marker = undefinedVariableHere; }\n");
-    for (command, program) in [("build", "nix-build"), ("deploy", "nixos-rebuild")] {
+    for (command, program, stage) in [("build", "nix-build", "build"), ("deploy", "nixos-rebuild", "activate")] {
         let out = sb.krops(&[command]);
         out.code(1);
         let summary =
             out.stderr.lines().skip_while(|l| !l.contains("deployments failed")).nth(1).unwrap_or_default();
         assert!(
             summary.contains(&format!(
-                "site: activate on 127.0.0.1 failed: {program}: error: undefined variable"
+                "site: {stage} on 127.0.0.1 failed: {program}: error: undefined variable"
             )),
             "{command}: {summary}\n{out}"
         );

@@ -208,7 +208,7 @@ fn run_exits_with_the_commands_status() {
     sb.krops(&["run", "--", "echo \"$KROPS_TARGET_PATH\" | grep -q /var/src"]).success();
     sb.krops(&["run", "--", "ls", "/nonexistent"])
         .code(2)
-        .stderr_has("site: activate on 127.0.0.1 failed: `ls /nonexistent` exited with status 2");
+        .stderr_has("site: run on 127.0.0.1 failed: `ls /nonexistent` exited with status 2");
     sb.krops(&["run", "--", "true"]).success();
 }
 
