@@ -82,6 +82,8 @@ pub struct DeployError {
     pub output: Option<String>,
     /// What `rollback = true` or the confirm watchdog did about it: `rolled back`, or why not.
     pub rollback: Option<String>,
+    /// What to do about it, when the cause is a common one (see `hints.rs`).
+    pub hint: Option<String>,
 }
 
 impl DeployError {
@@ -103,6 +105,7 @@ impl DeployError {
             exit_status: None,
             output: None,
             rollback: None,
+            hint: None,
         }
     }
 

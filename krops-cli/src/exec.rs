@@ -342,7 +342,7 @@ pub fn run(
             let mut kept = String::new();
             if let Some(pipe) = stderr {
                 for line in lossy_lines(pipe) {
-                    let line = line?;
+                    let line = crate::transport::unmarked(&line?);
                     if let Some(f) = forward {
                         f(Stream::Stderr, &line);
                     }

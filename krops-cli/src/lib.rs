@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 pub mod exec;
 pub mod handle;
+pub mod hints;
 pub mod loader;
 pub mod nested;
 pub mod nix;

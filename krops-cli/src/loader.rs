@@ -251,7 +251,11 @@ impl Registry {
                 self.searched()
             ))
         } else {
-            Err(format!("unknown source type {source_type:?}; available types: {}", available.join(", ")))
+            Err(format!(
+                "unknown source type {source_type:?}; available types: {} (searched {}); hint: a plugin for it is a file named libkrops_populator_{source_type}.so in one of those directories, or in a --plugin-dir",
+                available.join(", "),
+                self.searched()
+            ))
         }
     }
 

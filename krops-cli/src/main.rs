@@ -181,7 +181,7 @@ fn main() -> ExitCode {
         Err(error) if json && error.use_stderr() => {
             let _ = error.print();
             let message = error.kind().to_string();
-            let error = serde_json::json!({ "message": message, "detail": error.to_string(), "program": null, "exit_status": null, "stderr_tail": null, "host": null, "stage": null, "source": null });
+            let error = serde_json::json!({ "message": message, "detail": error.to_string(), "program": null, "exit_status": null, "stderr_tail": null, "hint": null, "host": null, "stage": null, "source": null });
             render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
             render::print_summary_of_no_deployments(Some(2));
             return ExitCode::from(2);
@@ -195,7 +195,7 @@ fn main() -> ExitCode {
             let message = format!("{error:#}");
             eprintln!("krops: {}", render::shown(&message));
             if json {
-                let error = serde_json::json!({ "message": message, "detail": null, "program": null, "exit_status": null, "stderr_tail": null, "host": null, "stage": null, "source": null });
+                let error = serde_json::json!({ "message": message, "detail": null, "program": null, "exit_status": null, "stderr_tail": null, "hint": null, "host": null, "stage": null, "source": null });
                 render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
                 render::print_summary_of_no_deployments(Some(2));
             }

@@ -110,7 +110,10 @@ pub async fn run(
             // Stages call plugins and wait for child processes: blocking work.
             let result = tokio::task::spawn_blocking({
                 let reporter = reporter.clone();
-                move || deploy_one(&deployment, &action, wait_lock, &registry, &origin, &ssh, &reporter)
+                move || {
+                    deploy_one(&deployment, &action, wait_lock, &registry, &origin, &ssh, &reporter)
+                        .map_err(|error| crate::hints::added(error, &deployment))
+                }
             })
             .await
             .unwrap_or_else(|join_error| Err(internal_error(join_error)));

@@ -308,7 +308,7 @@ fn error_json(error: &DeployError) -> Value {
     let stderr_tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n");
     json!({
         "message": error.headline, "detail": detail, "program": error.program,
-        "exit_status": error.exit_status, "stderr_tail": stderr_tail,
+        "exit_status": error.exit_status, "stderr_tail": stderr_tail, "hint": error.hint,
         "host": error.host, "stage": error.stage, "source": error.source_name,
         "rollback": error.rollback,
     })
@@ -321,7 +321,7 @@ const STDERR_TAIL_LINES: usize = 20;
 fn interrupted_json(signal: &str, rollback: Option<&str>) -> Value {
     json!({
         "message": format!("interrupted by {signal}"), "detail": null, "program": null,
-        "exit_status": null, "stderr_tail": null,
+        "exit_status": null, "stderr_tail": null, "hint": null,
         "host": null, "stage": null, "source": null, "rollback": rollback,
     })
 }
@@ -626,6 +626,9 @@ pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
         eprintln!("{red}krops: {} of {} deployments failed:{reset}", failed.len(), outcomes.len());
         for (name, error) in &failed {
             eprintln!("  {name}: {}", shown(&error.summary()));
+            if let Some(hint) = &error.hint {
+                eprintln!("    hint: {}", shown(hint));
+            }
         }
     }
     if failed.is_empty() {

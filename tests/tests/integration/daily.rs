@@ -124,3 +124,103 @@ fn exec_runs_a_command_on_every_target_without_populating() {
     assert_eq!(summary["deployments"]["root"]["error"]["stage"], "exec", "{out}");
     sb.krops(&["exec", "local"]).code(2);
 }
+
+/// The last deployment's error of a `--json` run: its stage, program and hint, and that no
+/// krops-run- name shows anywhere.
+fn failure_of(out: &Outcome, deployment: &str) -> serde_json::Value {
+    assert!(!out.stdout.contains("krops-run-") && !out.stderr.contains("krops-run-"), "{out}");
+    let summary: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    summary["deployments"][deployment]["error"].clone()
+}
+
+/// The common failures name the program and the right stage, and say what to do.
+#[test]
+fn common_failures_come_with_hints() {
+    krops_tests::hosts::prepare_machine();
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let host = site.host().unwrap();
+    // No nixos-rebuild on the target: not NixOS.
+    std::fs::remove_file(host.root_dir().join("bin/nixos-rebuild")).unwrap();
+    crate::support::nixos_deployment(&sb, &site, "hints", "", "");
+    let out = sb.krops(&["--json", "deploy"]);
+    out.code(1);
+    let error = failure_of(&out, "site");
+    assert_eq!(
+        (error["stage"].as_str(), error["program"].as_str()),
+        (Some("activate"), Some("nixos-rebuild")),
+        "{error}"
+    );
+    assert!(
+        error["hint"].as_str().unwrap().contains("127.0.0.1 has no nixos-rebuild: is it NixOS?"),
+        "{error}"
+    );
+    assert!(error["stderr_tail"].as_str().unwrap().contains("nixos-rebuild: not found"), "{error}");
+    let text = sb.krops(&["deploy"]);
+    text.code(1).stderr_has("    hint: 127.0.0.1 has no nixos-rebuild: is it NixOS?");
+    assert!(!text.stderr.contains("krops-run-"), "{text}");
+
+    // No nixpkgs source shipped (to a fresh target): `build` fails in stage build, naming
+    // nix-build.
+    let fresh = Site::ready(&sb, Kind::Root);
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.site]\ntarget = {}\nsource.nixos-config.file = \"configuration.nix\"\n",
+            fresh.target()
+        ),
+    );
+    let out = sb.krops(&["--json", "build"]);
+    out.code(1);
+    let error = failure_of(&out, "site");
+    assert_eq!(
+        (error["stage"].as_str(), error["program"].as_str()),
+        (Some("build"), Some("nix-build")),
+        "{error}"
+    );
+    assert!(
+        error["hint"].as_str().unwrap_or_default().starts_with("no source named nixpkgs is shipped"),
+        "{error}"
+    );
+
+    // Nothing listens: stage connect, program ssh.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let options = krops_tests::hosts::quoted(&krops_tests::hosts::TestHost::extra_options()).join(", ");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.refused]\ntarget = {{ host = \"127.0.0.1\", user = \"root\", port = {port}, extraOptions = [{options}] }}\n\
+             [deployments.proxy]\ntarget = {{ host = \"proxied.invalid\", user = \"root\", extraOptions = [{options}, \"-o\", \"ProxyCommand=false\"] }}\n\
+             [deployments.plugin]\ntarget = \"/tmp/krops-hint-plugin\"\nsource.a.frobnicate = \"x\"\n"
+        ),
+    );
+    let out = sb.krops(&["--json", "populate", "refused,proxy"]);
+    out.code(1);
+    let error = failure_of(&out, "refused");
+    assert_eq!(
+        (error["stage"].as_str(), error["program"].as_str()),
+        (Some("connect"), Some("ssh")),
+        "{error}"
+    );
+    assert_eq!(
+        error["hint"].as_str(),
+        Some(
+            format!(
+                "nothing answers ssh on 127.0.0.1 port {port}: is sshd running there, and the port right?"
+            )
+            .as_str()
+        )
+    );
+    let error = failure_of(&out, "proxy");
+    assert_eq!(error["stage"], "connect", "{error}");
+    assert!(error["hint"].as_str().unwrap().contains("a ProxyCommand or ProxyJump"), "{error}");
+
+    // A type without a plugin: where krops looked, and what the plugin file would be called.
+    sb.krops(&["eval", "plugin"])
+        .code(2)
+        .stderr_has("unknown source type \"frobnicate\"; available types: ")
+        .stderr_has("(searched ")
+        .stderr_has("hint: a plugin for it is a file named libkrops_populator_frobnicate.so");
+}

@@ -197,7 +197,9 @@ fn summaries_of_failing_nix_build_and_nixos_rebuild() {
     let site = Site::ready(&sb, Kind::Root);
     config(&sb, &site, "", "ok");
     sb.write("configuration.nix", "{ ... }: { krops-test.marker = undefinedVariableHere; }\n");
-    for (command, program, stage) in [("build", "nix-build", "build"), ("deploy", "nixos-rebuild", "activate")] {
+    for (command, program, stage) in
+        [("build", "nix-build", "build"), ("deploy", "nixos-rebuild", "activate")]
+    {
         let out = sb.krops(&[command]);
         out.code(1);
         let summary =
