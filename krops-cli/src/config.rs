@@ -411,7 +411,8 @@ pub fn read(file: &Path, nix: &crate::nix::Options, names: &[String]) -> Result<
         Syntax::Nix => {
             let evaluated =
                 crate::nix::evaluate(&file, nix, names).map_err(|message| error(None, message))?;
-            let crate::nix::Evaluated { document, groups, failed } = evaluated;
+            let crate::nix::Evaluated { document, groups, mut failed } = evaluated;
+            let document = without_misshapen(&file, document, &mut failed);
             return Ok(Text { file, syntax, text: document, groups, failed });
         }
         _ => {
@@ -424,6 +425,34 @@ pub fn read(file: &Path, nix: &crate::nix::Options, names: &[String]) -> Result<
         }
     };
     Ok(Text { file, syntax, text, groups: BTreeMap::new(), failed: BTreeMap::new() })
+}
+
+/// A configuration in Nix without the deployments whose shape is wrong (a source without a
+/// type key, an unknown attribute), which join the attributes that failed to evaluate: as in
+/// Nix, a broken deployment stands in the way only when it is selected.
+fn without_misshapen(file: &Path, document: String, failed: &mut BTreeMap<String, Option<String>>) -> String {
+    let Ok(mut value) = serde_json::from_str::<Value>(&document) else { return document };
+    let Some(deployments) = value.get_mut("deployments").and_then(Value::as_object_mut) else {
+        return document;
+    };
+    let misshapen: Vec<(String, String)> = deployments
+        .iter()
+        .filter_map(|(name, deployment)| {
+            let alone =
+                serde_json::json!({ "deployments": { name.clone(): deployment.clone() } }).to_string();
+            parse(file, Syntax::Nix, &alone, Arc::new(ShapeOnly), None)
+                .err()
+                .map(|e| (name.clone(), e.message))
+        })
+        .collect();
+    if misshapen.is_empty() {
+        return document;
+    }
+    for (name, message) in misshapen {
+        deployments.remove(&name);
+        failed.insert(name, Some(message));
+    }
+    value.to_string()
 }
 
 /// Parses a configuration's text; `file` names it in errors and anchors relative paths. The
@@ -791,9 +820,20 @@ impl<'de> DeserializeSeed<'de> for SourceSeed<'_> {
 
 /// Picks the one type key of a source.
 fn type_key(name: &str, value: Value) -> Result<(String, Value), String> {
-    let Value::Object(map) = value else {
+    let Value::Object(mut map) = value else {
         return Err(format!("source {name:?} must be a table with one type key, such as file = \"./path\""));
     };
+    // The original's evalSource says the type once more, as `type = "file"`: fine when it
+    // names the type key beside it.
+    if let Some(Value::String(stated)) = map.get("type").cloned() {
+        if map.len() == 2 && map.contains_key(&stated) && stated != "type" {
+            map.remove("type");
+        } else if map.len() == 2 || !map.contains_key(&stated) {
+            return Err(format!(
+                "source {name:?} says type = {stated:?}, but its type key is not {stated:?}"
+            ));
+        }
+    }
     let mut entries = map.into_iter();
     let (source_type, attrs) = match (entries.next(), entries.next()) {
         (Some(only), None) => only,

@@ -11,13 +11,14 @@ use serde_json::{json, Value};
 use crate::exec::{self, Argv, Input, Output};
 
 /// The library files, as `(path below the library root, contents)`.
-const LIBRARY: [(&str, &str); 7] = [
+const LIBRARY: [(&str, &str); 8] = [
     ("lib/default.nix", include_str!("../../nix/lib/default.nix")),
     ("lib/stand-ins.nix", include_str!("../../nix/lib/stand-ins.nix")),
     ("pkgs/default.nix", include_str!("../../nix/pkgs/default.nix")),
     ("pkgs/krops.nix", include_str!("../../nix/pkgs/krops.nix")),
     ("pkgs/writers.nix", include_str!("../../nix/pkgs/writers.nix")),
     ("eval.nix", include_str!("../../nix/eval.nix")),
+    ("identity.nix", include_str!("../../nix/identity.nix")),
     ("default.nix", "import ./lib\n"),
 ];
 
@@ -46,31 +47,42 @@ pub struct Evaluated {
 }
 
 /// Evaluates `file` as `nix-build FILE -A NAME` would: when every one of `names` is a plain
-/// name, only the attributes they name; otherwise (or when one of them names no attribute)
-/// every attribute that holds deployments, one that fails to evaluate left out and remembered
-/// in [`Evaluated::failed`]. The error is nix's own message.
+/// name, only the attributes they name; otherwise (or when one of them names no attribute, or
+/// a group whose members live elsewhere) every attribute that holds deployments. An attribute
+/// that fails to evaluate is left out and remembered in [`Evaluated::failed`]. The error is
+/// nix's own message.
 pub fn evaluate(file: &Path, options: &Options, names: &[String]) -> Result<Evaluated, String> {
     let evaluator = Evaluator::new(file, options)?;
     // Tags, globs and expressions (`@eu&!web-*`) need every deployment.
     let plain = |name: &String| !name.contains(['@', '*', '?', '[', ']', ',', '&', '!']);
-    // The named attributes alone, when that works; when it does not (a name that is no
-    // attribute path, an attribute that fails), the whole file, so that the failure is told
-    // apart from its neighbours and explained as the selected attribute's.
     if !names.is_empty() && names.iter().all(plain) {
+        // The named attributes in one evaluation, when they evaluate.
         if let Ok(answer) = evaluator.run(&json!({ "select": names })) {
-            let found: Found = serde_json::from_value(answer)
-                .map_err(|e| format!("krops's Nix library answered in an unexpected shape: {e}"))?;
-            // A script's members are known by their writers' names only, and a list's may be
-            // deployments of their own elsewhere: finding them takes the whole file.
-            let by_writer = found.groups.values().any(|g| matches!(g, Group::Writers { .. }))
-                || !found.from_lists.is_empty();
-            if found.missing.is_empty() && !by_writer {
+            let found = Found::from(answer)?;
+            if let Some(name) = found.empty.first() {
+                return Err(format!(
+                    "attribute {name:?} holds no deployment (a writeDeploy, writeTest, writeCommand or populate result, or a list, set or script of them)"
+                ));
+            }
+            if found.missing.is_empty() && found.self_contained() {
                 return found.finish(BTreeMap::new());
             }
         }
+        // Else each named attribute on its own, its failing parts told apart.
+        let paths: Vec<Option<Vec<String>>> =
+            serde_json::from_value(evaluator.run(&json!({ "resolve": names }))?["paths"].take())
+                .map_err(|e| format!("krops's Nix library answered in an unexpected shape: {e}"))?;
+        if paths.iter().all(Option::is_some) {
+            let (mut found, mut failed) = (Found::default(), BTreeMap::new());
+            for mut path in paths.into_iter().flatten() {
+                evaluator.discover(&mut path, &mut found, &mut failed)?;
+            }
+            if found.self_contained() {
+                return found.finish(failed);
+            }
+        }
     }
-    let mut found = Found::default();
-    let mut failed = BTreeMap::new();
+    let (mut found, mut failed) = (Found::default(), BTreeMap::new());
     evaluator.discover(&mut Vec::new(), &mut found, &mut failed)?;
     found.finish(failed)
 }
@@ -89,43 +101,65 @@ pub fn explain(file: &Path, options: &Options, name: &str) -> String {
 #[serde(default)]
 struct Found {
     deployments: serde_json::Map<String, Value>,
-    /// Deployment name → the name its writer gave it.
-    writers: BTreeMap<String, String>,
+    /// Deployment name → its token (see identity.nix).
+    tokens: BTreeMap<String, String>,
     /// Deployments found in lists, named LIST.WRITER.
     #[serde(rename = "fromLists")]
     from_lists: Vec<String>,
     groups: BTreeMap<String, Group>,
     failed: Vec<String>,
     missing: Vec<String>,
+    empty: Vec<String>,
     duplicates: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Group {
-    /// Deployments by their names.
-    Members { members: Vec<String> },
-    /// Deployments by their writers' names (a script that runs them).
-    Writers { writers: Vec<String> },
+/// A name that selects several deployments: by their names (a list, a set), their tokens (a
+/// script that runs them) and other groups' scripts' store paths.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Group {
+    members: Vec<String>,
+    tokens: Vec<String>,
+    paths: Vec<String>,
+    /// A script's store path, by which other groups' scripts run it.
+    #[serde(rename = "script")]
+    out_path: Option<String>,
 }
 
 impl Found {
+    fn from(answer: Value) -> Result<Found, String> {
+        serde_json::from_value(answer)
+            .map_err(|e| format!("krops's Nix library answered in an unexpected shape: {e}"))
+    }
+
     fn merge(&mut self, other: Found) {
         for (name, deployment) in other.deployments {
             if self.deployments.insert(name.clone(), deployment).is_some() {
                 self.duplicates.push(name);
             }
         }
-        self.writers.extend(other.writers);
+        self.tokens.extend(other.tokens);
         self.from_lists.extend(other.from_lists);
         self.groups.extend(other.groups);
         self.failed.extend(other.failed);
         self.duplicates.extend(other.duplicates);
     }
 
+    /// Whether every group's members are among what was found: a list's deployments may be
+    /// defined by a name of their own elsewhere, and a script's are known by tokens.
+    fn self_contained(&self) -> bool {
+        let tokens: BTreeSet<&String> = self.tokens.values().collect();
+        let scripts: BTreeSet<&String> = self.groups.values().filter_map(|g| g.out_path.as_ref()).collect();
+        self.from_lists.is_empty()
+            && self.groups.values().all(|g| {
+                g.tokens.iter().all(|t| tokens.contains(t)) && g.paths.iter().all(|p| scripts.contains(p))
+            })
+    }
+
     /// Groups resolved to deployment names. A deployment found in a list that is also found
     /// under a name of its own (`all = [ web db ];` beside `web` and `db`) counts once, by that
-    /// name.
+    /// name. A script that refers to a deployment that is no attribute of the file cannot be
+    /// selected: it is failed, with the reason.
     fn finish(mut self, mut failed: BTreeMap<String, Option<String>>) -> Result<Evaluated, String> {
         if let Some(name) = self.duplicates.first() {
             return Err(format!(
@@ -133,52 +167,43 @@ impl Found {
             ));
         }
         let listed: BTreeSet<String> = self.from_lists.iter().cloned().collect();
-        let named_by_writer = |writer: &str, deployments: &serde_json::Map<String, Value>| -> Vec<String> {
-            self.writers
+        let with_token = |token: &str, from_lists: bool| -> Vec<String> {
+            self.tokens
                 .iter()
-                .filter(|(name, w)| {
-                    *w == writer && !listed.contains(*name) && deployments.contains_key(*name)
-                })
+                .filter(|(name, t)| *t == token && listed.contains(*name) == from_lists)
                 .map(|(name, _)| name.clone())
                 .collect()
         };
         let mut renamed: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in &listed {
-            let writer = self.writers.get(name).cloned().unwrap_or_default();
-            let own = named_by_writer(&writer, &self.deployments);
+            let own = self.tokens.get(name).map(|t| with_token(t, false)).unwrap_or_default();
             if !own.is_empty() {
-                self.deployments.remove(name);
                 renamed.insert(name.clone(), own);
             }
         }
+        let scripts: BTreeMap<&String, &String> =
+            self.groups.iter().filter_map(|(name, g)| g.out_path.as_ref().map(|p| (p, name))).collect();
         let mut groups = BTreeMap::new();
-        for (group, members) in &self.groups {
-            let names: Vec<String> = match members {
-                Group::Members { members } => members
-                    .iter()
-                    .flat_map(|m| renamed.get(m).cloned().unwrap_or_else(|| vec![m.clone()]))
-                    .collect(),
-                Group::Writers { writers } => writers
-                    .iter()
-                    .flat_map(|w| {
-                        let own = named_by_writer(w, &self.deployments);
-                        if own.is_empty() {
-                            self.writers.iter().filter(|(_, x)| *x == w).map(|(n, _)| n.clone()).collect()
-                        } else {
-                            own
+        for name in self.groups.keys() {
+            match members(name, &self.groups, &scripts, &renamed, &with_token, &mut Vec::new()) {
+                Ok(names) => {
+                    let mut unique: Vec<String> = Vec::new();
+                    for member in names {
+                        if !renamed.contains_key(&member) && !unique.contains(&member) {
+                            unique.push(member);
                         }
-                    })
-                    .collect(),
-            };
-            let mut unique: Vec<String> = Vec::new();
-            for name in names {
-                if self.deployments.contains_key(&name) && !unique.contains(&name) {
-                    unique.push(name);
+                    }
+                    if !unique.is_empty() && !self.deployments.contains_key(name) {
+                        groups.insert(name.clone(), unique);
+                    }
+                }
+                Err(reason) => {
+                    failed.insert(name.clone(), Some(reason));
                 }
             }
-            if !unique.is_empty() && !self.deployments.contains_key(group) {
-                groups.insert(group.clone(), unique);
-            }
+        }
+        for name in renamed.keys() {
+            self.deployments.remove(name);
         }
         for name in self.failed {
             failed.entry(name).or_insert(None);
@@ -189,6 +214,42 @@ impl Found {
         let document = json!({ "deployments": self.deployments }).to_string();
         Ok(Evaluated { document, groups, failed })
     }
+}
+
+/// A group's deployments, in its order, through the groups its script or list runs.
+fn members(
+    name: &String,
+    groups: &BTreeMap<String, Group>,
+    scripts: &BTreeMap<&String, &String>,
+    renamed: &BTreeMap<String, Vec<String>>,
+    with_token: &dyn Fn(&str, bool) -> Vec<String>,
+    visiting: &mut Vec<String>,
+) -> Result<Vec<String>, String> {
+    if visiting.contains(name) {
+        return Ok(Vec::new());
+    }
+    visiting.push(name.clone());
+    let group = &groups[name];
+    let mut names = Vec::new();
+    for member in &group.members {
+        names.extend(renamed.get(member).cloned().unwrap_or_else(|| vec![member.clone()]));
+    }
+    for token in &group.tokens {
+        let own = with_token(token, false);
+        let found = if own.is_empty() { with_token(token, true) } else { own };
+        if found.is_empty() {
+            return Err(format!(
+                "the script {name:?} runs a deployment that is no attribute of the file; krops finds deployments by their attributes: give it one"
+            ));
+        }
+        names.extend(found);
+    }
+    for path in &group.paths {
+        if let Some(other) = scripts.get(path) {
+            names.extend(members(other, groups, scripts, renamed, with_token, visiting)?);
+        }
+    }
+    Ok(names)
 }
 
 /// krops's Nix library and the command line's arguments in a scratch directory, for as many
@@ -246,8 +307,9 @@ impl Evaluator {
     }
 
     /// Every deployment at or below `path`. Where nix fails in a way `tryEval` cannot catch (a
-    /// missing attribute, a type error, infinite recursion), each attribute of the set at
-    /// `path` is evaluated on its own, so that one broken attribute leaves the others.
+    /// missing attribute, a type error, infinite recursion), the attributes of the set at
+    /// `path` are evaluated in halves, and halves of those, down to the ones that fail alone:
+    /// one broken attribute leaves the others, at a cost of a few evaluations per broken one.
     fn discover(
         &self,
         path: &mut Vec<String>,
@@ -256,16 +318,14 @@ impl Evaluator {
     ) -> Result<(), String> {
         let message = match self.run(&json!({ "under": path })) {
             Ok(answer) => {
-                let answer: Found = serde_json::from_value(answer)
-                    .map_err(|e| format!("krops's Nix library answered in an unexpected shape: {e}"))?;
-                found.merge(answer);
+                found.merge(Found::from(answer)?);
                 return Ok(());
             }
             Err(message) => message,
         };
         let children: Vec<String> = match self.run(&json!({ "children": path })) {
-            Ok(answer) if path.len() < MAX_DEPTH => {
-                serde_json::from_value(answer["children"].clone()).unwrap_or_default()
+            Ok(mut answer) if path.len() < MAX_DEPTH => {
+                serde_json::from_value(answer["children"].take()).unwrap_or_default()
             }
             _ => Vec::new(),
         };
@@ -276,21 +336,41 @@ impl Evaluator {
             failed.insert(path.join("."), Some(message));
             return Ok(());
         }
-        for child in children {
-            path.push(child);
-            self.discover(path, found, failed)?;
-            path.pop();
-        }
+        self.halves(path, &children, found, failed)?;
         // The set names the deployments below it, as when it evaluates whole.
         if !path.is_empty() {
             let prefix = format!("{}.", path.join("."));
             let members: Vec<String> =
                 found.deployments.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
             if !members.is_empty() {
-                found.groups.insert(path.join("."), Group::Members { members });
+                found.groups.insert(path.join("."), Group { members, ..Group::default() });
             }
         }
         Ok(())
+    }
+
+    /// The attributes `names` of the set at `path`: together when they evaluate, else each
+    /// half on its own.
+    fn halves(
+        &self,
+        path: &mut Vec<String>,
+        names: &[String],
+        found: &mut Found,
+        failed: &mut BTreeMap<String, Option<String>>,
+    ) -> Result<(), String> {
+        if let [name] = names {
+            path.push(name.clone());
+            let result = self.discover(path, found, failed);
+            path.pop();
+            return result;
+        }
+        if let Ok(answer) = self.run(&json!({ "under": path, "only": names })) {
+            found.merge(Found::from(answer)?);
+            return Ok(());
+        }
+        let (first, second) = names.split_at(names.len() / 2);
+        self.halves(path, first, found, failed)?;
+        self.halves(path, second, found, failed)
     }
 }
 

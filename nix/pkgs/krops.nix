@@ -4,16 +4,19 @@
 # deployment written for testing, for a command or for populating alone.
 #
 # A deployment used as a string (`"${deploy-web}"`, `concatStringsSep "\n" [ a b ]` in a
-# script that runs several) is `krops-deployment:NAME:`: how krops finds a group script's
-# members.
+# script that runs several) is `krops-deployment:TOKEN:` (see identity.nix): how krops finds a
+# group script's members.
 { lib }:
 let
-  deployment = kind: name: config: {
-    _type = "krops-deployment";
-    inherit name;
-    config = config // { inherit kind; };
-    __toString = _: "krops-deployment:${name}:";
-  };
+  identity = import ../identity.nix { inherit lib; };
+  deployment = kind: name: config:
+    let withKind = config // { inherit kind; }; in
+    {
+      _type = "krops-deployment";
+      inherit name;
+      config = withKind;
+      __toString = _: "krops-deployment:${identity.token name withKind}:";
+    };
   # Arguments the original accepted that have no meaning here.
   withoutObsolete = args: builtins.removeAttrs args [ "fast" ];
   # What builds a shell script in the original, which krops does not run as one.

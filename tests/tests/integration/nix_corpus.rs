@@ -45,7 +45,7 @@ fn deployments(sb: &Sandbox, file: &str, args: &[&str], env: &[(&str, &str)]) ->
 }
 
 /// One way to evaluate a corpus file (`NN-name.expect.json` holds a list of them) and what it
-/// must give: each deployment's kind, target (`user@host[:port]/path`, `$LOCAL` for this
+/// must give: each deployment's kind ("" for none), target (`user@host[:port]/path`, `$LOCAL` for this
 /// machine as the invoking user) and source names; values at JSON pointers into the
 /// deployments; the members each group selects; what selecting a broken attribute says; or the
 /// error of the whole file. `$CORPUS` stands for the corpus directory. An env value of null
@@ -171,7 +171,7 @@ fn check_corpus_file(stem: &str) {
             let mut wanted_sources: Vec<&String> = expected.sources.iter().collect();
             wanted_sources.sort();
             assert_eq!(
-                (deployment["kind"].as_str().unwrap(), shown, sources),
+                (deployment["kind"].as_str().unwrap_or_default(), shown, sources),
                 (expected.kind.as_str(), expand(&expected.target), wanted_sources),
                 "{file} {args:?}: deployment {name}"
             );
@@ -250,6 +250,8 @@ corpus! {
     corpus_28_shared_sources_module: "28-shared-sources-module",
     corpus_29_element_mkforce: "29-element-mkforce",
     corpus_30_deployments_key_functions: "30-deployments-key-functions",
+    corpus_31_groups_by_identity: "31-groups-by-identity",
+    corpus_32_data_shape_broken_entries: "32-data-shape-broken-entries",
 }
 
 /// The scripts 09's writers build run; 04 says which lib it got.
