@@ -255,6 +255,24 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The deployment the event is about (every event is about one).
+    pub fn deployment(&self) -> &str {
+        match self {
+            Event::StageStarted { deployment, .. }
+            | Event::StageFinished { deployment, .. }
+            | Event::SourcePopulated { deployment, .. }
+            | Event::Output { deployment, .. }
+            | Event::Log { deployment, .. }
+            | Event::DeploymentFinished { deployment, .. }
+            | Event::Status { deployment, .. }
+            | Event::Diff { deployment, .. }
+            | Event::WatchdogArmed { deployment, .. }
+            | Event::Connecting { deployment, .. } => deployment,
+        }
+    }
+}
+
 /// One configured source as `krops status` found it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceStatus {

@@ -59,6 +59,10 @@ struct Cli {
     /// balanced), e.g. one part per runner of a CI job matrix
     #[arg(long, global = true, value_name = "K/N")]
     shard: Option<Shard>,
+    /// Also write each deployment's whole story (every stage, output line and the whole error)
+    /// to DIR/NAME.log
+    #[arg(long = "log-dir", global = true, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -386,6 +390,10 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     let run = pipeline::Run { action, deployments, jobs: usize::from(cli.jobs), wait_lock: cli.wait_lock };
     let ended = runtime.block_on(async {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let receiver = match &cli.log_dir {
+            Some(dir) => render::logged(receiver, dir.clone()),
+            None => receiver,
+        };
         let renderer = tokio::spawn(render::render(receiver, style, !single, progress.clone()));
         tokio::select! {
             outcomes = pipeline::run(run, registry, ssh.clone(), sender) => {
@@ -403,7 +411,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     match ended {
         Ok(outcomes) => {
             ssh.shutdown();
-            let code = render::summary(&outcomes, style);
+            let code = render::summary(&outcomes, style, &progress);
             // `--exit-code` keeps 1 for differences: a failed deployment is 2 there.
             if exit_code {
                 let all_ok = outcomes.iter().all(|(_, result)| result.is_ok());

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -85,6 +86,8 @@ pub struct Progress {
     /// Whether a diff showed a change (or could not tell) or a status a source not as
     /// recorded: `--exit-code`'s answer.
     differences: Arc<std::sync::atomic::AtomicBool>,
+    /// Each deployment's (last) remote host, for `-v`'s table.
+    hosts: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 #[derive(Clone)]
@@ -100,6 +103,7 @@ impl Progress {
         Progress {
             states: Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), State::Waiting)).collect())),
             differences: Arc::default(),
+            hosts: Arc::default(),
         }
     }
 
@@ -118,6 +122,11 @@ impl Progress {
         };
         if differs {
             self.differences.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let (Event::StageStarted { deployment, host: Some(host), .. }, Ok(mut hosts)) =
+            (event, self.hosts.lock())
+        {
+            hosts.insert(deployment.clone(), host.clone());
         }
         let Ok(mut states) = self.states.lock() else { return };
         match event {
@@ -205,6 +214,42 @@ fn printable(text: &str) -> String {
 /// A line for people: credentials hidden, control characters escaped.
 pub fn shown(text: &str) -> String {
     printable(&credentials(text))
+}
+
+/// `--log-dir`: every event also as a line of its deployment's log file, `DIR/NAME.log` (a
+/// `/` in NAME written as `_`), at `-v`'s detail and with the whole error at the end;
+/// the events go on to the display unchanged. A file that cannot be written is said once.
+pub fn logged(mut events: UnboundedReceiver<Event>, dir: PathBuf) -> UnboundedReceiver<Event> {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut files: HashMap<String, Option<std::fs::File>> = HashMap::new();
+        let everything = Verbosity { quiet: false, level: Level::Debug };
+        while let Some(event) = events.recv().await {
+            let deployment = event.deployment().to_owned();
+            let mut lines: Vec<String> = result_lines(&event);
+            if let Some(line) = line_for(&event, everything) {
+                lines.push(line);
+            }
+            if let Event::DeploymentFinished { error: Some(error), .. } = &event {
+                lines.extend(error.output.iter().cloned());
+                lines.extend(error.hint.iter().map(|hint| format!("hint: {hint}")));
+            }
+            let file = files.entry(deployment.clone()).or_insert_with(|| {
+                let path = dir.join(format!("{}.log", deployment.replace('/', "_")));
+                let opened = std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&path));
+                opened.map_err(|e| eprintln!("krops: cannot write {}: {e}", path.display())).ok()
+            });
+            if let Some(file) = file {
+                let when = humantime::format_rfc3339_millis(SystemTime::now());
+                for line in &lines {
+                    let _ = writeln!(file, "{when} {}", credentials(line));
+                }
+            }
+            let _ = sender.send(event);
+        }
+    });
+    receiver
 }
 
 /// One JSON line per event; `log` events as `-v`/`-vv` choose (none with `-q`), `connecting`
@@ -345,8 +390,17 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
             })
             .clone()
     };
-    // Masters authenticating right now: while any is, the display stays off the terminal.
+    // Masters authenticating right now: while any is, the display stays off the terminal, and
+    // the lines it would print wait in `held` (a hidden display drops what it is given).
     let mut connecting = 0usize;
+    let mut held: Vec<String> = Vec::new();
+    let println = |held: &mut Vec<String>, connecting: usize, line: String| {
+        if connecting > 0 {
+            held.push(line);
+        } else {
+            let _ = bars.println(line);
+        }
+    };
     while let Some(event) = events.recv().await {
         progress.note(&event);
         match &event {
@@ -355,6 +409,9 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
                     connecting = connecting.saturating_sub(1);
                     if connecting == 0 {
                         bars.set_draw_target(ProgressDrawTarget::stderr());
+                        for line in held.drain(..) {
+                            let _ = bars.println(line);
+                        }
                     }
                 } else {
                     bar_for(deployment).set_message(shown(&format!("connecting to {host}…")));
@@ -363,6 +420,11 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
                         let _ = bars.clear();
                         bars.set_draw_target(ProgressDrawTarget::hidden());
                     }
+                    // Whatever ssh asks next (a passphrase, a host key) is for this one.
+                    eprintln!(
+                        "{}",
+                        shown(&format!("→ {deployment}: connecting to {host} (ssh may ask below)"))
+                    );
                     connecting += 1;
                 }
             }
@@ -375,13 +437,15 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
                     .set_message(shown(&format!("populate {source} ({source_type}){}", describe(report))));
             }
             Event::Output { deployment, host, line, .. } => {
-                let _ = bars.println(shown(&format!("{} | {line}", at(deployment, host))));
+                println(&mut held, connecting, shown(&format!("{} | {line}", at(deployment, host))));
             }
             Event::Status { .. } | Event::Diff { .. } => {
-                bars.suspend(|| print_result(&result_lines(&event)));
+                for line in result_lines(&event) {
+                    println(&mut held, connecting, shown(&line));
+                }
             }
             Event::Log { deployment, host, level, message } if *level <= Level::Warn => {
-                let _ = bars.println(shown(&format!("{} {message}", at(deployment, host))));
+                println(&mut held, connecting, shown(&format!("{} {message}", at(deployment, host))));
             }
             Event::DeploymentFinished { deployment, millis, error } => {
                 // A finished deployment leaves its spinner for a permanent line above the
@@ -392,15 +456,21 @@ async fn render_live(mut events: UnboundedReceiver<Event>, style: Style, progres
                 // The mark's colour is krops's own; only what follows it is made printable.
                 let line = match error {
                     None => format!("{ok} {}", shown(&format!("{deployment}: done in {}", human(*millis)))),
-                    Some(error) => format!("{failed} {}", shown(&format!("[{deployment}] error: {error}"))),
+                    Some(error) => {
+                        format!("{failed} {}", shown(&format!("{deployment}: {}", error.summary())))
+                    }
                 };
-                let _ = bars.println(line);
+                println(&mut held, connecting, line);
             }
             _ => {}
         }
     }
-    // The summary starts on a line of its own, whatever the spinners left.
+    // The summary starts on a line of its own, whatever the spinners left; nothing held back
+    // is lost.
     let _ = bars.clear();
+    for line in held {
+        eprintln!("{line}");
+    }
 }
 
 fn at(deployment: &str, host: &Option<String>) -> String {
@@ -603,7 +673,7 @@ pub fn print_summary_of_no_deployments(exit_status: Option<u8>) {
 
 /// The summary of a finished run: which deployments failed and why (the program and its
 /// `error:` line); exit status 1 if any did. With `--json`, the summary line.
-pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
+pub fn summary(outcomes: &Outcomes, style: Style, progress: &Progress) -> ExitCode {
     let failed: Vec<(&String, &DeployError)> =
         outcomes.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| (name, e))).collect();
     if style.json {
@@ -631,10 +701,57 @@ pub fn summary(outcomes: &Outcomes, style: Style) -> ExitCode {
             }
         }
     }
+    if !style.json {
+        if style.verbosity.level >= Level::Debug {
+            table(outcomes, progress);
+        }
+        eprintln!("{}", shown(&tally(outcomes)));
+    }
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// The run's last line, also with `-q` and on success: `krops: 8 ok, 2 failed: db-03, web-04`.
+fn tally(outcomes: &Outcomes) -> String {
+    let failed: Vec<&str> =
+        outcomes.iter().filter(|(_, r)| r.is_err()).map(|(name, _)| name.as_str()).collect();
+    let ok = outcomes.len() - failed.len();
+    match failed.len() {
+        0 => format!("krops: {ok} ok"),
+        _ => format!("krops: {ok} ok, {} failed: {}", failed.len(), failed.join(", ")),
+    }
+}
+
+/// `-v`'s table of every deployment: where it went, how it ended, how long it took.
+fn table(outcomes: &Outcomes, progress: &Progress) {
+    let states = progress.states.lock().map(|s| s.clone()).unwrap_or_default();
+    let hosts = progress.hosts.lock().map(|h| h.clone()).unwrap_or_default();
+    let rows: Vec<[String; 4]> = outcomes
+        .iter()
+        .map(|(name, result)| {
+            let host = hosts.get(name).cloned().unwrap_or_else(|| "(local)".to_owned());
+            let ended = match result {
+                Ok(()) => "ok".to_owned(),
+                Err(error) => format!("failed ({})", error.stage),
+            };
+            let duration = match states.get(name) {
+                Some(State::Done(Ok(millis))) => human(*millis),
+                _ => "-".to_owned(),
+            };
+            [name.clone(), host, ended, duration]
+        })
+        .collect();
+    let header = ["DEPLOYMENT", "HOST", "RESULT", "DURATION"].map(str::to_owned);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| std::iter::once(&header).chain(&rows).map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:width$}")).collect();
+        eprintln!("{}", shown(cells.join("  ").trim_end()));
     }
 }
 

@@ -224,3 +224,30 @@ fn common_failures_come_with_hints() {
         .stderr_has("(searched ")
         .stderr_has("hint: a plugin for it is a file named libkrops_populator_frobnicate.so");
 }
+
+/// `--log-dir DIR`: each deployment's stages, output and whole error in DIR/NAME.log, whatever
+/// the display shows (`-q` here).
+#[test]
+fn log_dir_keeps_each_deployments_story() {
+    let sb = Sandbox::new();
+    sb.target_dir("good");
+    sb.target_dir("bad");
+    sb.write("conf/a", "a");
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.good]\ntarget = {:?}\nsource.a.file = \"conf/a\"\n\
+             [deployments.\"team/bad\"]\ntarget = {:?}\nsource.p.pipe = \"echo the reason >&2; exit 4\"\n",
+            sb.path("good").display().to_string(),
+            sb.path("bad").display().to_string()
+        ),
+    );
+    sb.krops(&["-q", "--log-dir", "logs", "populate"]).code(1);
+    let good = sb.read("logs/good.log");
+    assert!(good.contains("[good] populate: a (file)") && good.contains("[good] finished in"), "{good}");
+    let bad = sb.read("logs/team_bad.log");
+    assert!(bad.contains("the reason") && bad.contains("prepare of source \"p\" failed"), "{bad}");
+    assert!(!bad.contains("[good]") && !good.contains("[team/bad]"));
+    // Each line starts with its time.
+    assert!(good.lines().all(|l| l.len() > 24 && l.as_bytes()[10] == b'T'), "{good}");
+}

@@ -582,7 +582,7 @@ fn escape_sequences_from_children_are_shown_escaped() {
         script
     });
     out.code(1);
-    assert!(out.stdout.contains("✗ [t] error: "), "not the live display:\n{out}");
+    assert!(out.stdout.contains("✗ t: prepare of source"), "not the live display:\n{out}");
     assert!(out.stdout.contains(shown), "{out}");
     assert!(raw.iter().all(|r| !out.stdout.contains(r)), "{out}");
     // Plain lines (no terminal).

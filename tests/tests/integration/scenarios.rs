@@ -411,7 +411,7 @@ fn progress_on_a_terminal() {
     let out = crate::support::Outcome::of(command);
     out.code(1)
         .stdout_has("✓ good: done in")
-        .stdout_has("✗ [bad] error: prepare of source \"p\" failed")
+        .stdout_has("✗ bad: prepare of source \"p\" failed")
         .stdout_has("the reason")
         .stdout_has("bad: prepare of source \"p\" failed: `echo the reason >&2; exit 4`: the reason");
     assert_eq!(sb.read("good/a"), "a");
