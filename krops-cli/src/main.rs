@@ -63,6 +63,10 @@ struct Cli {
     /// to DIR/NAME.log
     #[arg(long = "log-dir", global = true, value_name = "DIR")]
     log_dir: Option<PathBuf>,
+    /// deploy, build, run, populate: show what populate would change on every target first, and
+    /// go on only when you say so (on the terminal)
+    #[arg(long, global = true, conflicts_with = "json")]
+    interactive: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -386,29 +390,61 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             .map_err(|e| UsageError(anyhow!("cannot create the ssh control directory: {e}")))?,
     );
     let names: Vec<String> = deployments.iter().map(|(n, _)| n.clone()).collect();
-    let progress = render::Progress::new(&names);
-    let run = pipeline::Run { action, deployments, jobs: usize::from(cli.jobs), wait_lock: cli.wait_lock };
-    let ended = runtime.block_on(async {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let receiver = match &cli.log_dir {
-            Some(dir) => render::logged(receiver, dir.clone()),
-            None => receiver,
+    let (jobs, wait_lock, log_dir) = (usize::from(cli.jobs), cli.wait_lock, cli.log_dir.clone());
+    let mut execute = |action: Action, deployments, progress: &render::Progress| {
+        let run = pipeline::Run { action, deployments, jobs, wait_lock };
+        let (registry, ssh) = (registry.clone(), ssh.clone());
+        runtime.block_on(async {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            let receiver = match &log_dir {
+                Some(dir) => render::logged(receiver, dir.clone()),
+                None => receiver,
+            };
+            let renderer = tokio::spawn(render::render(receiver, style, !single, progress.clone()));
+            tokio::select! {
+                outcomes = pipeline::run(run, registry, ssh, sender) => {
+                    // The pipeline dropped its senders; the renderer drains what is left and ends.
+                    let _ = renderer.await;
+                    Ok(outcomes)
+                }
+                signal = signals.next() => {
+                    // Whatever the interrupted deployments report now is noise after the signal.
+                    renderer.abort();
+                    Err(signal)
+                }
+            }
+        })
+    };
+    if cli.interactive {
+        let what = match &action {
+            Action::Deploy { .. } => "deploy",
+            Action::Build { .. } => "build",
+            Action::Run { .. } => "run",
+            Action::Populate => "populate",
+            _ => return Err(UsageError(anyhow!("--interactive goes with deploy, build, run and populate"))),
         };
-        let renderer = tokio::spawn(render::render(receiver, style, !single, progress.clone()));
-        tokio::select! {
-            outcomes = pipeline::run(run, registry, ssh.clone(), sender) => {
-                // The pipeline dropped its senders; the renderer drains what is left and ends.
-                let _ = renderer.await;
-                Ok(outcomes)
-            }
-            signal = signals.next() => {
-                // Whatever the interrupted deployments report now is noise after the signal.
-                renderer.abort();
-                Err(signal)
-            }
+        let mut terminal =
+            std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|e| {
+                UsageError(anyhow!("--interactive needs a terminal to ask on (/dev/tty: {e})"))
+            })?;
+        let progress = render::Progress::new(&names);
+        let outcomes = match execute(Action::Diff, deployments.clone(), &progress) {
+            Ok(outcomes) => outcomes,
+            Err(signal) => interrupted(signal, &progress, &ssh, style),
+        };
+        if outcomes.iter().any(|(_, result)| result.is_err()) {
+            ssh.shutdown();
+            eprintln!("krops: nothing was changed: populate would fail, as the diff says");
+            return Ok(render::summary(&outcomes, style, &progress));
         }
-    });
-    match ended {
+        if !ask(&mut terminal, &format!("{what} {}? [y/N] ", names.join(", "))) {
+            ssh.shutdown();
+            eprintln!("krops: nothing was changed");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let progress = render::Progress::new(&names);
+    match execute(action, deployments, &progress) {
         Ok(outcomes) => {
             ssh.shutdown();
             let code = render::summary(&outcomes, style, &progress);
@@ -429,17 +465,35 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 _ => Ok(code),
             }
         }
-        Err(signal) => {
-            // One way out for SIGINT, SIGTERM and SIGHUP: no child starts any more (so no
-            // activation), every running one ends, every ssh master closes. Deployments in
-            // blocking threads are abandoned, not awaited.
-            exec::end_all();
-            ssh.shutdown();
-            render::interrupted(&progress, signal.name, style);
-            eprintln!("krops: interrupted by {}; child processes ended, ssh connections closed", signal.name);
-            std::process::exit(signal.exit_status)
-        }
+        Err(signal) => interrupted(signal, &progress, &ssh, style),
     }
+}
+
+/// One way out for SIGINT, SIGTERM and SIGHUP: no child starts any more (so no activation),
+/// every running one ends, every ssh master closes. Deployments in blocking threads are
+/// abandoned, not awaited.
+fn interrupted(
+    signal: Interruption,
+    progress: &render::Progress,
+    ssh: &Multiplexer,
+    style: render::Style,
+) -> ! {
+    exec::end_all();
+    ssh.shutdown();
+    render::interrupted(progress, signal.name, style);
+    eprintln!("krops: interrupted by {}; child processes ended, ssh connections closed", signal.name);
+    std::process::exit(signal.exit_status)
+}
+
+/// Asks `question` on the terminal; yes only for an answer starting with y or Y.
+fn ask(terminal: &mut std::fs::File, question: &str) -> bool {
+    use std::io::{BufRead, Write};
+    if terminal.write_all(question.as_bytes()).and_then(|()| terminal.flush()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let read = std::io::BufReader::new(terminal).read_line(&mut answer);
+    read.is_ok() && answer.trim_start().starts_with(['y', 'Y'])
 }
 
 fn load_plugins(cli_dirs: &[PathBuf]) -> Registry {

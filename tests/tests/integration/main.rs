@@ -24,3 +24,4 @@ mod scenarios;
 mod secrets;
 mod shard;
 mod support;
+mod terminal;

@@ -380,3 +380,57 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A real terminal: a private tmux server running one shell command in a pane, whose screen
+/// (with its scrollback) tests read and whose keyboard they type on. The server ends with it.
+pub struct Terminal {
+    server: String,
+}
+
+impl Terminal {
+    /// Runs `command` (a shell command line) in a 160x50 pane, then keeps the pane open.
+    pub fn start(command: &str) -> Terminal {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let terminal = Terminal { server: format!("krops-test-{}-{n}", std::process::id()) };
+        let line = format!("{command}; echo krops-exit-$?; sleep 600");
+        let started = terminal.tmux(&["new-session", "-d", "-x", "160", "-y", "50", "-s", "main", &line]);
+        assert!(started.status.success(), "tmux: {}", String::from_utf8_lossy(&started.stderr));
+        terminal
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").args(["-L", &self.server]).args(args).output().expect("tmux runs")
+    }
+
+    /// The screen and 500 lines of scrollback, as text.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-S", "-500", "-t", "main"]).stdout)
+            .into_owned()
+    }
+
+    /// The screen once it shows `needle` (within `seconds`), else a failed test.
+    pub fn wait_for(&self, needle: &str, seconds: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let text = self.screen();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {needle:?} on the terminal:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Types `text`, then Enter.
+    pub fn type_line(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "main", "-l", text]);
+        self.tmux(&["send-keys", "-t", "main", "Enter"]);
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.tmux(&["kill-server"]);
+    }
+}
