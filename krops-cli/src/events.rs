@@ -27,7 +27,9 @@ pub enum Stage {
     Run,
     /// `exec`: a command on the target, nothing populated.
     Exec,
-    /// After a `switch` or `test` activation: the deployment's `healthChecks`.
+    /// `deploy --reboot`: the target reboots into the new system and comes back.
+    Reboot,
+    /// After a `switch` or `test` activation (or a reboot): the deployment's `healthChecks`.
     HealthCheck,
     /// With `confirmTimeout`: confirming the new system over a new connection.
     Confirm,
@@ -50,6 +52,7 @@ impl std::fmt::Display for Stage {
             Stage::Build => "build",
             Stage::Run => "run",
             Stage::Exec => "exec",
+            Stage::Reboot => "reboot",
             Stage::HealthCheck => "health check",
             Stage::Confirm => "confirm",
             Stage::Status => "status",

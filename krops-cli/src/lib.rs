@@ -14,6 +14,7 @@ pub mod nested;
 pub mod nix;
 pub mod own_dir;
 pub mod pipeline;
+pub mod reboot;
 pub mod record;
 pub mod recovery;
 pub mod redact;

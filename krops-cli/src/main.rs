@@ -95,6 +95,13 @@ enum Command {
         /// nixos-rebuild action (default: the configuration's, else switch)
         #[arg(long, value_name = "OP")]
         operation: Option<Operation>,
+        /// After a switch or boot: reboot the target, wait for it to come back with a new boot
+        /// id, then run the health checks
+        #[arg(long)]
+        reboot: bool,
+        /// How long --reboot waits for the target to come back
+        #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "reboot", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        reboot_timeout: u64,
     },
     /// Populate, then nix-build the system without activating anything
     ///
@@ -342,11 +349,12 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             say(&json);
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Deploy { names, operation } => {
+        Command::Deploy { names, operation, reboot, reboot_timeout } => {
             // clap has already held it to nixos-rebuild's actions (the `Operation` enum).
             let operation = operation.and_then(|op| op.to_possible_value()).map(|v| v.get_name().to_owned());
             let text = read(&names)?;
-            (Action::Deploy { operation }, names, Purpose::Activate(Kind::Deploy), text)
+            let reboot = reboot.then(|| std::time::Duration::from_secs(reboot_timeout));
+            (Action::Deploy { operation, reboot }, names, Purpose::Activate(Kind::Deploy), text)
         }
         Command::Build { names, trace } => {
             let text = read(&names)?;
@@ -378,6 +386,22 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     };
     let single = matches!(action, Action::Run { .. });
     let deployments = validated_selection(&text, &names, purpose, single, cli.shard, registry.clone(), &nix)?;
+    if let Action::Deploy { operation, reboot: Some(_) } = &action {
+        let origin = krops::target::Origin::current();
+        for (name, deployment) in &deployments {
+            if deployment.target.is_local(&origin) {
+                return Err(UsageError(anyhow!(
+                    "--reboot would reboot this machine ({name} deploys here); nothing was touched"
+                )));
+            }
+            let operation = operation.as_deref().unwrap_or(&deployment.operation);
+            if !krops::reboot::fits(operation) {
+                return Err(UsageError(anyhow!(
+                    "--reboot goes with switch and boot, and {name} would {operation}; nothing was touched"
+                )));
+            }
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

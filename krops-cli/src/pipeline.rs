@@ -32,6 +32,8 @@ pub enum Action {
     Diff,
     Deploy {
         operation: Option<String>,
+        /// `--reboot`: after the activation, reboot and wait this long for the new boot.
+        reboot: Option<std::time::Duration>,
     },
     Build {
         trace: bool,
@@ -247,11 +249,11 @@ fn deploy_one(
     }
     let (operation, result) = match action {
         Action::Populate | Action::Status | Action::Diff | Action::Exec { .. } => return Ok(()),
-        Action::Deploy { operation } => {
+        Action::Deploy { operation, reboot } => {
             let operation = operation.as_deref().unwrap_or(&deployment.operation);
             let host = hosts.first().unwrap_or(&target);
             let (result, record) =
-                deploy(host, &target, deployment, operation, profile_before.as_deref(), reporter);
+                deploy(host, &target, deployment, (operation, *reboot), profile_before.as_deref(), reporter);
             if !record {
                 return result;
             }
@@ -299,11 +301,12 @@ fn deploy(
     host: &Transport,
     target: &Transport,
     deployment: &Deployment,
-    operation: &str,
+    (operation, reboot): (&str, Option<std::time::Duration>),
     profile_before: Option<&str>,
     reporter: &Reporter,
 ) -> (Result<(), DeployError>, bool) {
-    let guarded = recovery::checks_after(operation);
+    let reboot = reboot.filter(|_| crate::reboot::fits(operation));
+    let guarded = recovery::checks_after(operation) || reboot.is_some();
     let watchdog = match deployment.confirm_timeout {
         seconds if seconds > 0 && guarded => match recovery::arm(target, seconds, operation, reporter) {
             Ok(watchdog) => Some(watchdog),
@@ -314,9 +317,17 @@ fn deploy(
     let script = activation::deploy_script(deployment, operation);
     let argv = host.shell(&script, &[], &[], Tty::No);
     let mut result = activate(host, &argv, "nixos-rebuild", (Io::Forwarded, Stage::Activate), reporter);
+    // After a reboot the run's connection is gone: checks go over new ones.
+    let mut checked = target.clone();
+    if let (Ok(()), Some(timeout)) = (&result, reboot) {
+        result = timed(reporter, &target.host_label(), Stage::Reboot, || {
+            crate::reboot::reboot(target, timeout, reporter)
+        });
+        checked = crate::reboot::reconnected(target);
+    }
     if result.is_ok() && guarded && !deployment.health_checks.is_empty() {
         result = timed(reporter, &target.host_label(), Stage::HealthCheck, || {
-            recovery::run_checks(target, &deployment.health_checks, reporter)
+            recovery::run_checks(&checked, &deployment.health_checks, reporter)
         });
     }
     let wants_rollback = deployment.rollback && recovery::rolls_back_after(operation);

@@ -118,6 +118,9 @@ mount --bind "$1/home" /home
 mount --bind "$1/hosts" /etc/hosts
 mount --bind "$1/state" /var/lib/krops-test
 mount --bind "$1/bin" /usr/local/sbin
+# A boot id of its own, which the test `reboot` renews (this machine's kernel never reboots).
+cat /proc/sys/kernel/random/uuid > /var/lib/krops-test/boot_id
+mount --bind /var/lib/krops-test/boot_id /proc/sys/kernel/random/boot_id
 # A private /etc/nixos, for tests of hosts that have a flake there (the directory is made on
 # this machine once, empty, as the mount point).
 mkdir -p /etc/nixos
@@ -198,7 +201,7 @@ impl TestHost {
         run("chown", &["-R", &format!("{SUDO_USER}:"), &user_home.to_string_lossy()])?;
         // The test nixos-rebuild and nix-build wrapper, first on root's and sudo's PATH.
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/nix/bin");
-        for tool in ["nixos-rebuild", "nix-build"] {
+        for tool in ["nixos-rebuild", "nix-build", "reboot"] {
             std::fs::copy(fixtures.join(tool), root.join("bin").join(tool)).map_err(|e| io(tool, e))?;
         }
         std::fs::write(root.join("hosts"), format!("127.0.0.1 localhost\n127.0.1.1 {name}\n"))

@@ -251,3 +251,51 @@ fn log_dir_keeps_each_deployments_story() {
     // Each line starts with its time.
     assert!(good.lines().all(|l| l.len() > 24 && l.as_bytes()[10] == b'T'), "{good}");
 }
+
+/// `deploy --reboot`: switch, reboot (the test host's `reboot` gives it a new boot id), wait
+/// for the new boot over a new connection, then the health checks; a host that never comes
+/// back fails in stage reboot; operations without a new system to boot, and local targets, are
+/// usage errors.
+#[test]
+fn reboot_waits_for_the_new_boot_then_checks() {
+    krops_tests::hosts::prepare_machine();
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Root);
+    let host = site.host().unwrap();
+    crate::support::nixos_deployment(
+        &sb,
+        &site,
+        "rebooted",
+        "",
+        "healthChecks = [{ command = \"test -s /var/lib/krops-test/reboots\" }]",
+    );
+    let before = std::fs::read_to_string(host.state().join("boot_id")).unwrap();
+    let out = sb.krops(&["--json", "deploy", "--reboot"]);
+    out.success();
+    assert_eq!(std::fs::read_to_string(host.state().join("reboots")).unwrap().lines().count(), 1, "{out}");
+    assert_ne!(std::fs::read_to_string(host.state().join("boot_id")).unwrap(), before);
+    let stages: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["event"] == "stage_finished")
+        .map(|l| l["stage"].as_str().unwrap().to_owned())
+        .collect();
+    let at = |stage: &str| {
+        stages.iter().position(|s| s == stage).unwrap_or_else(|| panic!("no {stage}: {stages:?}"))
+    };
+    assert!(at("activate") < at("reboot") && at("reboot") < at("health_check"), "{stages:?}");
+    // A host that does not come back.
+    std::fs::remove_file(host.root_dir().join("bin/reboot")).unwrap();
+    sb.krops(&["deploy", "--reboot", "--reboot-timeout", "3"]).code(1).stderr_has(
+        "reboot on 127.0.0.1 failed: reboot: 127.0.0.1 did not come back with a new boot id within 3 s",
+    );
+    sb.krops(&["deploy", "--reboot", "--operation", "test"])
+        .code(2)
+        .stderr_has("--reboot goes with switch and boot");
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.here]\ntarget = {:?}\n", sb.path("here").display().to_string()),
+    );
+    sb.krops(&["deploy", "--reboot"]).code(2).stderr_has("--reboot would reboot this machine");
+}
