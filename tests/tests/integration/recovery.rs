@@ -193,11 +193,20 @@ fn a_failed_test_activation_returns_to_the_current_generation(kind: Kind) {
 
 /// A run killed while its watchdog is armed leaves the watchdog in charge: no other run takes
 /// the target (it would deploy a system the watchdog then rolls back) until it has fired.
+///
+/// The run is killed during its health check, which is the run's own work on the target (it
+/// carries the run's marker) and outlives it there: a session without a terminal is sent no
+/// signal when its connection drops, and `sleep` writes nothing that could fail. The killed
+/// run's lock holder waits for it (see `LOCK_SCRIPT`), as root and through sudo alike. The
+/// check is shorter than the watchdog's timeout, so that the watchdog then holds the target
+/// alone, whether the kill came before the check started on the target or while it ran (a
+/// race the test must not depend on: whether an ssh client or a session opened on the
+/// master's socket starts it, and how loaded the machine is, decide it).
 fn a_killed_run_s_watchdog_keeps_the_target_locked(kind: Kind) {
     let (sb, site) = deployed(kind, "first");
-    let timeout = 10;
+    let timeout = 12;
     let extra =
-        format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 14\", timeout = 60 }}]");
+        format!("confirmTimeout = {timeout}\nhealthChecks = [{{ command = \"sleep 4\", timeout = 60 }}]");
     config(&sb, &site, "second", "", &extra);
     let started = Instant::now();
     let mut krops = sb.krops_command(&["deploy"]).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -207,17 +216,15 @@ fn a_killed_run_s_watchdog_keeps_the_target_locked(kind: Kind) {
     krops.kill().unwrap();
     krops.wait().unwrap();
     config(&sb, &site, "third", "", "");
-    // Locked by the watchdog, or still by the killed run's lock holder, which (through sudo)
-    // waits for the run's health check to end first.
+    // Locked by the watchdog, or still by the killed run's lock holder, which waits for the
+    // run's health check to end first.
     sb.krops(&["populate"]).code(1).stderr_has("is locked by another krops run");
-    if kind == Kind::Root {
-        // As root nothing of the killed run outlives it but the watchdog, which soon is all
-        // that holds the target.
-        crate::support::wait_until("the watchdog alone holds the target", || {
-            sb.krops(&["populate"]).code(1).stderr.contains("whose confirm watchdog is armed")
-        });
-        assert!(started.elapsed() < Duration::from_secs(timeout), "the watchdog fired already");
-    }
+    // Once the check has ended, nothing of the killed run outlives it but the watchdog, which
+    // then is all that holds the target.
+    crate::support::wait_until("the watchdog alone holds the target", || {
+        sb.krops(&["populate"]).code(1).stderr.contains("whose confirm watchdog is armed")
+    });
+    assert!(started.elapsed() < Duration::from_secs(timeout), "the watchdog fired already");
     // Waiting for the lock waits for the watchdog, which rolls back to the first system.
     sb.krops(&["--wait-lock", "40", "deploy"]).success();
     assert!(started.elapsed() >= Duration::from_secs(timeout), "deployed before the watchdog fired");
