@@ -6,7 +6,7 @@ use clap::Command;
 use clap_complete::Shell;
 
 /// The commands whose NAMEs are deployments.
-const SELECTING: &str = "deploy build test run populate diff status eval";
+const SELECTING: &str = "deploy build test run exec populate diff status eval";
 
 /// The completion script for `shell`.
 pub fn script(shell: Shell, mut cli: Command) -> String {
@@ -16,7 +16,7 @@ pub fn script(shell: Shell, mut cli: Command) -> String {
     match shell {
         Shell::Bash => format!("{script}\n{BASH}"),
         Shell::Fish => format!(
-            "{script}\ncomplete -c krops -n \"__fish_seen_subcommand_from {SELECTING}\" -f -a \"(krops complete-names 2>/dev/null)\""
+            "{script}\ncomplete -c krops -n \"__fish_seen_subcommand_from {SELECTING}\" -f -a \"(timeout 5 krops complete-names 2>/dev/null)\""
         ),
         Shell::Zsh => {
             // The positional NAME(s) of the selecting commands complete with `_krops_names`.
@@ -39,18 +39,27 @@ pub fn script(shell: Shell, mut cli: Command) -> String {
     }
 }
 
+/// bash: the names of the configuration `-f` names (else the one found from here), asked for
+/// at most 5 s (a krops.nix may take long to evaluate); after `--`, nothing of ours.
 const BASH: &str = r#"# Deployment names, groups and @TAGs for the commands that take them.
 _krops_with_names() {
     _krops "$@"
-    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} word
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} word i file=()
     case $cur in -*) return ;; esac
     case $prev in
-        -f|--file|--plugin-dir|--operation|--color|--jobs|--arg|--argstr|--wait-lock|--shard) return ;;
+        -f|--file|--plugin-dir|--operation|--color|--jobs|--arg|--argstr|--wait-lock|--shard|--log-dir|--reboot-timeout) return ;;
     esac
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word=${COMP_WORDS[i]}
+        case $word in
+            --) return ;;
+            -f|--file) file=(-f "${COMP_WORDS[i+1]}") ;;
+        esac
+    done
     for word in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case " deploy build test run populate diff status eval " in
+        case " deploy build test run exec populate diff status eval " in
             *" $word "*)
-                COMPREPLY=($(compgen -W "$(krops complete-names 2>/dev/null)" -- "$cur"))
+                COMPREPLY=($(compgen -W "$(timeout 5 krops "${file[@]}" complete-names 2>/dev/null)" -- "$cur"))
                 return ;;
         esac
     done
@@ -59,6 +68,6 @@ complete -F _krops_with_names -o bashdefault -o default krops"#;
 
 const ZSH: &str = r#"_krops_names() {
     local -a names
-    names=(${(f)"$(krops complete-names 2>/dev/null)"})
+    names=(${(f)"$(timeout 5 krops complete-names 2>/dev/null)"})
     compadd -a names
 }"#;

@@ -60,10 +60,12 @@ fn connect_hint(said: &str, host: &str, deployment: &Deployment) -> Option<Strin
         Some(format!(
             "the connection ended before ssh could talk to {host}: a ProxyCommand or ProxyJump in extraOptions or your ssh config failed (its own error is above)"
         ))
-    } else if said.contains("Host key verification failed")
-        || said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
-    {
+    } else if said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
         Some(format!("{host}'s host key is not the one known here: check it, then update known_hosts"))
+    } else if said.contains("host key is known for") || said.contains("Host key verification failed") {
+        Some(format!(
+            "{host}'s host key is not known here and ssh may not ask (StrictHostKeyChecking, or no terminal): check it, then add it to known_hosts (e.g. connect once with ssh)"
+        ))
     } else {
         None
     }

@@ -196,9 +196,9 @@ fn main() -> ExitCode {
         Err(error) if json && error.use_stderr() => {
             let _ = error.print();
             let message = error.kind().to_string();
-            let error = serde_json::json!({ "message": message, "detail": error.to_string(), "program": null, "exit_status": null, "stderr_tail": null, "hint": null, "host": null, "stage": null, "source": null });
+            let error = serde_json::json!({ "message": message, "detail": error.to_string(), "program": null, "exit_status": null, "stderr_tail": null, "hint": null, "host": null, "stage": null, "source": null, "rollback": null });
             render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
-            render::print_summary_of_no_deployments(Some(2));
+            render::print_summary_of_no_deployments(2);
             return ExitCode::from(2);
         }
         Err(error) => error.exit(),
@@ -210,9 +210,9 @@ fn main() -> ExitCode {
             let message = format!("{error:#}");
             eprintln!("krops: {}", render::shown(&message));
             if json {
-                let error = serde_json::json!({ "message": message, "detail": null, "program": null, "exit_status": null, "stderr_tail": null, "hint": null, "host": null, "stage": null, "source": null });
+                let error = serde_json::json!({ "message": message, "detail": null, "program": null, "exit_status": null, "stderr_tail": null, "hint": null, "host": null, "stage": null, "source": null, "rollback": null });
                 render::print_json(serde_json::json!({ "event": "error", "error": error, "exit_status": 2 }));
-                render::print_summary_of_no_deployments(Some(2));
+                render::print_summary_of_no_deployments(2);
             }
             ExitCode::from(2)
         }
@@ -242,6 +242,13 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
+    }
+    let asks_first = matches!(
+        cli.command,
+        Command::Deploy { .. } | Command::Build { .. } | Command::Run { .. } | Command::Populate { .. }
+    );
+    if cli.interactive && !asks_first {
+        return Err(interactive_misused());
     }
     let registry = Arc::new(load_plugins(&cli.plugin_dirs));
     let nix = krops::nix::Options {
@@ -283,7 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             render::print_json(
                 serde_json::json!({ "event": "plugins", "plugins": plugins, "broken": broken }),
             );
-            render::print_summary_of_no_deployments(failed.then_some(2));
+            render::print_summary_of_no_deployments(if failed { 2 } else { 0 });
             return Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS });
         }
         Command::Plugins => {
@@ -315,7 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 sharded(selected, cli.shard).into_iter().map(|(name, _)| name).collect();
             if cli.json {
                 render::print_json(serde_json::json!({ "event": "names", "names": selected }));
-                render::print_summary_of_no_deployments(None);
+                render::print_summary_of_no_deployments(0);
             } else {
                 for name in selected {
                     say(&render::shown(&name));
@@ -341,7 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
                 .map_err(|e| UsageError(e.into()))?;
             if cli.json {
                 render::print_json(serde_json::json!({ "event": "eval", "deployments": deployments }));
-                render::print_summary_of_no_deployments(None);
+                render::print_summary_of_no_deployments(0);
                 return Ok(ExitCode::SUCCESS);
             }
             let json = krops::redact::json(serde_json::json!({ "deployments": deployments }));
@@ -415,7 +422,7 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
     );
     let names: Vec<String> = deployments.iter().map(|(n, _)| n.clone()).collect();
     let (jobs, wait_lock, log_dir) = (usize::from(cli.jobs), cli.wait_lock, cli.log_dir.clone());
-    let mut execute = |action: Action, deployments, progress: &render::Progress| {
+    let execute = |signals: &mut Signals, action: Action, deployments, progress: &render::Progress| {
         let run = pipeline::Run { action, deployments, jobs, wait_lock };
         let (registry, ssh) = (registry.clone(), ssh.clone());
         runtime.block_on(async {
@@ -445,14 +452,14 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             Action::Build { .. } => "build",
             Action::Run { .. } => "run",
             Action::Populate => "populate",
-            _ => return Err(UsageError(anyhow!("--interactive goes with deploy, build, run and populate"))),
+            _ => return Err(interactive_misused()),
         };
         let mut terminal =
             std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|e| {
                 UsageError(anyhow!("--interactive needs a terminal to ask on (/dev/tty: {e})"))
             })?;
         let progress = render::Progress::new(&names);
-        let outcomes = match execute(Action::Diff, deployments.clone(), &progress) {
+        let outcomes = match execute(&mut signals, Action::Diff, deployments.clone(), &progress) {
             Ok(outcomes) => outcomes,
             Err(signal) => interrupted(signal, &progress, &ssh, style),
         };
@@ -461,14 +468,29 @@ fn run(cli: Cli) -> Result<ExitCode, UsageError> {
             eprintln!("krops: nothing was changed: populate would fail, as the diff says");
             return Ok(render::summary(&outcomes, style, &progress));
         }
-        if !ask(&mut terminal, &format!("{what} {}? [y/N] ", names.join(", "))) {
-            ssh.shutdown();
-            eprintln!("krops: nothing was changed");
-            return Ok(ExitCode::SUCCESS);
+        let question = format!("{what} {}? [y/N] ", names.join(", "));
+        let answer = runtime.block_on(async {
+            tokio::select! {
+                answer = tokio::task::spawn_blocking(move || ask(&mut terminal, &question)) => Ok(answer.unwrap_or(false)),
+                signal = signals.next() => Err(signal),
+            }
+        });
+        match answer {
+            Ok(true) => {}
+            Ok(false) => {
+                ssh.shutdown();
+                eprintln!("krops: nothing was changed");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(signal) => {
+                ssh.shutdown();
+                eprintln!("krops: interrupted by {}; nothing was changed", signal.name);
+                std::process::exit(signal.exit_status);
+            }
         }
     }
     let progress = render::Progress::new(&names);
-    match execute(action, deployments, &progress) {
+    match execute(&mut signals, action, deployments, &progress) {
         Ok(outcomes) => {
             ssh.shutdown();
             let code = render::summary(&outcomes, style, &progress);
@@ -509,7 +531,7 @@ fn interrupted(
     std::process::exit(signal.exit_status)
 }
 
-/// Asks `question` on the terminal; yes only for an answer starting with y or Y.
+/// Asks `question` on the terminal; yes only for `y` or `yes` (any case).
 fn ask(terminal: &mut std::fs::File, question: &str) -> bool {
     use std::io::{BufRead, Write};
     if terminal.write_all(question.as_bytes()).and_then(|()| terminal.flush()).is_err() {
@@ -517,7 +539,11 @@ fn ask(terminal: &mut std::fs::File, question: &str) -> bool {
     }
     let mut answer = String::new();
     let read = std::io::BufReader::new(terminal).read_line(&mut answer);
-    read.is_ok() && answer.trim_start().starts_with(['y', 'Y'])
+    read.is_ok() && ["y", "yes"].contains(&answer.trim().to_lowercase().as_str())
+}
+
+fn interactive_misused() -> UsageError {
+    UsageError(anyhow!("--interactive goes with deploy, build, run and populate"))
 }
 
 fn load_plugins(cli_dirs: &[PathBuf]) -> Registry {

@@ -169,8 +169,14 @@ async fn render_lines(
     color: bool,
     progress: Progress,
 ) {
+    let terminal = std::io::stderr().is_terminal();
     while let Some(event) = events.recv().await {
         progress.note(&event);
+        // Whatever ssh asks next on the terminal (a passphrase, a host key) is for this one,
+        // also with -q.
+        if let (true, Event::Connecting { deployment, host, done: false }) = (terminal, &event) {
+            eprintln!("{}", shown(&format!("→ {deployment}: connecting to {host} (ssh may ask below)")));
+        }
         let result = result_lines(&event);
         if !result.is_empty() {
             print_result(&result);
@@ -216,8 +222,8 @@ pub fn shown(text: &str) -> String {
     printable(&credentials(text))
 }
 
-/// `--log-dir`: every event also as a line of its deployment's log file, `DIR/NAME.log` (a
-/// `/` in NAME written as `_`), at `-v`'s detail and with the whole error at the end;
+/// `--log-dir`: every event also as a line of its deployment's log file, `DIR/NAME.log` (`/`
+/// and `%` in NAME percent-encoded), at `-v`'s detail and with the whole error at the end;
 /// the events go on to the display unchanged. A file that cannot be written is said once.
 pub fn logged(mut events: UnboundedReceiver<Event>, dir: PathBuf) -> UnboundedReceiver<Event> {
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -235,9 +241,8 @@ pub fn logged(mut events: UnboundedReceiver<Event>, dir: PathBuf) -> UnboundedRe
                 lines.extend(error.hint.iter().map(|hint| format!("hint: {hint}")));
             }
             let file = files.entry(deployment.clone()).or_insert_with(|| {
-                let path = dir.join(format!("{}.log", deployment.replace('/', "_")));
-                let opened = std::fs::create_dir_all(&dir)
-                    .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&path));
+                let path = dir.join(format!("{}.log", log_file_name(&deployment)));
+                let opened = std::fs::create_dir_all(&dir).and_then(|()| open_log(&path));
                 opened.map_err(|e| eprintln!("krops: cannot write {}: {e}", path.display())).ok()
             });
             if let Some(file) = file {
@@ -250,6 +255,29 @@ pub fn logged(mut events: UnboundedReceiver<Event>, dir: PathBuf) -> UnboundedRe
         }
     });
     receiver
+}
+
+/// A deployment's name as a file name: `%` and `/` percent-encoded, so that two names never
+/// share a file.
+fn log_file_name(deployment: &str) -> String {
+    deployment.replace('%', "%25").replace('/', "%2F")
+}
+
+/// Opens a log file to append to, never through a symbolic link and never anything but a
+/// regular file (a FIFO planted there would block krops; a link, send its lines anywhere).
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(i32::try_from(flags.bits()).unwrap_or_default())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 /// One JSON line per event; `log` events as `-v`/`-vv` choose (none with `-q`), `connecting`
@@ -514,7 +542,8 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
                 describe(report)
             ))
         }
-        Event::Output { deployment, host, line, .. } if chatty => {
+        // `exec`'s output is what it is run for: shown with -q too.
+        Event::Output { deployment, host, line, stage } if chatty || *stage == Stage::Exec => {
             Some(format!("{} | {line}", at(deployment, host)))
         }
         Event::Log { deployment, host, level, message }
@@ -526,12 +555,17 @@ fn line_for(event: &Event, verbosity: Verbosity) -> Option<String> {
             Some(format!("[{deployment}] finished in {}", human(*millis)))
         }
         Event::DeploymentFinished { deployment, error: Some(error), .. } => {
-            // Quiet runs showed no output as it came: the failed program's is shown now.
-            let output = match (&error.output, verbosity.quiet) {
-                (Some(output), true) => format!("\n{}", output.trim_end()),
-                _ => String::new(),
-            };
-            Some(format!("[{deployment}] error: {error}{output}"))
+            // Quiet runs showed no output as it came: the failed program's is shown now, below
+            // a headline that does not point above.
+            match (&error.output, verbosity.quiet && error.stage != Stage::Exec) {
+                (Some(output), true) => Some(format!(
+                    "[{deployment}] error: {} failed: {}\n{}",
+                    error.place(),
+                    error.message,
+                    output.trim_end()
+                )),
+                _ => Some(format!("[{deployment}] error: {error}")),
+            }
         }
         _ => None,
     }
@@ -663,12 +697,8 @@ fn describe(report: &Value) -> String {
 
 /// The `--json` summary of a command that deploys nothing (`eval`, `plugins`) or ended before
 /// any deployment started (a usage or configuration error, `exit_status` 2): SPEC's last line.
-pub fn print_summary_of_no_deployments(exit_status: Option<u8>) {
-    let mut summary = json!({ "event": "summary", "deployments": {}, "failed": 0 });
-    if let Some(status) = exit_status {
-        summary["exit_status"] = json!(status);
-    }
-    print_json(summary);
+pub fn print_summary_of_no_deployments(exit_status: u8) {
+    print_json(json!({ "event": "summary", "deployments": {}, "failed": 0, "exit_status": exit_status }));
 }
 
 /// The summary of a finished run: which deployments failed and why (the program and its
@@ -777,24 +807,42 @@ pub fn interrupted(progress: &Progress, signal: &str, style: Style) {
         print_json(json!({ "event": "summary", "deployments": deployments, "interrupted": signal }));
         return;
     }
-    let mut lines = Vec::new();
+    // Every deployment's end, as the display would have shown it (the display may have held
+    // lines back while ssh prompted), then the tally.
+    let (mut ok, mut failed, mut cut) = (0, Vec::new(), Vec::new());
     for (name, state) in &states {
-        match state {
-            State::Waiting => lines.push(format!("  {name}: not started")),
-            State::Running(None) => lines.push(format!("  {name}: interrupted by {signal}")),
-            State::Running(Some(rollback)) => {
-                lines.push(format!("  {name}: interrupted by {signal}; {rollback}"))
+        let line = match state {
+            State::Waiting => {
+                cut.push(name.as_str());
+                format!("- {name}: not started")
             }
-            State::Done(Err(error)) => lines.push(format!("  {name}: {}", error.summary())),
-            State::Done(Ok(_)) => {}
-        }
+            State::Running(None) => {
+                cut.push(name.as_str());
+                format!("✗ {name}: interrupted by {signal}")
+            }
+            State::Running(Some(rollback)) => {
+                cut.push(name.as_str());
+                format!("✗ {name}: interrupted by {signal}; {rollback}")
+            }
+            State::Done(Err(error)) => {
+                failed.push(name.as_str());
+                format!("✗ {name}: {}", error.summary())
+            }
+            State::Done(Ok(millis)) => {
+                ok += 1;
+                format!("✓ {name}: done in {}", human(*millis))
+            }
+        };
+        eprintln!("{}", shown(&line));
     }
-    if !lines.is_empty() {
-        eprintln!("krops: {} of {} deployments did not complete:", lines.len(), states.len());
-        for line in lines {
-            eprintln!("{}", shown(&line));
-        }
+    let mut tally = format!("krops: {ok} ok");
+    if !failed.is_empty() {
+        tally.push_str(&format!(", {} failed: {}", failed.len(), failed.join(", ")));
     }
+    if !cut.is_empty() {
+        tally.push_str(&format!(", {} cut short by {signal}: {}", cut.len(), cut.join(", ")));
+    }
+    eprintln!("{}", shown(&tally));
 }
 
 #[cfg(test)]

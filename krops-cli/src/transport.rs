@@ -131,7 +131,12 @@ impl Transport {
         }
         // `$0` is the run's marker: the lock holder on the target waits for every process of
         // its run to end before it lets the lock go (see `pipeline::LOCK_SCRIPT`).
-        remote.extend(["/bin/sh".into(), "-c".into(), script.into(), run_marker().to_owned()]);
+        // A user's command line may start with `-`: after `--` sh never reads it as an option.
+        remote.extend(["/bin/sh".into(), "-c".into()]);
+        if script.starts_with('-') {
+            remote.push("--".into());
+        }
+        remote.extend([script.into(), run_marker().to_owned()]);
         remote.extend(args.iter().cloned());
         if self.local {
             return Argv::new(remote);

@@ -123,6 +123,12 @@ fn exec_runs_a_command_on_every_target_without_populating() {
     assert_eq!(summary["deployments"]["root"]["error"]["exit_status"], 7, "{out}");
     assert_eq!(summary["deployments"]["root"]["error"]["stage"], "exec", "{out}");
     sb.krops(&["exec", "local"]).code(2);
+    // A command line that starts with `-` is a command, never an option of the shell.
+    let out = sb.krops(&["exec", "local", "--", "-x"]);
+    out.code(1).stderr_has("-x: not found");
+    assert!(!out.stderr.contains("krops-run-"), "{out}");
+    // With -q, exec's output is still what it is run for.
+    sb.krops(&["-q", "exec", "local", "--", "echo quiet but shown"]).success().stderr_has("quiet but shown");
 }
 
 /// The last deployment's error of a `--json` run: its stage, program and hint, and that no
@@ -245,11 +251,35 @@ fn log_dir_keeps_each_deployments_story() {
     sb.krops(&["-q", "--log-dir", "logs", "populate"]).code(1);
     let good = sb.read("logs/good.log");
     assert!(good.contains("[good] populate: a (file)") && good.contains("[good] finished in"), "{good}");
-    let bad = sb.read("logs/team_bad.log");
+    let bad = sb.read("logs/team%2Fbad.log");
     assert!(bad.contains("the reason") && bad.contains("prepare of source \"p\" failed"), "{bad}");
     assert!(!bad.contains("[good]") && !good.contains("[team/bad]"));
     // Each line starts with its time.
     assert!(good.lines().all(|l| l.len() > 24 && l.as_bytes()[10] == b'T'), "{good}");
+    // Planted in the log directory: a link (whose target must stay as it is) and a FIFO (which
+    // must not block krops): refused, said once, and the deployments still run.
+    std::fs::remove_file(sb.path("logs/good.log")).unwrap();
+    sb.write("victim", "ORIGINAL");
+    std::os::unix::fs::symlink(sb.path("victim"), sb.path("logs/good.log")).unwrap();
+    std::fs::remove_file(sb.path("logs/team%2Fbad.log")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(sb.path("logs/team%2Fbad.log"))
+        .status()
+        .unwrap()
+        .success());
+    let out = sb.krops(&["-q", "--log-dir", "logs", "populate"]);
+    out.code(1).stderr_has("cannot write logs/good.log: ").stderr_has("cannot write logs/team%2Fbad.log: ");
+    assert_eq!(sb.read("victim"), "ORIGINAL");
+    // Names that a simpler encoding would merge keep files of their own.
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.\"a/b\"]\ntarget = {0:?}\nsource.a.file = \"conf/a\"\n[deployments.a_b]\ntarget = {0:?}\nsource.a.file = \"conf/a\"\n",
+            sb.path("good").display().to_string()
+        ),
+    );
+    sb.krops(&["-q", "--log-dir", "split", "populate"]).success();
+    assert!(sb.read("split/a%2Fb.log").contains("[a/b]") && !sb.read("split/a_b.log").contains("[a/b]"));
 }
 
 /// `deploy --reboot`: switch, reboot (the test host's `reboot` gives it a new boot id), wait

@@ -271,7 +271,9 @@ fn completions_offer_deployment_names_and_tags() {
         .success()
         .stdout_has("_krops_names() {")
         .stdout_has(":_krops_names' \\");
-    sb.krops(&["completions", "fish"]).success().stdout_has("-f -a \"(krops complete-names 2>/dev/null)\"");
+    sb.krops(&["completions", "fish"])
+        .success()
+        .stdout_has("-f -a \"(timeout 5 krops complete-names 2>/dev/null)\"");
     let elsewhere = tempfile::tempdir().unwrap();
     let mut command = Command::new(&bin);
     command.current_dir(elsewhere.path()).arg("complete-names");

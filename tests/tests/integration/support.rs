@@ -422,6 +422,11 @@ impl Terminal {
         }
     }
 
+    /// Ctrl-C.
+    pub fn interrupt(&self) {
+        self.tmux(&["send-keys", "-t", "main", "C-c"]);
+    }
+
     /// Types `text`, then Enter.
     pub fn type_line(&self, text: &str) {
         self.tmux(&["send-keys", "-t", "main", "-l", text]);

@@ -123,6 +123,27 @@ fn interactive_shows_the_diff_and_asks() {
     let screen = terminal.wait_for("krops-exit-", 20);
     assert!(screen.contains("krops-exit-0") && screen.contains("✓ site: done in"), "{screen}");
     assert_eq!(sb.read("site/a"), "a");
+    // Only y or yes goes on; Ctrl-C at the question changes nothing either.
+    drop(terminal);
+    std::fs::remove_file(sb.path("site/a")).unwrap();
+    let terminal = Terminal::start(&krops_in(&sb, "--interactive populate"));
+    terminal.wait_for("populate site? [y/N]", 20);
+    terminal.type_line("yep");
+    terminal.wait_for("krops-exit-0", 20);
+    assert!(!sb.path("site/a").exists());
+    drop(terminal);
+    let terminal = Terminal::start(&krops_in(&sb, "--interactive populate"));
+    terminal.wait_for("populate site? [y/N]", 20);
+    terminal.interrupt();
+    let screen = terminal.wait_for("krops-exit-", 20);
+    assert!(
+        screen.contains("interrupted by SIGINT; nothing was changed") && screen.contains("krops-exit-130"),
+        "{screen}"
+    );
+    assert!(!sb.path("site/a").exists());
+    sb.krops(&["--interactive", "eval"])
+        .code(2)
+        .stderr_has("--interactive goes with deploy, build, run and populate");
     // Without a terminal to ask on (a session of its own has none): a usage error.
     let mut command = std::process::Command::new("setsid");
     command.args(["-w"]).arg(krops_bin()).args(["--interactive", "populate"]).current_dir(sb.path(""));
