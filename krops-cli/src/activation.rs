@@ -3,8 +3,8 @@
 //! word quoted once.
 
 use crate::config::{Deployment, NomMode};
+use crate::shell_words::{join, quote};
 use crate::target::Target;
-use crate::transport::{join, quote};
 
 /// `deploy`: nixos-rebuild on the build host (the target unless `buildTarget` differs).
 pub fn deploy_script(deployment: &Deployment, operation: &str) -> String {

@@ -68,7 +68,7 @@ impl Argv {
 
     /// The command line as a shell would read it (for `-vv`; secrets never travel in argv).
     pub fn display(&self) -> String {
-        crate::transport::join(&self.0)
+        crate::shell_words::join(&self.0)
     }
 
     pub fn program(&self) -> &str {
@@ -342,7 +342,7 @@ pub fn run(
             let mut kept = String::new();
             if let Some(pipe) = stderr {
                 for line in lossy_lines(pipe) {
-                    let line = crate::transport::unmarked(&line?);
+                    let line = crate::shell_words::unmarked(&line?);
                     if let Some(f) = forward {
                         f(Stream::Stderr, &line);
                     }

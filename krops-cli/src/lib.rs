@@ -19,6 +19,7 @@ pub mod record;
 pub mod recovery;
 pub mod redact;
 pub mod select;
+pub mod shell_words;
 pub mod ssh;
 pub mod target;
 pub mod transport;

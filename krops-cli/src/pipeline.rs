@@ -195,7 +195,7 @@ fn deploy_one(
         Action::Exec { argv } => {
             let script = activation::run_script(deployment, Some(argv));
             let env = [("KROPS_TARGET_PATH", target.target.path.as_str())];
-            let program = user_command(&crate::transport::join(argv));
+            let program = user_command(&crate::shell_words::join(argv));
             let argv = target.shell(&script, &[], &env, Tty::No);
             return activate(&target, &argv, &program, (Io::Forwarded, Stage::Exec), reporter);
         }
@@ -272,7 +272,7 @@ fn deploy_one(
             let env = [("KROPS_TARGET_PATH", target.target.path.as_str())];
             let tty = if deployment.allocate_tty { Tty::Yes } else { Tty::No };
             let program = match (argv, &deployment.command) {
-                (Some(argv), _) => user_command(&crate::transport::join(argv)),
+                (Some(argv), _) => user_command(&crate::shell_words::join(argv)),
                 (None, Some(command)) => user_command(command),
                 (None, None) => "nixos-rebuild".to_owned(),
             };

@@ -14,7 +14,8 @@ use crate::config::{Deployment, HealthCheck, Probe};
 use crate::events::{DeployError, Level, Reporter, Stage};
 use crate::exec::{self, Input, Output, Stream};
 use crate::own_dir;
-use crate::transport::{join, Transport, Tty};
+use crate::shell_words::join;
+use crate::transport::{Transport, Tty};
 
 /// The operations after which health checks run and the watchdog guards the new system.
 pub fn checks_after(operation: &str) -> bool {

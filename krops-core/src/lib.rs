@@ -9,5 +9,6 @@
 pub use krops_abi as abi;
 pub mod plugin;
 pub mod sdk;
+mod secrets;
 pub mod testing;
 pub mod wire;

@@ -11,7 +11,7 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::abi::{log_level, Populator, PopulatorBox, Populator_TO, TargetHandleRef};
-use crate::sdk::{
+use crate::secrets::{
     secret_archive, SecretFile, DETACHED_INSTALL_SCRIPT, INSTALL_SECRETS_SCRIPT, PRIVATE_DIR_FUNCTIONS,
 };
 use crate::wire::{

@@ -1,0 +1,149 @@
+//! How a secret tree travels to a target, below the plugin API that offers it
+//! ([`Target::install_secrets`](crate::plugin::Target::install_secrets)): its files, their tar
+//! stream with a closing manifest, and the target-side scripts that unpack it in a private
+//! staging directory and swap it in whole.
+
+use std::path::Path;
+
+/// One file of a secret tree.
+pub struct SecretFile {
+    /// Relative to the tree's root, `/`-separated, without `..`.
+    pub path: String,
+    pub contents: Vec<u8>,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+}
+
+/// Shell functions for scripts that write below a target path that another account may write
+/// to as well. Any name there can be renamed or replaced at any moment, so such a script never
+/// writes through a name it does not own: it makes a fresh directory (`mktemp -d`: 0700, its
+/// own), enters it, checks that what it entered is that directory (its own, 0700, its parent
+/// the directory it was made in), and works by names relative to it from then on; results
+/// leave by one `mv -T` to a name in the parent (`..`), which replaces whatever stands there
+/// and never follows it. No one else can enter the directory, let alone add a link to it, and
+/// moving it elsewhere than its parent takes write permission on it, which only its owner has.
+///
+/// `enter_private_dir TEMPLATE`: makes and enters the directory (`$private` its path) or
+/// explains and fails; `leave_private_dir`: removes what it holds and the directory itself.
+pub const PRIVATE_DIR_FUNCTIONS: &str = r#"private_here() {
+  [ "$(stat -c '%u %a %F' .)" = "$(id -u) 700 directory" ] &&
+  [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && [ -z "$(ls -A)" ]
+}
+enter_private_dir() {
+  private=$(mktemp -d -- "$1") && cd -- "$private" && private_here "${1%/*}" || {
+    echo "error: cannot make a private directory beside ${1%.krops-*} (does another account write there?)" >&2
+    return 1
+  }
+}
+leave_private_dir() {
+  find . -mindepth 1 -delete 2> /dev/null || true
+  cd .. && rmdir -- "${private##*/}" 2> /dev/null || true
+}"#;
+
+/// Installs a secret tree (`$1` its destination) from a tar stream on stdin, as
+/// [`secret_archive`] packs it: the tree below `tree/`, then a manifest (the count of its
+/// files and the SHA-256 of their contents in name order). Only a tree that matches its
+/// manifest replaces the old one: a stream cut short between two members (tar alone calls
+/// that success) or a full disk leave the old tree as it was, and every way out before the
+/// swap (a failure, a signal, the connection dropping, which ends the stream) removes the
+/// staging directory. Once the swap begins, nothing stops it halfway.
+pub(crate) const INSTALL_SECRETS_SCRIPT: &str = r#"set -eu
+umask 077
+dest=$1 name=${1##*/}
+# A vanished reader of an error message must not end this shell before it cleans up.
+trap '' PIPE
+# Staging directories of installers that could not finish (a machine that lost power) go.
+for stale in "$dest".krops-staging.*; do
+  if [ -d "$stale" ] && [ ! -L "$stale" ] && [ "$(stat -c '%u %a' -- "$stale")" = "$(id -u) 700" ]; then
+    rm -rf -- "$stale"
+  fi
+done
+entered=
+trap '[ -z "$entered" ] || leave_private_dir' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+enter_private_dir "$dest.krops-staging.XXXXXX" || exit 1
+entered=1
+incomplete() {
+  echo "error: the secrets for $dest arrived incomplete ($1); the old ones stay in place" >&2
+  exit 1
+}
+if ! failed=$(tar -x -p --no-same-owner -f - 2>&1 > /dev/null); then
+  why=$(printf '%s\n' "$failed" | grep -v 'Exiting with failure' | head -n 1)
+  # tar says "Wrote only N of M bytes" of a full disk, not why: the file system tells.
+  case $why in *"No space left"*) ;; *)
+    free=$(df -Pk . 2> /dev/null | awk 'NR == 2 { print $4 }')
+    if [ -n "$free" ] && [ "$free" -lt 64 ]; then why="No space left on device ($why)"; fi ;;
+  esac
+  echo "error: cannot unpack the secrets for $dest: $why" >&2
+  exit 1
+fi
+[ -d tree ] && [ -f manifest ] || incomplete "the stream ended early"
+{ read -r format && read -r count && read -r digest; } < manifest || incomplete "no manifest"
+[ "$format" = "krops-manifest 1" ] || incomplete "an unknown manifest"
+[ "$(find tree ! -type d -printf x | wc -c)" = "$count" ] || incomplete "files missing"
+[ "$(find tree ! -type d -print0 | LC_ALL=C sort -z | xargs -0 -r cat -- | sha256sum | cut -c1-64)" = "$digest" ] ||
+  incomplete "contents differ"
+trap '' HUP INT TERM
+if [ -e "../$name" ] || [ -L "../$name" ]; then mv -fT -- "../$name" old; fi
+mv -T -- tree "../$name""#;
+
+/// Runs the installer (`$1`, a script) on `$2` in a session of its own, and waits for it: a
+/// killed krops takes its local children along (and a signal, their process group), but never
+/// the installer, which always gets to verify, swap and clean up. Its input ends with krops.
+/// (`-f`: this shell leads its process group, and only a new process can start a session.)
+pub(crate) const DETACHED_INSTALL_SCRIPT: &str = r#"if command -v setsid > /dev/null; then exec setsid -f -w /bin/sh -c "$1" "$0" "$2"; fi
+exec /bin/sh -c "$1" "$0" "$2""#;
+
+/// A tar stream of `files` below `tree/` (directories 0700, files 0600, owned by root), then
+/// `manifest` (see [`INSTALL_SECRETS_SCRIPT`]): last, so that its arrival means every member
+/// before it arrived whole.
+pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
+    use sha2::Digest;
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut directories = std::collections::BTreeSet::new();
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o700);
+    header.set_size(0);
+    builder.append_data(&mut header, "tree", std::io::empty())?;
+    for file in files {
+        let mut parent = Path::new(&file.path).parent();
+        let mut missing = Vec::new();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            if directories.insert(dir.to_owned()) {
+                missing.push(dir.to_owned());
+            }
+            parent = dir.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o700);
+            header.set_mtime(file.mtime);
+            header.set_size(0);
+            builder.append_data(&mut header, Path::new("tree").join(&dir), std::io::empty())?;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o600);
+        header.set_mtime(file.mtime);
+        header.set_size(file.contents.len() as u64);
+        builder.append_data(&mut header, format!("tree/{}", file.path), &file.contents[..])?;
+    }
+    // The target sorts `tree/NAME` byte-wise (`LC_ALL=C sort -z`); so does this.
+    let mut sorted: Vec<&SecretFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let mut digest = sha2::Sha256::new();
+    for file in sorted {
+        digest.update(&file.contents);
+    }
+    let manifest = format!("krops-manifest 1\n{}\n{:x}\n", files.len(), digest.finalize());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o600);
+    header.set_size(manifest.len() as u64);
+    builder.append_data(&mut header, "manifest", manifest.as_bytes())?;
+    builder.into_inner()
+}
