@@ -21,16 +21,7 @@ use crate::transport::{Transport, Tty};
 /// (`sdk::PRIVATE_DIR_FUNCTIONS`: no one else can reach it), then renamed into place.
 /// Whatever stood at `$1` is replaced, never followed: `mv -T` renames over a symlink (to a
 /// directory, too) instead of moving into the directory it points to.
-const WRITE_FILE_SCRIPT: &str = r#"set -e
-umask 077
-mkdir -p -- "$(dirname -- "$1")"
-enter_private_dir "$1.krops-XXXXXX" || exit 1
-trap leave_private_dir EXIT
-cat > file
-chmod "$2" file
-name=${1##*/}
-if [ -d "../$name" ] && [ ! -L "../$name" ]; then rm -rf -- "../$name"; fi
-mv -fT -- file "../$name""#;
+const WRITE_FILE_SCRIPT: &str = include_str!("sh/write_file_script.sh");
 
 /// [`WRITE_FILE_SCRIPT`] with the functions it uses.
 fn write_file_script() -> String {

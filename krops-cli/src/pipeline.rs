@@ -501,135 +501,7 @@ impl Drop for Locks {
 /// closes: when krops releases it, exits, is killed, or its connection drops. The kernel
 /// releases a flock with its holder, so a lock is never stale; and only the directory's owner
 /// can open it, so no one else can hold it.
-const LOCK_SCRIPT: &str = r#"set -e
-p=$1 holder=$3 wait=$4
-# force: the sentinel is made where nothing stands (a dangling symlink makes way), and never
-# through a name someone could point elsewhere meanwhile: a file is hard-linked into place from
-# a fresh one (`ln` fails on whatever stands there; mkdir, too).
-if [ -n "$2" ]; then
-  mkdir -p -- "$p"
-  if [ -L "$p/.populate" ] && [ ! -e "$p/.populate" ]; then rm -f -- "$p/.populate"; fi
-  case $2 in
-    file)
-      if [ ! -e "$p/.populate" ]; then
-        made=$(mktemp -- "$p/.krops-sentinel.XXXXXX")
-        ln -T -- "$made" "$p/.populate" 2> /dev/null || true
-        rm -f -- "$made"
-      fi ;;
-    dir) [ -e "$p/.populate" ] || mkdir -- "$p/.populate" 2> /dev/null || true ;;
-  esac
-fi
-if [ ! -e "$p/.populate" ]; then echo missing; exit 0; fi
-enter_own_dir "$p" create
-exec 9< .
-# Who holds it: a line krops wrote in its own directory, bounded and printable; unless the
-# kernel names a live holder that is no krops run (a krops lock's holder is its run's shell or
-# the `flock` that took it and is gone), which is then named by uid and PID.
-held_by() {
-  for pid in $(awk -v ino="$(stat -c %i .)" '$2 == "FLOCK" { n = split($6, f, ":"); if (f[n] == ino) print $5 }' /proc/locks 2> /dev/null); do
-    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2> /dev/null) in
-      ''|*krops-run-*) ;;
-      *) printf 'foreign uid %s PID %s' "$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status" 2> /dev/null)" "$pid"; return ;;
-    esac
-  done
-  h=$(head -c 300 holder 2> /dev/null | head -n 1 | tr -cd '[:print:]')
-  printf '%s' "${h:-unknown}"
-}
-if [ -n "$wait" ]; then how="-w $wait"; else how=-n; fi
-if ! flock $how 9; then echo "busy $(held_by)"; exit 0; fi
-# A confirm watchdog an earlier run armed (see recovery.rs) may still roll back the system it
-# guards: while it lives (armed, or rolling back), the target is as good as locked by that run,
-# even when the run itself is gone. Its PID heads the armed file, and the log it fires into;
-# only a live process of this user named krops-watchdog counts (a PID may be reused, and anyone
-# can name a process so).
-me=$(id -u)
-watchdog_lives() {
-  for f in watchdog watchdog.fired; do
-    [ -f "$f" ] || continue
-    pid=$(head -n 1 -- "$f" 2> /dev/null) || continue
-    case $pid in ''|0*|*[!0-9]*) continue ;; esac
-    [ "$(stat -c %u "/proc/$pid" 2> /dev/null)" = "$me" ] || continue
-    case $({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2> /dev/null) in *" krops-watchdog "*) return 0 ;; esac
-  done
-  return 1
-}
-waited=0
-while watchdog_lives; do
-  if [ -z "$wait" ] || [ "$waited" -ge "$wait" ]; then
-    echo "busy $(held_by), whose confirm watchdog is armed"; exit 0
-  fi
-  sleep 1; waited=$((waited + 1))
-done
-# Who holds it, written beside and renamed into place: never half-written.
-tmp=$(mktemp holder.XXXXXX)
-printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp"
-mv -fT -- "$tmp" holder
-# What an interrupted earlier run left half-written (temporary files, made by mktemp) goes:
-# only the lock's holder writes here.
-rm -f -- record.?????? holder.??????
-# The state of the sources krops asks about ($5…), and the last record, for skipping what is
-# unchanged (see record.rs).
-shift 4
-for entry do
-  kind=${entry%% *} name=${entry#* }
-  printf 'state %s %s\n' "$(state "$kind" "$name")" "$name"
-done
-if [ -f record ]; then
-  # Bounded: a record krops wrote is a few lines; garbage must not hold the lock for long.
-  head -n 10000 record | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
-fi
-# The system generation before activation: a rollback only undoes a change of it.
-printf 'profile %s\n' "$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)"
-echo locked
-# Nothing more is said: once krops is gone, a write to its closed pipes (even an error message
-# of the scan below) would end this shell with SIGPIPE, and the lock with it.
-exec > /dev/null 2>&1
-# Nor does a failure end it from here on (`set -e` would: a parent exiting during the walk
-# below makes its `sed` fail), for that would let the lock go early.
-set +e
-# krops says `done` when it releases the lock. Without it (krops was killed, its connection
-# dropped), work of this run may still be going on here (a nix-build, an activation): the lock
-# is held until every process of the run, named by the run's marker ($0), has ended.
-# Lines before `done` update the record, beside and renamed into place: `activation OP RESULT
-# TIME` replaces the last activation; `populated BY TIME VERSION` (a run that changed nothing)
-# renews who populated, when, with which krops.
-line=
-while IFS= read -r line; do
-  case $line in
-    done) break ;;
-    "activation "*|"populated "*)
-      if [ -f record ]; then
-        tmp=$(mktemp record.XXXXXX)
-        case $line in
-          activation*) { grep -v '^activation ' record || true; printf '%s\n' "$line"; } > "$tmp" ;;
-          *)
-            set -f; set -- $line; set +f
-            { printf '%s\n' "krops-record 2" "by $2" "when $3" "krops $4"
-              grep -v -e '^krops-record ' -e '^by ' -e '^when ' -e '^krops ' record || true; } > "$tmp" ;;
-        esac
-        mv -fT -- "$tmp" record
-      fi ;;
-  esac
-done
-if [ "$line" != done ]; then
-  # This shell's ancestors (sudo, a login shell) carry the marker too: they are not work. Nor
-  # is a process of another account (anyone can put the marker in a command line): the run's
-  # own are root's, this user's or sudo's invoking user's.
-  # The real uid: a stranger's setuid program (sudo waiting for a password) runs as root.
-  real_uid() { awk '/^Uid:/ { print $2 }' "$1/status" 2> /dev/null; }
-  mine=" " p=$$ users=" 0 $me ${SUDO_UID:+$SUDO_UID }"
-  while [ "${p:-0}" -gt 1 ]; do mine="$mine$p " p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null); done
-  while :; do
-    busy=
-    for d in /proc/[0-9]*; do
-      case $mine in *" ${d#/proc/} "*) continue ;; esac
-      case $({ tr '\0' ' ' < "$d/cmdline"; } 2>/dev/null) in *" $0 "*|*" $0") ;; *) continue ;; esac
-      case $users in *" $(real_uid "$d") "*) busy=1; break ;; esac
-    done
-    [ -n "$busy" ] || break
-    sleep 0.2
-  done
-fi"#;
+const LOCK_SCRIPT: &str = include_str!("sh/lock_script.sh");
 
 fn lock_with_sentinel(
     host: &Transport,
@@ -693,16 +565,7 @@ fn backup(host: &Transport, reporter: &Reporter) -> Result<(), DeployError> {
     // The snapshot is written relative to the sentinel directory, entered once and checked:
     // inside the target, and writable by no one else (who could otherwise point `backup` or
     // anything below it elsewhere meanwhile).
-    let script = r#"if ! { cd -- "$1/.populate" 2> /dev/null &&
-  [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && [ "$(stat -c %u .)" = "$(id -u)" ] &&
-  case $(stat -c %A .) in ?????w????|????????w?) false ;; esac; }; then
-  echo "error: backup needs $1/.populate to be a directory that only $(id -un) can write" >&2; exit 1
-fi
-if [ -L backup ] || { [ -e backup ] && [ ! -d backup ]; }; then rm -f -- backup; fi
-mkdir -p backup
-# The excludes come first: a `.rsync-filter` among the sources (read through -F) must not
-# bring the backup (or krops's own directory) into the backup.
-rsync --exclude /.populate --exclude '/.krops*' -aAXF --delete --link-dest="$1" "$1/" ./backup/"#;
+    let script = include_str!("sh/backup_script.sh");
     timed(reporter, &host.host_label(), Stage::Backup, || {
         stage_script(host, Stage::Backup, script, std::slice::from_ref(&host.target.path), reporter).map(drop)
     })
@@ -919,17 +782,7 @@ fn diff(
 }
 
 /// `$1` path, then `KIND NAME` per source: the record's lines and each source's state.
-const STATUS_SCRIPT: &str = r#"set -e
-p=$1
-shift
-if enter_own_dir "$p" && [ -f record ]; then
-  head -n 10000 record | cut -c1-4096 | while IFS= read -r line; do printf 'record %s\n' "$line"; done
-fi
-cd /
-for entry do
-  kind=${entry%% *} name=${entry#* }
-  printf 'state %s %s\n' "$(state "$kind" "$name")" "$name"
-done"#;
+const STATUS_SCRIPT: &str = include_str!("sh/status_script.sh");
 
 /// Records what was populated (fingerprints, and the states they left on `host`), so that the
 /// next run can skip what is still the same.

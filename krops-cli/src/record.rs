@@ -22,26 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// forged with the same size and mtime) every file's SHA-256 goes in too, bounded (files up to
 /// 16 MiB, 10 s each: a FIFO swapped in, or a huge sparse file, must not hold the lock). When the tools fail (no `find -printf`, no `sha256sum`), it prints `unknown`, which
 /// never matches a record: an unreadable state means "populate".
-pub const STATE_FUNCTION: &str = r#"state() {
-  if [ -e "$p/$2" ] || [ -L "$p/$2" ]; then
-    h=$(cd -- "$p" && {
-      find "./$2" -maxdepth 0 -printf '%P\t%y\t%s\t%T@\t%m\t%l\n' &&
-      if [ "$1" = g ]; then
-        find "./$2" -mindepth 1 -name .git -prune -o -printf '%P\t%y\t%s\t%T@\t%m\t%l\n' &&
-        git -C "./$2" rev-parse HEAD
-      else
-        find "./$2" -mindepth 1 -printf '%P\t%y\t%s\t%T@\t%m\t%l\n'
-      fi &&
-      if [ "$1" = c ]; then find "./$2" -type f -size -16385k -exec timeout 10 sha256sum -- {} +; fi
-    } 2>/dev/null | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
-    case $h in
-      ''|e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855) echo unknown ;;
-      *) echo "$h" ;;
-    esac
-  else
-    echo absent
-  fi
-}"#;
+pub const STATE_FUNCTION: &str = include_str!("sh/state_function.sh");
 
 /// How the lock script and `WRITE_SCRIPT` are told about a source: `KIND NAME`, KIND `g` for a
 /// git work tree, `c` where content counts beyond sizes and mtimes (see `STATE_FUNCTION`), `-`
@@ -136,22 +117,7 @@ impl Seen {
 /// state is taken now, after populate; the file is written beside and renamed into place
 /// (`printf`, not `echo`, so that no name is read as escapes). It has no activation line until
 /// krops tells the lock holder how this run's activation ended.
-pub const WRITE_SCRIPT: &str = r#"set -e
-p=$1 by=$2 version=$3
-shift 3
-enter_own_dir "$p" create
-tmp=$(mktemp record.XXXXXX)
-{
-  printf '%s\n' "krops-record 2" "by $by" "when $(date -u +%Y-%m-%dT%H:%M:%SZ)" "krops $version"
-  for entry do
-    fingerprint=${entry%% *} rest=${entry#* }
-    kind=${rest%% *} rest=${rest#* }
-    type=${rest%% *} rest=${rest#* }
-    commit=${rest%% *} name=${rest#* }
-    printf 'source %s %s %s %s %s\n' "$fingerprint" "$(state "$kind" "$name")" "$type" "$commit" "$name"
-  done
-} > "$tmp"
-mv -fT -- "$tmp" record"#;
+pub const WRITE_SCRIPT: &str = include_str!("sh/write_script.sh");
 
 /// `WRITE_SCRIPT`'s arguments after path, holder and version: `FINGERPRINT KIND TYPE COMMIT
 /// NAME` per source, `-` standing for no fingerprint or commit. Types are the configuration's

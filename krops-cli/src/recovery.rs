@@ -89,11 +89,7 @@ pub fn run_checks(
 /// would leave the remote command running). `timeout` runs it in a process group of its own;
 /// whatever the command left running there when it ended (`sleep 60 &`) is ended with it, for
 /// it would hold the connection open, and the check with it, until it exits.
-const COMMAND_CHECK_SCRIPT: &str = r#"timeout -k 2 "$1" /bin/sh -c "$2" &
-check=$!
-wait "$check" && status=0 || status=$?
-kill -KILL "-$check" 2> /dev/null || true
-exit "$status""#;
+const COMMAND_CHECK_SCRIPT: &str = include_str!("sh/command_check_script.sh");
 
 fn command_check(target: &Transport, command: &str, seconds: u64, reporter: &Reporter) -> Result<(), String> {
     let script = COMMAND_CHECK_SCRIPT;
@@ -173,8 +169,7 @@ pub fn roll_back(
 }
 
 /// After a failed `test`, the system profile's generation (`$1`), activated again.
-const REACTIVATE_SCRIPT: &str = r#"if [ ! -e "$1" ]; then echo "error: no system profile ($1) to return to" >&2; exit 1; fi
-exec "$1/bin/switch-to-configuration" test"#;
+const REACTIVATE_SCRIPT: &str = include_str!("sh/reactivate_script.sh");
 
 /// The rollback command line: like the deploy's, without building anything.
 fn rollback_script(deployment: &Deployment, operation: &str) -> String {
@@ -205,40 +200,7 @@ pub struct Watchdog {
 /// (`watchdog.fired`, which then holds its log). Until then no other run takes the target's
 /// lock (see `pipeline::LOCK_SCRIPT`). The watchdog records what it did as the record's last
 /// activation. Answers the watchdog's PID.
-const ARM_SCRIPT: &str = r#"set -e
-p=$1 seconds=$2 operation=$3
-command -v setsid > /dev/null || { echo "setsid (util-linux) is missing: cannot arm the watchdog" >&2; exit 1; }
-enter_own_dir "$p" create
-rm -f -- watchdog watchdog.confirmed watchdog.fired
-profile=$(readlink -- /nix/var/nix/profiles/system 2>/dev/null || true)
-: > watchdog
-setsid /bin/sh -c '
-seconds=$2 before=$3 operation=$4 system=/nix/var/nix/profiles/system
-sleep "$seconds"
-mv -T -- watchdog watchdog.fired 2>/dev/null || exit 0
-exec >> watchdog.fired 2>&1
-echo "not confirmed within $seconds s" >&2
-if [ "$operation" = test ]; then
-  # nixos-rebuild test made no generation: the current one is what to return to.
-  if [ -e "$system" ] && "$system/bin/switch-to-configuration" test; then result=rolled-back; else result=rollback-failed; fi
-elif [ -n "$before" ] && [ "$(readlink -- "$system" 2>/dev/null || true)" = "$before" ]; then
-  echo "nothing to roll back: the system profile did not change" >&2; result=unchanged
-elif nixos-rebuild switch --rollback; then result=rolled-back
-else result=rollback-failed
-fi
-echo "$result"
-if [ -f record ]; then
-  tmp=$(mktemp record.XXXXXX)
-  { grep -v "^activation " record || true
-    printf "activation watchdog %s %s\n" "$result" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"; } > "$tmp"
-  mv -fT -- "$tmp" record
-fi
-' krops-watchdog "$p" "$seconds" "$profile" "$operation" < /dev/null > /dev/null 2>&1 &
-echo $! > watchdog
-# Started, and not gone at once.
-sleep 0.1
-kill -0 "$(cat watchdog)" 2>/dev/null || { echo "the watchdog did not start" >&2; exit 1; }
-cat watchdog"#;
+const ARM_SCRIPT: &str = include_str!("sh/arm_script.sh");
 
 /// Arms the watchdog on `target` (over the run's connection), before activation.
 pub fn arm(
@@ -280,26 +242,7 @@ pub fn arm(
 /// directory is. Answers `confirmed`; `fired VERDICT` when the watchdog was first
 /// (`rolled-back`, `rollback-failed`, `unchanged`, or `running` while it still rolls back);
 /// `gone` when there is neither (removed by hand).
-const CONFIRM_SCRIPT: &str = r#"watchdog=
-case $2 in ''|0*|*[!0-9]*) ;; *)
-  if [ "$(stat -c %u "/proc/$2" 2> /dev/null)" = "$(id -u)" ]; then
-    case $({ tr '\0' ' ' < "/proc/$2/cmdline"; } 2> /dev/null) in *" krops-watchdog "*) watchdog=$2 ;; esac
-  fi ;;
-esac
-if [ -n "$watchdog" ] && cd "/proc/$watchdog/cwd" 2> /dev/null && own_dir_here "$1"; then :
-elif ! enter_own_dir "$1"; then echo gone; exit 0
-fi
-if [ -f watchdog ] && mv -T -- watchdog watchdog.confirmed 2>/dev/null; then
-  [ -z "$watchdog" ] || kill -TERM "-$watchdog" 2>/dev/null || true
-  echo confirmed
-elif [ -f watchdog.fired ]; then
-  case $(tail -n 1 -- watchdog.fired) in
-    rolled-back|rollback-failed|unchanged) echo "fired $(tail -n 1 -- watchdog.fired)" ;;
-    *) echo "fired running" ;;
-  esac
-else
-  echo gone
-fi"#;
+const CONFIRM_SCRIPT: &str = include_str!("sh/confirm_script.sh");
 
 /// How long one attempt to reach the target over a new connection may take.
 const RECONNECT_TIMEOUT: u64 = 5;

@@ -9,15 +9,7 @@ pub use crate::secrets::{SecretFile, PRIVATE_DIR_FUNCTIONS};
 /// `$1` the secrets' directory, `$2` a salt: `HASH<TAB>NAME<NUL>` per file below it, HASH being
 /// SHA-256 of the salt followed by the file's content; `absent` when no directory is there
 /// (a symlink counts as none: installing replaces it).
-const SECRET_HASHES_SCRIPT: &str = r#"set -eu
-if [ -L "$1" ] || [ ! -d "$1" ]; then echo absent; exit 0; fi
-cd -- "$1"
-find . -type f -exec /bin/sh -c '
-salt=$1; shift
-for f do
-  h=$({ printf "%s" "$salt"; cat -- "$f"; } | sha256sum | cut -c1-64)
-  printf "%s\t%s\0" "$h" "${f#./}"
-done' sh "$2" {} +"#;
+const SECRET_HASHES_SCRIPT: &str = include_str!("sh/secret_hashes_script.sh");
 
 /// What installing `files` at `destination` would change, by name (`ignored` names, such as
 /// bookkeeping files, left out on both sides). Contents are compared through SHA-256 hashes

@@ -25,20 +25,7 @@ pub struct SecretFile {
 ///
 /// `enter_private_dir TEMPLATE`: makes and enters the directory (`$private` its path) or
 /// explains and fails; `leave_private_dir`: removes what it holds and the directory itself.
-pub const PRIVATE_DIR_FUNCTIONS: &str = r#"private_here() {
-  [ "$(stat -c '%u %a %F' .)" = "$(id -u) 700 directory" ] &&
-  [ "$(stat -c %d:%i ..)" = "$(stat -L -c %d:%i -- "$1")" ] && [ -z "$(ls -A)" ]
-}
-enter_private_dir() {
-  private=$(mktemp -d -- "$1") && cd -- "$private" && private_here "${1%/*}" || {
-    echo "error: cannot make a private directory beside ${1%.krops-*} (does another account write there?)" >&2
-    return 1
-  }
-}
-leave_private_dir() {
-  find . -mindepth 1 -delete 2> /dev/null || true
-  cd .. && rmdir -- "${private##*/}" 2> /dev/null || true
-}"#;
+pub const PRIVATE_DIR_FUNCTIONS: &str = include_str!("sh/private_dir_functions.sh");
 
 /// Installs a secret tree (`$1` its destination) from a tar stream on stdin, as
 /// [`secret_archive`] packs it: the tree below `tree/`, then a manifest (the count of its
@@ -47,54 +34,13 @@ leave_private_dir() {
 /// that success) or a full disk leave the old tree as it was, and every way out before the
 /// swap (a failure, a signal, the connection dropping, which ends the stream) removes the
 /// staging directory. Once the swap begins, nothing stops it halfway.
-pub(crate) const INSTALL_SECRETS_SCRIPT: &str = r#"set -eu
-umask 077
-dest=$1 name=${1##*/}
-# A vanished reader of an error message must not end this shell before it cleans up.
-trap '' PIPE
-# Staging directories of installers that could not finish (a machine that lost power) go.
-for stale in "$dest".krops-staging.*; do
-  if [ -d "$stale" ] && [ ! -L "$stale" ] && [ "$(stat -c '%u %a' -- "$stale")" = "$(id -u) 700" ]; then
-    rm -rf -- "$stale"
-  fi
-done
-entered=
-trap '[ -z "$entered" ] || leave_private_dir' EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
-enter_private_dir "$dest.krops-staging.XXXXXX" || exit 1
-entered=1
-incomplete() {
-  echo "error: the secrets for $dest arrived incomplete ($1); the old ones stay in place" >&2
-  exit 1
-}
-if ! failed=$(tar -x -p --no-same-owner -f - 2>&1 > /dev/null); then
-  why=$(printf '%s\n' "$failed" | grep -v 'Exiting with failure' | head -n 1)
-  # tar says "Wrote only N of M bytes" of a full disk, not why: the file system tells.
-  case $why in *"No space left"*) ;; *)
-    free=$(df -Pk . 2> /dev/null | awk 'NR == 2 { print $4 }')
-    if [ -n "$free" ] && [ "$free" -lt 64 ]; then why="No space left on device ($why)"; fi ;;
-  esac
-  echo "error: cannot unpack the secrets for $dest: $why" >&2
-  exit 1
-fi
-[ -d tree ] && [ -f manifest ] || incomplete "the stream ended early"
-{ read -r format && read -r count && read -r digest; } < manifest || incomplete "no manifest"
-[ "$format" = "krops-manifest 1" ] || incomplete "an unknown manifest"
-[ "$(find tree ! -type d -printf x | wc -c)" = "$count" ] || incomplete "files missing"
-[ "$(find tree ! -type d -print0 | LC_ALL=C sort -z | xargs -0 -r cat -- | sha256sum | cut -c1-64)" = "$digest" ] ||
-  incomplete "contents differ"
-trap '' HUP INT TERM
-if [ -e "../$name" ] || [ -L "../$name" ]; then mv -fT -- "../$name" old; fi
-mv -T -- tree "../$name""#;
+pub(crate) const INSTALL_SECRETS_SCRIPT: &str = include_str!("sh/install_secrets_script.sh");
 
 /// Runs the installer (`$1`, a script) on `$2` in a session of its own, and waits for it: a
 /// killed krops takes its local children along (and a signal, their process group), but never
 /// the installer, which always gets to verify, swap and clean up. Its input ends with krops.
 /// (`-f`: this shell leads its process group, and only a new process can start a session.)
-pub(crate) const DETACHED_INSTALL_SCRIPT: &str = r#"if command -v setsid > /dev/null; then exec setsid -f -w /bin/sh -c "$1" "$0" "$2"; fi
-exec /bin/sh -c "$1" "$0" "$2""#;
+pub(crate) const DETACHED_INSTALL_SCRIPT: &str = include_str!("sh/detached_install_script.sh");
 
 /// A tar stream of `files` below `tree/` (directories 0700, files 0600, owned by root), then
 /// `manifest` (see [`INSTALL_SECRETS_SCRIPT`]): last, so that its arrival means every member

@@ -1,6 +1,7 @@
 //! Project rules checked as tests, so CI has nothing extra to remember: every module says
-//! what it is for, formatting is `cargo fmt`'s, processes start in one place (clippy), and the
-//! crate boundaries of ARCHITECTURE.md hold (cargo tree).
+//! what it is for, formatting is `cargo fmt`'s, processes start in one place (clippy), the
+//! crate boundaries of ARCHITECTURE.md hold (cargo tree), and every target-side script (the
+//! `.sh` files beside the sources, embedded with `include_str!`) passes `sh -n` and shellcheck.
 
 // Test and build tooling starts its helper programs directly; the exec-only rule is krops's.
 #![allow(clippy::disallowed_methods)]
@@ -23,6 +24,25 @@ fn sources() -> Vec<PathBuf> {
             if path.is_dir() && name != "target" && name != ".git" {
                 pending.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Every `.sh` file below the workspace's source directories (examples and fixtures too).
+fn scripts() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![workspace()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() && name != "target" && name != ".git" {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "sh") {
                 found.push(path);
             }
         }
@@ -122,4 +142,32 @@ fn populators_depend_on_the_contract_only() {
         assert!(names.iter().any(|n| n == "krops_core"), "{name} does not use krops-core: {names:?}");
         assert!(!names.iter().any(|n| n == "krops"), "{name} links krops-cli's library: {names:?}");
     }
+}
+
+/// The shell krops runs on targets lives in `.sh` files, where tools can read it: each parses
+/// (`sh -n`) and is clean for shellcheck as POSIX sh (a finding that is meant carries its
+/// `# shellcheck disable=` with the reason).
+#[test]
+fn target_side_scripts_pass_sh_n_and_shellcheck() {
+    let scripts: Vec<PathBuf> = scripts().into_iter().filter(|p| relative(p).contains("/src/sh/")).collect();
+    assert!(scripts.len() >= 19, "the target-side scripts are not where they should be: {scripts:?}");
+    let mut failures = Vec::new();
+    for script in &scripts {
+        for (tool, args) in [("sh", vec!["-n"]), ("shellcheck", vec!["-s", "sh", "-f", "gcc"])] {
+            let output = Command::new(tool)
+                .args(&args)
+                .arg(script)
+                .output()
+                .unwrap_or_else(|e| panic!("{tool} does not run ({e}); `cargo xtask test` installs it"));
+            if !output.status.success() {
+                failures.push(format!(
+                    "{tool} {}:\n{}{}",
+                    relative(script),
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -29,6 +29,7 @@ pub const TEST: &[Requirement] = &[
     ("nix-build", "nix-bin"),
     ("script", "bsdutils"),
     ("tmux", "tmux"),
+    ("shellcheck", "shellcheck"),
 ];
 
 pub const TEST_VM: &[Requirement] = &[

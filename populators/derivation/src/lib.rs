@@ -36,13 +36,7 @@ impl PopulatorPlugin for Derivation {
         // closing one): nix-build must never read it as an option, whatever it begins with.
         // An out-link replaces an earlier out-link by itself; anything else at the path (a
         // symlink elsewhere, which nix-build refuses to replace, a file, a directory) makes way.
-        let script = r#"set -e
-if [ -L "$1" ]; then
-  case $(readlink -- "$1") in /nix/store/*) ;; *) rm -f -- "$1" ;; esac
-elif [ -e "$1" ]; then
-  rm -rf -- "$1"
-fi
-nix-build -E "$2" -o "$1""#;
+        let script = include_str!("sh/populate_script.sh");
         let expression = format!("(\n{}\n)", request.attrs.text);
         let output = target.run_script(script, &[&request.destination(), &expression], b"")?;
         let store_path = String::from_utf8_lossy(&output).lines().last().unwrap_or_default().to_owned();
@@ -52,11 +46,7 @@ nix-build -E "$2" -o "$1""#;
     /// The output path the expression evaluates to on the target (`nix-instantiate --eval`
     /// computes it without building or writing to the store) against the out-link there.
     fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
-        let script = r#"if [ -L "$1" ]; then printf 'link %s\n' "$(readlink -- "$1")"
-elif [ -e "$1" ]; then echo other
-else echo absent
-fi
-nix-instantiate --eval --json -E "$2""#;
+        let script = include_str!("sh/diff_script.sh");
         let expression = format!("(\n{}\n).outPath", request.attrs.text);
         let answer = target.run_script(script, &[&request.destination(), &expression], b"")?;
         let answer = String::from_utf8_lossy(&answer);

@@ -133,10 +133,7 @@ impl PopulatorPlugin for File {
 }
 
 /// What [`CLEAR_THE_WAY`] would remove, said in words (nothing: rsync writes into it).
-const WHAT_MAKES_WAY: &str = r#"if [ -L "$1" ]; then echo "a symlink"
-elif [ -e "$1" ] && ! test "$2" "$1"; then
-  if [ -d "$1" ]; then echo "a directory"; else echo "a file"; fi
-fi"#;
+const WHAT_MAKES_WAY: &str = include_str!("sh/what_makes_way.sh");
 
 /// One line of `rsync --itemize-changes` as a change: a creation is an addition, `*deleting`
 /// a deletion, a transfer or changed attribute of anything but a directory a change. A

@@ -43,95 +43,16 @@ pub struct Clean {
 /// that follow by one that runs nothing of it: `cat` both ways, no long-running process, not
 /// required; and every submodule's `update` is `checkout` (not a `!command`). Overrides travel in git's environment (`GIT_CONFIG_COUNT`), which outranks every
 /// configuration file; the work tree's own file is left as it is.
-const NEUTRAL_FILTERS_FUNCTION: &str = r#"neutralise_filters() {
-  n=0
-  while IFS= read -r section; do
-    [ -n "$section" ] || continue
-    for setting in clean=cat smudge=cat process= required=false; do
-      export "GIT_CONFIG_KEY_$n=$section.${setting%%=*}" "GIT_CONFIG_VALUE_$n=${setting#*=}"
-      n=$((n + 1))
-    done
-  done <<EOF
-$(command git -C "$1" config --local --includes --name-only --get-regexp '^filter\.' 2> /dev/null | sed 's/\.[^.]*$//' | sort -u)
-EOF
-  # A submodule's `update = !command` would run that command.
-  while IFS= read -r key; do
-    [ -n "$key" ] || continue
-    export "GIT_CONFIG_KEY_$n=$key" "GIT_CONFIG_VALUE_$n=checkout"
-    n=$((n + 1))
-  done <<EOF
-$(command git -C "$1" config --local --includes --name-only --get-regexp '^submodule\..*\.update$' 2> /dev/null)
-EOF
-  export GIT_CONFIG_COUNT=$n
-}"#;
+const NEUTRAL_FILTERS_FUNCTION: &str = include_str!("sh/neutral_filters_function.sh");
 
 /// Puts commit `$3` of `$2` at `$1`. `$4`: shallow, `$5`: fetch always (1 or 0); the rest are
 /// `git clean` exclude patterns.
-const POPULATE_SCRIPT: &str = r#"set -efu
-dest=$1 url=$2 commit=$3 shallow=$4 fetch_always=$5
-shift 5
-# Configuration found on the target never runs code or reaches elsewhere: no hooks, no
-# fsmonitor, no ext:: transport, the standard upload-pack.
-git() {
-  command git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c protocol.ext.allow=never \
-    -c remote.origin.uploadpack=git-upload-pack -c core.sshCommand=ssh "$@"
-}
-# Anything at the path that is not the top of a work tree of its own makes way, as in krops:
-# its .git must be a real directory inside it (not a symlink or a `gitdir:` file, which would
-# lead git to a repository elsewhere).
-if [ -e "$dest" ] || [ -L "$dest" ]; then
-  top=$(git -C "$dest" rev-parse --show-toplevel 2>/dev/null || true)
-  if [ -L "$dest" ] || [ -L "$dest/.git" ] || [ ! -d "$dest/.git" ] || [ "$top" != "$(cd -- "$dest" && pwd -P)" ]; then
-    rm -rf -- "$dest"
-  fi
-fi
-if [ ! -e "$dest" ]; then
-  if [ "$shallow" = 1 ]; then
-    git init -q -- "$dest"
-  else
-    git clone -q --no-checkout -- "$url" "$dest"
-  fi
-fi
-cd -- "$dest"
-neutralise_filters .
-if ! current=$(git config --get remote.origin.url); then
-  git remote add origin "$url"
-elif [ "$current" != "$url" ]; then
-  git remote set-url origin "$url"
-fi
-if [ "$fetch_always" = 1 ] || ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
-  if [ "$shallow" = 1 ]; then
-    git fetch -q --depth=1 origin "$commit"
-  else
-    git fetch -q origin "$commit"
-  fi
-fi
-# A work tree already at the commit and unmodified is left alone, so that a redeploy changes
-# nothing (not even git's index or reflog); status must not refresh the index either.
-head=$(git rev-parse -q --verify HEAD || true)
-if [ "$head" != "$commit" ] || [ -n "$(GIT_OPTIONAL_LOCKS=0 git status --porcelain --untracked-files=no)" ]; then
-  git reset -q --hard "$commit"
-  git submodule -q update --init --recursive
-fi
-count=$#
-for pattern do set -- "$@" -e "$pattern"; done
-shift "$count"
-git clean -q -dfx "$@"
-git rev-parse HEAD"#;
+const POPULATE_SCRIPT: &str = include_str!("sh/populate_script.sh");
 
 /// `$1` the work tree: `absent`, `replaced` (not a work tree of its own: populate would clone
 /// afresh), or `head COMMIT`, then `modified` when tracked files differ from HEAD. Reads only:
 /// no index refresh, no hooks, no fsmonitor.
-const HEAD_SCRIPT: &str = r#"dest=$1
-git() { GIT_OPTIONAL_LOCKS=0 command git -c core.hooksPath=/dev/null -c core.fsmonitor=false "$@"; }
-if [ ! -e "$dest" ] && [ ! -L "$dest" ]; then echo absent; exit 0; fi
-top=$(git -C "$dest" rev-parse --show-toplevel 2>/dev/null || true)
-if [ -L "$dest" ] || [ -L "$dest/.git" ] || [ ! -d "$dest/.git" ] || [ "$top" != "$(cd -- "$dest" && pwd -P)" ]; then
-  echo replaced; exit 0
-fi
-neutralise_filters "$dest"
-echo "head $(git -C "$dest" rev-parse -q --verify HEAD || echo none)"
-if [ -n "$(git -C "$dest" status --porcelain --untracked-files=no 2>/dev/null)" ]; then echo modified; fi"#;
+const HEAD_SCRIPT: &str = include_str!("sh/head_script.sh");
 
 impl PopulatorPlugin for Git {
     const TYPE: &'static str = "git";

@@ -86,10 +86,7 @@ impl PopulatorPlugin for Pipe {
     /// secret; a secret belongs in pass or passage).
     fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
         let output = self.output(target, &request.name, &request.attrs.command)?;
-        let script = r#"if [ -L "$1" ]; then echo "a symlink"
-elif [ -f "$1" ]; then sha256sum < "$1" | cut -c1-64
-elif [ -e "$1" ]; then echo "a directory"
-fi"#;
+        let script = include_str!("sh/diff_script.sh");
         let there = target.run_script(script, &[&request.destination()], b"")?;
         let there = String::from_utf8_lossy(&there).trim().to_owned();
         let ours = sha256_hex(&output);

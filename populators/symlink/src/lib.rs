@@ -39,23 +39,13 @@ impl PopulatorPlugin for Symlink {
         // A file or an old link (wherever it points) makes way for the link; a directory is
         // refused, as krops's `ln -sfT` refuses it. The new link is made beside the old one and
         // renamed over it (`-T`: never into a directory it points to), so the name never dangles.
-        let script = r#"set -e
-if [ -d "$1" ] && [ ! -L "$1" ]; then
-  echo "$1 is a directory; remove it or name the symlink source differently" >&2; exit 1
-fi
-rm -rf -- "$1.krops-new"
-# -T: should anything appear at the name meanwhile, fail rather than make the link inside it.
-ln -sT -- "$2" "$1.krops-new"
-mv -fT -- "$1.krops-new" "$1""#;
+        let script = include_str!("sh/populate_script.sh");
         target.run_script(script, &[&request.destination(), &request.attrs.target], b"")?;
         Ok(serde_json::json!({ "target": request.attrs.target }))
     }
 
     fn diff(&self, target: &Target<'_>, request: PopulateRequest<Attrs>) -> Result<Diff, String> {
-        let script = r#"if [ -L "$1" ]; then printf 'link %s' "$(readlink -- "$1")"
-elif [ -d "$1" ]; then echo directory
-elif [ -e "$1" ]; then echo file
-fi"#;
+        let script = include_str!("sh/diff_script.sh");
         let destination = request.destination();
         let there = target.run_script(script, &[&destination], b"")?;
         let there = String::from_utf8_lossy(&there);
