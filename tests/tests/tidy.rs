@@ -171,3 +171,51 @@ fn target_side_scripts_pass_sh_n_and_shellcheck() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// ARCHITECTURE.md stays true: its codemap names every source file of the crates and of the
+/// test harness, and every test its invariants cite (`module::name`, or
+/// `module::site::name` for the scenarios run on every site) exists.
+#[test]
+fn architecture_names_every_module_and_cites_real_tests() {
+    let root = workspace();
+    let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let dirs = [
+        "krops-cli/src",
+        "krops-core/src",
+        "krops-core/abi/src",
+        "tests/src",
+        "tests/tests/integration",
+        "xtask/src",
+    ];
+    let mut unnamed = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(root.join(dir)).expect("read_dir").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".rs") && !architecture.contains(&name) {
+                unnamed.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    assert!(unnamed.is_empty(), "ARCHITECTURE.md's codemap does not name: {unnamed:?}");
+    let invariants = &architecture[architecture.find("## Invariants").expect("an Invariants section")..];
+    let mut missing = Vec::new();
+    for cited in invariants.split('`').skip(1).step_by(2) {
+        let parts: Vec<&str> = cited.split("::").collect();
+        let (module, test) = match parts.as_slice() {
+            [module, test] | [module, "local" | "root" | "sudo", test] => (*module, *test),
+            _ => continue,
+        };
+        let file = if module == "tidy" {
+            root.join("tests/tests/tidy.rs")
+        } else {
+            root.join(format!("tests/tests/integration/{module}.rs"))
+        };
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        // A test is a function, or a name a macro makes one of (`on_every_site!`, `corpus!`).
+        let defined = [format!("fn {test}("), format!("    {test},"), format!("    {test}: ")];
+        if !defined.iter().any(|d| text.contains(d.as_str())) {
+            missing.push(cited.to_owned());
+        }
+    }
+    assert!(missing.is_empty(), "ARCHITECTURE.md's invariants cite tests that do not exist: {missing:?}");
+}
