@@ -144,9 +144,23 @@ enum Group {
     Krops,
 }
 
+/// Whether the user can answer a child's prompt: the binary says so once (whether its stdin
+/// is a terminal); the library itself knows nothing of terminals.
+static PROMPTS: AtomicBool = AtomicBool::new(false);
+
+/// Tells the library whether children that inherit stdin may prompt the user (ssh's passphrase
+/// and host-key questions): they then stay in krops's process group, the terminal's.
+pub fn allow_prompts(allowed: bool) {
+    PROMPTS.store(allowed, Ordering::Relaxed);
+}
+
+/// See [`allow_prompts`].
+pub fn prompts_allowed() -> bool {
+    PROMPTS.load(Ordering::Relaxed)
+}
+
 fn group_for(argv: &Argv, input: &Input<'_>) -> Group {
-    use std::io::IsTerminal;
-    let interactive = matches!(input, Input::Inherit) && std::io::stdin().is_terminal();
+    let interactive = matches!(input, Input::Inherit) && prompts_allowed();
     if interactive || argv.program() == "sudo" {
         Group::Krops
     } else {

@@ -204,6 +204,10 @@ fn main() -> ExitCode {
         Err(error) => error.exit(),
     };
     render::init_tracing(cli.verbose, cli.quiet, render::colors(&cli.color));
+    exec::allow_prompts({
+        use std::io::IsTerminal;
+        std::io::stdin().is_terminal()
+    });
     match run(cli) {
         Ok(code) => code,
         Err(UsageError(error)) => {

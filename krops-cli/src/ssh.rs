@@ -14,7 +14,6 @@
 //! connection at once (the pipeline admits them), leaving the other sessions for work.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,7 +124,7 @@ impl Multiplexer {
             .map(|out| String::from_utf8_lossy(&out).into_owned())
             .unwrap_or_default();
         let argv = transport.master(&socket, &defaults(&resolved));
-        let _prompting = if std::io::stdin().is_terminal() { Some(self.prompt.lock()) } else { None };
+        let _prompting = if exec::prompts_allowed() { Some(self.prompt.lock()) } else { None };
         let master = Background::start(&argv).map_err(|e| e.to_string())?;
         let pid = master.pid();
         // Registered before it is ready, so that a shutdown meanwhile (Ctrl-C) ends it too.

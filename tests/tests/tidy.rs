@@ -219,3 +219,34 @@ fn architecture_names_every_module_and_cites_real_tests() {
     }
     assert!(missing.is_empty(), "ARCHITECTURE.md's invariants cite tests that do not exist: {missing:?}");
 }
+
+/// The host's library (krops-cli but for the binary's own modules) knows nothing of clap or
+/// terminals, and only the plugin loader and the host's handle touch abi_stable: every other
+/// stage calls plugins through `loader::Plugin`'s typed methods.
+#[test]
+fn the_library_knows_no_terminal_and_only_the_loader_knows_abi_stable() {
+    let binary_only = ["main.rs", "render.rs", "man.rs", "completions.rs"];
+    let abi_side = ["loader.rs", "handle.rs"];
+    let mut offences = Vec::new();
+    for entry in std::fs::read_dir(workspace().join("krops-cli/src")).expect("read_dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("source");
+        // Code only: the module's own documentation may say what it does not do.
+        let code: String =
+            text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        if !binary_only.contains(&name.as_str()) {
+            for word in ["clap", "indicatif", "is_terminal", "IsTerminal"] {
+                if code.contains(word) {
+                    offences.push(format!("krops-cli/src/{name} uses {word}"));
+                }
+            }
+        }
+        if !abi_side.contains(&name.as_str()) && code.contains("abi_stable") {
+            offences.push(format!("krops-cli/src/{name} uses abi_stable"));
+        }
+    }
+    assert!(offences.is_empty(), "{offences:?}");
+}
