@@ -13,6 +13,11 @@
 //! against without every other detail of the tree). (Version 1 records, whose
 //! source lines lack TYPE and COMMIT, are still read.)
 
+use crate::config::Deployment;
+use crate::events::{DeployError, Event, Reporter, Stage};
+use crate::stage::{stage_script, timed};
+use crate::target::Origin;
+use crate::transport::Transport;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A shell function, `state KIND NAME`, printing the state of `<path>/NAME` (`$p`): a SHA-256
@@ -137,6 +142,74 @@ pub fn write_arguments(
             format!("{fingerprint} {} {source_type} {commit} {name}", state_kind(&source.source_type))
         })
         .collect()
+}
+
+/// Reads the deploy record and every configured source's state on `host`, without a lock and
+/// without writing, and reports them (`Event::Status`).
+pub(crate) fn status(
+    host: &Transport,
+    deployment: &Deployment,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let label = host.host_label();
+    timed(reporter, &label, Stage::Status, || {
+        let mut args = vec![host.target.path.clone()];
+        args.extend(deployment.source.iter().map(|(name, s)| state_argument(&s.source_type, name)));
+        let script = crate::own_dir::with_functions(&format!("{}\n{STATUS_SCRIPT}", STATE_FUNCTION));
+        let lines = stage_script(host, Stage::Status, &script, &args, reporter)?;
+        let lines: Vec<String> = String::from_utf8_lossy(&lines).lines().map(str::to_owned).collect();
+        let seen = Seen::parse(&lines);
+        let sources = deployment
+            .source
+            .keys()
+            .map(|name| {
+                let state = seen.states.get(name).map_or("unknown", String::as_str);
+                let verdict = match seen.states_recorded.get(name) {
+                    None => "not recorded",
+                    Some(_) if state == "absent" => "missing",
+                    Some(recorded) if recorded == state => "as recorded",
+                    Some(_) => "drifted",
+                };
+                let (source_type, commit) = seen.kinds.get(name).cloned().unzip();
+                crate::events::SourceStatus {
+                    name: name.clone(),
+                    verdict: verdict.to_owned(),
+                    source_type,
+                    commit: commit.flatten(),
+                }
+            })
+            .collect();
+        reporter.emit(Event::Status {
+            deployment: reporter.deployment.clone(),
+            host: label.clone(),
+            deployed: !seen.header.is_empty(),
+            record: seen.header,
+            sources,
+        });
+        Ok(())
+    })
+}
+
+/// `$1` path, then `KIND NAME` per source: the record's lines and each source's state.
+pub(crate) const STATUS_SCRIPT: &str = include_str!("sh/status_script.sh");
+
+/// Records what was populated (fingerprints, and the states they left on `host`), so that the
+/// next run can skip what is still the same.
+pub(crate) fn write_record(
+    host: &Transport,
+    deployment: &Deployment,
+    fingerprints: &BTreeMap<String, String>,
+    origin: &Origin,
+    reporter: &Reporter,
+) -> Result<(), DeployError> {
+    let mut args = vec![
+        host.target.path.clone(),
+        format!("{}@{}", origin.user, origin.host),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    ];
+    args.extend(write_arguments(fingerprints, &deployment.source));
+    let script = crate::own_dir::with_functions(&format!("{}\n{}", STATE_FUNCTION, WRITE_SCRIPT));
+    stage_script(host, Stage::Populate, &script, &args, reporter).map(drop)
 }
 
 #[cfg(test)]
