@@ -15,25 +15,16 @@ fn workspace() -> PathBuf {
 
 /// Every `.rs` file below the workspace's source directories.
 fn sources() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![workspace()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            if path.is_dir() && name != "target" && name != ".git" {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
+    files_ending_in("rs")
 }
 
 /// Every `.sh` file below the workspace's source directories (examples and fixtures too).
 fn scripts() -> Vec<PathBuf> {
+    files_ending_in("sh")
+}
+
+/// Every file with `extension` below the workspace, but for `target` and `.git`, sorted.
+fn files_ending_in(extension: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![workspace()];
     while let Some(dir) = pending.pop() {
@@ -42,7 +33,7 @@ fn scripts() -> Vec<PathBuf> {
             let name = entry.file_name();
             if path.is_dir() && name != "target" && name != ".git" {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "sh") {
+            } else if path.extension().is_some_and(|e| e == extension) {
                 found.push(path);
             }
         }

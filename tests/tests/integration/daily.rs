@@ -17,15 +17,7 @@ fn krops_in(sb: &Sandbox, dir: &str, args: &[&str]) -> Outcome {
 #[test]
 fn the_configuration_is_found_from_a_subdirectory() {
     let sb = Sandbox::new();
-    sb.target_dir("site");
-    sb.write("conf/a", "a");
-    sb.write(
-        "krops.toml",
-        &format!(
-            "[deployments.site]\ntarget = {:?}\nsource.a.file = \"conf/a\"\n",
-            sb.path("site").display().to_string()
-        ),
-    );
+    sb.one_local_file_deployment();
     krops_in(&sb, "deep/er/still", &["populate"]).success();
     assert_eq!(sb.read("site/a"), "a");
     sb.write("deep/krops.json", "{\"deployments\": {}}");

@@ -89,6 +89,20 @@ impl Sandbox {
         command
     }
 
+    /// A krops.toml with one local deployment `site` into `site/` (sentinel made) with one
+    /// file source `a` (`conf/a`, content "a").
+    pub fn one_local_file_deployment(&self) {
+        self.target_dir("site");
+        self.write("conf/a", "a");
+        self.write(
+            "krops.toml",
+            &format!(
+                "[deployments.site]\ntarget = {:?}\nsource.a.file = \"conf/a\"\n",
+                self.path("site").display().to_string()
+            ),
+        );
+    }
+
     /// Names, recursively, of everything below `relative` (for "nothing was touched").
     pub fn listing(&self, relative: &str) -> Vec<String> {
         list(&self.path(relative))

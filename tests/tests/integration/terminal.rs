@@ -100,15 +100,7 @@ fn every_deployment_of_a_fleet_ends_visibly() {
 #[test]
 fn interactive_shows_the_diff_and_asks() {
     let sb = Sandbox::new();
-    sb.target_dir("site");
-    sb.write("conf/a", "a");
-    sb.write(
-        "krops.toml",
-        &format!(
-            "[deployments.site]\ntarget = {:?}\nsource.a.file = \"conf/a\"\n",
-            sb.path("site").display().to_string()
-        ),
-    );
+    sb.one_local_file_deployment();
     let terminal = Terminal::start(&krops_in(&sb, "--interactive populate"));
     let screen = terminal.wait_for("populate site? [y/N]", 20);
     assert!(screen.contains("[site] a (file): added"), "no diff before the question:\n{screen}");
