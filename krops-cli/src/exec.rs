@@ -400,6 +400,8 @@ pub struct Background {
     pub program: String,
     child: std::process::Child,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Reads `stderr` until the pipe's end.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Background {
@@ -411,7 +413,7 @@ impl Background {
         let mut child = spawn(command, Group::Krops)
             .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        if let Some(pipe) = child.stderr.take() {
+        let reader = child.stderr.take().map(|pipe| {
             let sink = stderr.clone();
             std::thread::spawn(move || {
                 for line in lossy_lines(pipe).map_while(Result::ok) {
@@ -420,9 +422,9 @@ impl Background {
                         kept.push('\n');
                     }
                 }
-            });
-        }
-        Ok(Background { program, child, stderr })
+            })
+        });
+        Ok(Background { program, child, stderr, reader })
     }
 
     /// `Some(error)` once the child has exited, with what it printed.
@@ -430,8 +432,15 @@ impl Background {
         match self.child.try_wait() {
             Ok(None) => None,
             Ok(Some(status)) => {
-                // Let the reader thread catch the last lines.
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                // The reader has the last lines once the pipe ends, which may take longer than
+                // the exit on a loaded machine; a child of the child (a ProxyCommand) may hold
+                // the pipe open, so the wait is bounded.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while self.reader.as_ref().is_some_and(|r| !r.is_finished())
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
                 Some(ExecError::Failed { program: self.program.clone(), status, stderr, stdout: Vec::new() })
             }

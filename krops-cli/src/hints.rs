@@ -24,7 +24,15 @@ fn hint(error: &DeployError, deployment: &Deployment) -> Option<String> {
             && (said.contains(&format!("file '{name}'")) || said.contains(&format!("file '{name}/")))
     };
     match error.stage {
-        Stage::Connect => connect_hint(said, host, deployment),
+        Stage::Connect => connect_hint(said, host, deployment).or_else(|| {
+            // With LogLevel=ERROR (or QUIET) ssh reports a connection closed before the
+            // banner (a failing ProxyCommand, a peer that hangs up) at no level it shows.
+            error.output.as_deref().unwrap_or_default().trim().is_empty().then(|| {
+                format!(
+                    "ssh ended without saying why, as it does when its LogLevel hides it: the connection to {host} closed at once (a ProxyCommand or ProxyJump that failed, or a peer that hung up); see with `-o LogLevel=INFO` in extraOptions"
+                )
+            })
+        }),
         Stage::Activate | Stage::Build if not_found("nixos-rebuild") || not_found("nix-build") => Some(format!(
             "{host} has no {}: is it NixOS? For another system, deploy with `krops populate`, or `krops run` a command (kind = \"run\")",
             if not_found("nixos-rebuild") { "nixos-rebuild" } else { "nix-build" }

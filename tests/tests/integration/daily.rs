@@ -213,7 +213,7 @@ fn common_failures_come_with_hints() {
     );
     let error = failure_of(&out, "proxy");
     assert_eq!(error["stage"], "connect", "{error}");
-    assert!(error["hint"].as_str().unwrap().contains("a ProxyCommand or ProxyJump"), "{error}");
+    assert!(error["hint"].as_str().unwrap_or_default().contains("a ProxyCommand or ProxyJump"), "{error}");
 
     // A type without a plugin: where krops looked, and what the plugin file would be called.
     sb.krops(&["eval", "plugin"])
