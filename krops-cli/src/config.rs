@@ -12,19 +12,12 @@ use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use krops_core::wire::Traits;
+
 use crate::target::{Target, TargetSpec};
 
 /// The files `krops` looks for, in order, when `-f` is not given.
 pub const DEFAULT_FILES: [&str; 3] = ["krops.toml", "krops.nix", "krops.json"];
-
-/// Shorthand type keys and the attribute their string value stands for.
-pub const SHORTHANDS: [(&str, &str); 5] = [
-    ("file", "path"),
-    ("derivation", "text"),
-    ("pipe", "command"),
-    ("symlink", "target"),
-    ("passage", "dir"),
-];
 
 /// A whole configuration file, normalised.
 #[derive(Debug, Clone, Serialize)]
@@ -226,6 +219,9 @@ impl Kind {
 pub struct Source {
     pub source_type: String,
     pub attrs: Value,
+    /// What the type's plugin says about its sources (the defaults when no plugin validated
+    /// it: see [`ShapeOnly`]).
+    pub traits: Traits,
 }
 
 impl Serialize for Source {
@@ -285,9 +281,9 @@ impl<'de> Deserialize<'de> for NomMode {
 
 /// Checks and normalises a source's attributes: the plugin registry, seen from the config.
 pub trait SourceValidator: Send + Sync {
-    /// Whether a plugin provides `source_type`; an unknown type is reported before the shape
-    /// of its value.
-    fn knows(&self, source_type: &str) -> bool;
+    /// What the plugin providing `source_type` says about its sources; `None` when no usable
+    /// plugin provides it (then `validate` says why, before the value's shape is judged).
+    fn traits(&self, source_type: &str) -> Option<Traits>;
 
     /// `Err` is shown to the user after the file and line.
     fn validate(
@@ -305,8 +301,8 @@ pub struct ShapeOnly;
 
 impl SourceValidator for ShapeOnly {
     /// Knows no type, so no shorthand is judged before a plugin can say what its type is.
-    fn knows(&self, _: &str) -> bool {
-        false
+    fn traits(&self, _: &str) -> Option<Traits> {
+        None
     }
 
     fn validate(&self, _: &str, _: &str, attrs: Value, _: &Path) -> Result<Value, String> {
@@ -799,22 +795,28 @@ impl<'de> DeserializeSeed<'de> for SourceSeed<'_> {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Source, D::Error> {
         let value = Value::deserialize(d)?;
         let (source_type, raw) = type_key(self.name, value).map_err(de::Error::custom)?;
-        let attrs = CONTEXT
+        let (attrs, traits) = CONTEXT
             .with(|c| {
                 let c = c.borrow();
                 let c = c.as_ref().ok_or("configuration parsed outside config::load")?;
-                let attrs = if c.validator.knows(&source_type) { expand(&source_type, raw)? } else { raw };
+                let traits = c.validator.traits(&source_type);
+                let attrs = match &traits {
+                    Some(traits) => expand(&source_type, traits.shorthand.as_deref(), raw)?,
+                    None => raw,
+                };
+                let traits = traits.unwrap_or_default();
                 let selected = match (&c.only, &c.current) {
                     (Some(only), Some(current)) => only.contains(current),
                     _ => true,
                 };
                 if !selected {
-                    return Ok(attrs);
+                    return Ok((attrs, traits));
                 }
-                c.validator.validate(self.name, &source_type, attrs, &c.config_dir).map_err(|e| e.into())
+                let attrs = c.validator.validate(self.name, &source_type, attrs, &c.config_dir)?;
+                Ok((attrs, traits))
             })
             .map_err(|e: Box<str>| de::Error::custom(format!("source {:?}: {e}", self.name)))?;
-        Ok(Source { source_type, attrs })
+        Ok(Source { source_type, attrs, traits })
     }
 }
 
@@ -837,7 +839,9 @@ fn type_key(name: &str, value: Value) -> Result<(String, Value), String> {
     let mut entries = map.into_iter();
     let (source_type, attrs) = match (entries.next(), entries.next()) {
         (Some(only), None) => only,
-        (None, _) => return Err(format!("source {name:?} has no type key (file, git, pass, …)")),
+        (None, _) => {
+            return Err(format!("source {name:?} has no type key (one per source, naming its plugin)"))
+        }
         (Some((first, _)), Some((second, _))) => {
             let mut keys = vec![first, second];
             keys.extend(entries.map(|(k, _)| k));
@@ -851,9 +855,9 @@ fn type_key(name: &str, value: Value) -> Result<(String, Value), String> {
     Ok((source_type, attrs))
 }
 
-/// Expands a shorthand (`file = "PATH"`) into its table; checks that the value is a table.
-fn expand(source_type: &str, attrs: Value) -> Result<Value, Box<str>> {
-    let shorthand = SHORTHANDS.iter().find(|(t, _)| *t == source_type).map(|(_, attr)| *attr);
+/// Expands a short form (`TYPE = "VALUE"`, `shorthand` naming the attribute it stands for)
+/// into its table; checks that the value is a table.
+fn expand(source_type: &str, shorthand: Option<&str>, attrs: Value) -> Result<Value, Box<str>> {
     let attrs = match (attrs, shorthand) {
         (Value::Object(attrs), _) => Value::Object(attrs),
         (Value::String(s), Some(attr)) => serde_json::json!({ attr: s }),
@@ -888,8 +892,19 @@ mod tests {
 
     struct AcceptAll;
     impl SourceValidator for AcceptAll {
-        fn knows(&self, t: &str) -> bool {
-            t != "unknown"
+        /// The built-in types' short forms, as their plugins declare them.
+        fn traits(&self, t: &str) -> Option<Traits> {
+            let shorthand = [
+                ("file", "path"),
+                ("derivation", "text"),
+                ("pipe", "command"),
+                ("symlink", "target"),
+                ("passage", "dir"),
+            ]
+            .iter()
+            .find(|(type_key, _)| *type_key == t)
+            .map(|(_, attribute)| (*attribute).to_owned());
+            (t != "unknown").then(|| Traits { shorthand, ..Traits::default() })
         }
 
         fn validate(&self, _: &str, t: &str, attrs: Value, _: &Path) -> Result<Value, String> {

@@ -24,7 +24,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RStr;
 use krops_core::abi::{PopulatorBox, PopulatorModuleRef, TargetHandle_TO, ABI_VERSION, ABI_VERSION_SYMBOL};
 use krops_core::wire::{
-    method, Description, Diff, PopulateRequest, PrepareRequest, ValidateRequest, UNSUPPORTED,
+    method, Description, Diff, PopulateRequest, PrepareRequest, Traits, ValidateRequest, UNSUPPORTED,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -56,6 +56,8 @@ pub struct Plugin {
     pub file: PathBuf,
     /// The methods the plugin answers (plugins built before a method existed lack it).
     methods: Vec<String>,
+    /// What the plugin says about its type's sources.
+    pub traits: Traits,
     populator: PopulatorBox,
     // Kept so the library stays mapped; plugins are never unloaded.
     _library: libloading::Library,
@@ -274,8 +276,8 @@ impl Registry {
 }
 
 impl SourceValidator for Registry {
-    fn knows(&self, source_type: &str) -> bool {
-        self.plugins.contains_key(source_type) || self.broken.contains_key(source_type)
+    fn traits(&self, source_type: &str) -> Option<Traits> {
+        self.plugins.get(source_type).map(|plugin| plugin.traits.clone())
     }
 
     /// A source of a broken plugin's type passes unvalidated: its deployment fails at
@@ -299,8 +301,8 @@ impl SourceValidator for Registry {
 pub struct Strict(pub Arc<Registry>);
 
 impl SourceValidator for Strict {
-    fn knows(&self, source_type: &str) -> bool {
-        self.0.knows(source_type)
+    fn traits(&self, source_type: &str) -> Option<Traits> {
+        self.0.traits(source_type)
     }
 
     fn validate(
@@ -524,6 +526,7 @@ fn load_plugin(file: &Path, source_type: &str) -> Result<Plugin, PluginError> {
         version: description.version,
         file: file.to_owned(),
         methods: description.methods,
+        traits: description.traits,
         populator,
         _library: library,
     })

@@ -75,15 +75,14 @@ pub(crate) fn lock_with_sentinel(
         let create = match (deployment.force, deployment.backup) {
             (false, _) => "",
             (true, true) => "dir",
-            (true, false) => "file",
+            (true, false) => "empty",
         };
         let holder = format!("{}@{}", origin.user, origin.host);
         let wait = wait_lock.map(|s| s.to_string()).unwrap_or_default();
         let mut args = vec![path.clone(), create.to_owned(), holder, wait];
         // The sources whose state decides whether they are unchanged.
-        args.extend(fingerprints.keys().map(|name| {
-            let source_type = deployment.source.get(name).map_or("", |s| s.source_type.as_str());
-            record::state_argument(source_type, name)
+        args.extend(fingerprints.keys().filter_map(|name| {
+            deployment.source.get(name).map(|source| record::state_argument(source, name))
         }));
         let script = crate::own_dir::with_functions(&format!("{}\n{LOCK_SCRIPT}", record::STATE_FUNCTION));
         let argv = host.shell(&script, &args, &[], Tty::No);

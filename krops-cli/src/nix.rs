@@ -418,12 +418,12 @@ fn evaluation_argv(scratch: &Path, file: &Path, show_trace: bool) -> Argv {
     argv.extend(["-I".into(), format!("krops={}", library.display())]);
     argv.extend([
         "-E".into(),
-        "{ eval, file, args, argstrs, request }: import (/. + eval) { file = /. + file; args = /. + args; argstrs = /. + argstrs; request = /. + request; }"
+        "{ eval, configuration, args, argstrs, request }: import (/. + eval) { file = /. + configuration; args = /. + args; argstrs = /. + argstrs; request = /. + request; }"
             .into(),
     ]);
     let paths = [
         ("eval", library.join("eval.nix")),
-        ("file", file.to_owned()),
+        ("configuration", file.to_owned()),
         ("args", scratch.join("args.nix")),
         ("argstrs", scratch.join("argstrs.json")),
         ("request", scratch.join("request.json")),

@@ -49,7 +49,7 @@ pub(crate) fn prepare(
                 reporter.log(&None, Level::Debug, format!("{name}: no fingerprint ({e})"));
                 None
             });
-            let source = crate::config::Source { source_type: source.source_type.clone(), attrs };
+            let source = crate::config::Source { attrs, ..(*source).clone() };
             Ok(((*name).clone(), source, fingerprint))
         });
         let mut sources = BTreeMap::new();

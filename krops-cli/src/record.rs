@@ -13,7 +13,9 @@
 //! against without every other detail of the tree). (Version 1 records, whose
 //! source lines lack TYPE and COMMIT, are still read.)
 
-use crate::config::Deployment;
+use krops_core::wire::StateKind;
+
+use crate::config::{Deployment, Source};
 use crate::events::{DeployError, Event, Reporter, Stage};
 use crate::stage::{stage_script, timed};
 use crate::target::Origin;
@@ -32,15 +34,15 @@ pub const STATE_FUNCTION: &str = include_str!("sh/state_function.sh");
 /// How the lock script and `WRITE_SCRIPT` are told about a source: `KIND NAME`, KIND `g` for a
 /// git work tree, `c` where content counts beyond sizes and mtimes (see `STATE_FUNCTION`), `-`
 /// otherwise.
-pub fn state_argument(source_type: &str, name: &str) -> String {
-    format!("{} {name}", state_kind(source_type))
+pub fn state_argument(source: &Source, name: &str) -> String {
+    format!("{} {name}", state_kind(source))
 }
 
-fn state_kind(source_type: &str) -> &'static str {
-    match source_type {
-        "git" => "g",
-        "pass" | "passage" | "pipe" => "c",
-        _ => "-",
+fn state_kind(source: &Source) -> &'static str {
+    match source.traits.state {
+        StateKind::Git => "g",
+        StateKind::Content => "c",
+        StateKind::Tree => "-",
     }
 }
 
@@ -137,9 +139,11 @@ pub fn write_arguments(
             let fingerprint = fingerprints.get(name).map_or("-", String::as_str);
             let source_type: String =
                 source.source_type.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
-            let commit = source.attrs.get("commit").and_then(|c| c.as_str()).unwrap_or("-");
+            let version_attribute = source.traits.version_attribute.as_deref();
+            let commit =
+                version_attribute.and_then(|a| source.attrs.get(a)).and_then(|c| c.as_str()).unwrap_or("-");
             let commit = if commit.is_empty() || commit.contains(char::is_whitespace) { "-" } else { commit };
-            format!("{fingerprint} {} {source_type} {commit} {name}", state_kind(&source.source_type))
+            format!("{fingerprint} {} {source_type} {commit} {name}", state_kind(source))
         })
         .collect()
 }
@@ -154,7 +158,7 @@ pub(crate) fn status(
     let label = host.host_label();
     timed(reporter, &label, Stage::Status, || {
         let mut args = vec![host.target.path.clone()];
-        args.extend(deployment.source.iter().map(|(name, s)| state_argument(&s.source_type, name)));
+        args.extend(deployment.source.iter().map(|(name, s)| state_argument(s, name)));
         let script = crate::own_dir::with_functions(&format!("{}\n{STATUS_SCRIPT}", STATE_FUNCTION));
         let lines = stage_script(host, Stage::Status, &script, &args, reporter)?;
         let lines: Vec<String> = String::from_utf8_lossy(&lines).lines().map(str::to_owned).collect();

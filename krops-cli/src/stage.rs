@@ -68,25 +68,20 @@ pub(crate) fn user_command(command: &str) -> String {
 }
 
 /// The program a plugin's error is about, from its first words (`rsync failed (…)`), where
-/// the host ran it; a script run through ssh or a shell is named by its source type instead
-/// (a pipe source by its command). A git source's errors are git's, even those of resolving
-/// a ref in-process.
+/// the host ran it; a script run through ssh or a shell is named as the type's plugin says
+/// (a user's command by its text), and so are errors naming no program of a plugin that does
+/// its program's work in-process.
 pub(crate) fn program_of_plugin_error(source: &crate::config::Source, message: &str) -> Option<String> {
     let ran = message.split_once(" failed (").map(|(program, _)| program).filter(|p| !p.contains(' '));
-    let by_type = || match source.source_type.as_str() {
-        "pipe" => source.attrs.get("command").and_then(|c| c.as_str()).map(user_command),
-        "git" => Some("git".to_owned()),
-        "derivation" => Some("nix-build".to_owned()),
-        "file" => Some("rsync".to_owned()),
-        "symlink" => Some("ln".to_owned()),
-        "pass" => Some("gpg".to_owned()),
-        "passage" => Some("age".to_owned()),
-        _ => None,
+    let traits = &source.traits;
+    let declared = || match &traits.program_attribute {
+        Some(attribute) => source.attrs.get(attribute).and_then(|c| c.as_str()).map(user_command),
+        None => traits.program.clone(),
     };
     match ran {
-        Some("ssh" | "sudo" | "/bin/sh") => by_type(),
+        Some("ssh" | "sudo" | "/bin/sh") => declared(),
         Some(program) => Some(program.to_owned()),
-        None if source.source_type == "git" => by_type(),
+        None if traits.program_in_process => declared(),
         None => None,
     }
 }

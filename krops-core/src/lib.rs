@@ -9,6 +9,6 @@
 pub use krops_abi as abi;
 pub mod plugin;
 pub mod sdk;
-mod secrets;
 pub mod testing;
+mod tree;
 pub mod wire;

@@ -11,12 +11,14 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::abi::{log_level, Populator, PopulatorBox, Populator_TO, TargetHandleRef};
-use crate::secrets::{
-    secret_archive, SecretFile, DETACHED_INSTALL_SCRIPT, INSTALL_SECRETS_SCRIPT, PRIVATE_DIR_FUNCTIONS,
+use crate::tree::{
+    bad_tree_path, tree_archive, Entry, SecretFile, TreeFile, DETACHED_INSTALL_SCRIPT, INSTALL_TREE_SCRIPT,
+    PRIVATE_DIR_FUNCTIONS,
 };
 use crate::wire::{
     capability, method, Description, Diff, PopulateRequest, PrepareRequest, RsyncReport, RsyncRequest,
-    RunLocalRequest, RunScriptRequest, TargetInfo, ValidateRequest, WriteFileRequest, UNSUPPORTED,
+    RunLocalRequest, RunScriptRequest, StateKind, TargetInfo, Traits, ValidateRequest, WriteFileRequest,
+    UNSUPPORTED,
 };
 
 /// A source type implemented in Rust. `export_populator!(MyType)` makes it a plugin.
@@ -26,6 +28,9 @@ pub trait PopulatorPlugin: Default + Send + Sync + 'static {
     const TYPE: &'static str;
     /// Shown by `krops plugins`.
     const VERSION: &'static str;
+    /// What the host needs to know about the type's sources (its short form, state, program
+    /// names); by default none of it.
+    const TRAITS: TypeTraits = TypeTraits::NONE;
     /// The source's attributes; unknown keys should be rejected (`deny_unknown_fields`).
     type Attrs: DeserializeOwned + Serialize;
 
@@ -74,6 +79,48 @@ pub trait PopulatorPlugin: Default + Send + Sync + 'static {
         target: &Target<'_>,
         request: PopulateRequest<Self::Attrs>,
     ) -> Result<serde_json::Value, String>;
+}
+
+/// [`crate::wire::Traits`] as a plugin declares them, in a constant:
+/// `const TRAITS: TypeTraits = TypeTraits { shorthand: Some("path"), ..TypeTraits::NONE };`.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeTraits {
+    /// See [`Traits::shorthand`].
+    pub shorthand: Option<&'static str>,
+    /// See [`Traits::state`].
+    pub state: StateKind,
+    /// See [`Traits::program`].
+    pub program: Option<&'static str>,
+    /// See [`Traits::program_in_process`].
+    pub program_in_process: bool,
+    /// See [`Traits::program_attribute`].
+    pub program_attribute: Option<&'static str>,
+    /// See [`Traits::version_attribute`].
+    pub version_attribute: Option<&'static str>,
+}
+
+impl TypeTraits {
+    /// No short form, a plain tree as state, no program named.
+    pub const NONE: TypeTraits = TypeTraits {
+        shorthand: None,
+        state: StateKind::Tree,
+        program: None,
+        program_in_process: false,
+        program_attribute: None,
+        version_attribute: None,
+    };
+
+    fn to_wire(self) -> Traits {
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        Traits {
+            shorthand: owned(self.shorthand),
+            state: self.state,
+            program: owned(self.program),
+            program_in_process: self.program_in_process,
+            program_attribute: owned(self.program_attribute),
+            version_attribute: owned(self.version_attribute),
+        }
+    }
 }
 
 /// The typed side of the host's target handle: every capability as a method.
@@ -133,15 +180,68 @@ impl<'a> Target<'a> {
             .map(drop)
     }
 
+    /// Replaces `destination` on the target with a directory holding `files`, in one swap:
+    /// the files travel as one tar stream on stdin, never as arguments, with a manifest; they
+    /// are unpacked into a fresh private staging directory beside `destination` (0700, its
+    /// own: nothing in it is reachable through a name someone else controls) with the modes
+    /// the plugin chose (`directory_mode` for the tree's directories: at least `0o700`, at most
+    /// `0o777`; each file's own), and the tree takes the old one's place only once it matches
+    /// the manifest: an interruption, a dropped connection or a full disk never leaves a
+    /// partial tree, and a reader sees the old tree or the new one, whole. Needs the host's
+    /// `run_script` only, so every host offers it.
+    pub fn install_dir(
+        &self,
+        destination: &str,
+        directory_mode: u32,
+        files: &[TreeFile],
+    ) -> Result<(), String> {
+        if directory_mode & !0o777 != 0 || directory_mode & 0o700 != 0o700 {
+            return Err(format!("install_dir: directory mode {directory_mode:o} is not within 700..777"));
+        }
+        let mut entries = Vec::with_capacity(files.len());
+        for file in files {
+            if let Some(why) = bad_tree_path(&file.path) {
+                return Err(format!("install_dir: {:?}: {why}", file.path));
+            }
+            if file.mode & !0o777 != 0 {
+                return Err(format!(
+                    "install_dir: {:?}: mode {:o} is more than permission bits",
+                    file.path, file.mode
+                ));
+            }
+            entries.push(Entry {
+                path: &file.path,
+                contents: &file.contents,
+                mtime: file.mtime,
+                mode: file.mode,
+            });
+        }
+        self.install(destination, directory_mode, &entries)
+    }
+
     /// Replaces `destination` on the target with a directory (0700) holding `files` (0600, with
-    /// their mtimes). The files travel as one tar stream on stdin, never as arguments, with a
-    /// manifest; they are unpacked into a fresh private staging directory under umask 077 (so
-    /// no byte is ever readable by others, nor reachable through a name someone else controls)
-    /// which takes the old directory's place only once it matches the manifest: an
-    /// interruption, a dropped connection or a full disk never leaves a partial tree.
+    /// their mtimes), as [`Target::install_dir`] does, under umask 077 throughout: no byte is
+    /// ever readable by others.
     pub fn install_secrets(&self, destination: &str, files: &[SecretFile]) -> Result<(), String> {
-        let archive = secret_archive(files).map_err(|e| format!("cannot pack secrets: {e}"))?;
-        let installer = format!("{PRIVATE_DIR_FUNCTIONS}\n{INSTALL_SECRETS_SCRIPT}");
+        let mut entries = Vec::with_capacity(files.len());
+        for file in files {
+            if let Some(why) = bad_tree_path(&file.path) {
+                return Err(format!("install_secrets: {:?}: {why}", file.path));
+            }
+            entries.push(Entry {
+                path: &file.path,
+                contents: &file.contents,
+                mtime: file.mtime,
+                mode: 0o600,
+            });
+        }
+        self.install(destination, 0o700, &entries)
+    }
+
+    fn install(&self, destination: &str, directory_mode: u32, entries: &[Entry<'_>]) -> Result<(), String> {
+        let archive = tree_archive(directory_mode, entries)
+            .map_err(|e| format!("cannot pack the files for {destination}: {e}"))?;
+        let installer = format!("{PRIVATE_DIR_FUNCTIONS}\n{INSTALL_TREE_SCRIPT}");
         self.run_script(DETACHED_INSTALL_SCRIPT, &[&installer, destination], &archive).map(drop)
     }
 
@@ -172,9 +272,13 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     }
 }
 
-/// The attributes in the plugin's own type; a mismatch is the user's error, named by type.
+/// The attributes in the plugin's own type; a mismatch is the user's error, named by type and
+/// by the attribute's path (`at modes.directory: invalid type: …`).
 fn typed_attrs<P: PopulatorPlugin>(attrs: serde_json::Value) -> Result<P::Attrs, String> {
-    serde_json::from_value(attrs).map_err(|e| format!("{} source: {e}", P::TYPE))
+    serde_path_to_error::deserialize(attrs).map_err(|e| match e.path().to_string().as_str() {
+        "." => format!("{} source: {}", P::TYPE, e.inner()),
+        path => format!("{} source: {}", P::TYPE, crate::sdk::at(path, e.inner())),
+    })
 }
 
 fn parse<T: DeserializeOwned>(request: &str) -> Result<T, String> {
@@ -235,6 +339,7 @@ impl<P: PopulatorPlugin> Populator for Adapter<P> {
             methods: [method::VALIDATE, method::PREPARE, method::FINGERPRINT, method::POPULATE, method::DIFF]
                 .map(str::to_owned)
                 .to_vec(),
+            traits: P::TRAITS.to_wire(),
         };
         serde_json::to_string(&description).unwrap_or_default().into()
     }

@@ -1,6 +1,9 @@
 //! A fake, in-process target for unit-testing a populator without ssh or a krops binary: it
 //! records every capability call and answers from handlers the test sets, so a test checks what
-//! a populator *asks for* (scripts, rsync options, secret trees) and feeds it the answers.
+//! a populator *asks for* (scripts, rsync options, secret trees) and feeds it the answers. It
+//! can pose as a remote host, a sudo login or an older host offering fewer capabilities, and
+//! [`FakeTarget::in_temp_dir`] really runs the scripts a populator sends, with `/bin/sh`, in a
+//! temporary directory that stands for the target.
 //!
 //! ```
 //! use krops_core::testing::FakeTarget;
@@ -8,10 +11,19 @@
 //! let out = target.with(|t| t.run_script("echo present", &[], b"")).unwrap();
 //! assert_eq!(out, b"present\n");
 //! assert_eq!(target.calls()[0].capability, "run_script");
+//!
+//! // An older remote host, logged in to through sudo, that offers nothing but run_script,
+//! // and runs it for real.
+//! let target = FakeTarget::in_temp_dir().remote("db").sudo().offering(&["run_script"]);
+//! let out = target.with(|t| t.run_script("echo \"$1\" > \"$2/x\"; cat \"$2/x\"", &["hi", &target.path()], b""));
+//! assert_eq!(out.unwrap(), b"hi\n");
+//! assert!(target.with(|t| t.write_file(&format!("{}/y", target.path()), 0o600, b"")).is_err());
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -19,7 +31,7 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 
 use crate::abi::{TargetHandle, TargetHandle_TO};
 use crate::plugin::Target;
-use crate::wire::{capability, TargetInfo, UNSUPPORTED};
+use crate::wire::{capability, RunScriptRequest, TargetInfo, WriteFileRequest, UNSUPPORTED};
 
 /// One capability call as the populator made it.
 #[derive(Debug, Clone)]
@@ -32,12 +44,15 @@ pub struct Call {
 type Handler = Box<dyn Fn(&serde_json::Value, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// See the module documentation. Capabilities without a handler answer empty output, except
-/// `rsync`, which answers an empty report.
+/// `rsync`, which answers an empty report, and, [`in_temp_dir`](FakeTarget::in_temp_dir),
+/// `run_script` and `write_file`, which really run.
 pub struct FakeTarget {
     info: TargetInfo,
     handlers: BTreeMap<String, Handler>,
     calls: Mutex<Vec<Call>>,
     logs: Mutex<Vec<(u8, String)>>,
+    /// Where scripts really run (see [`FakeTarget::in_temp_dir`]); removed with the fake.
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl FakeTarget {
@@ -56,7 +71,51 @@ impl FakeTarget {
             handlers: BTreeMap::new(),
             calls: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
+            scratch: None,
         }
+    }
+
+    /// A target in a fresh temporary directory (removed with the fake) whose `run_script`
+    /// runs `/bin/sh -c SCRIPT sh ARGS…` there, with the input on stdin, and whose
+    /// `write_file` writes (made with its mode, then moved into place), both as the user
+    /// running the test; its path ([`FakeTarget::path`]) is `var/src` below that directory.
+    /// Handlers set with [`FakeTarget::answer`] still take precedence.
+    pub fn in_temp_dir() -> FakeTarget {
+        let scratch =
+            tempfile::Builder::new().prefix("krops-fake-target.").tempdir().expect("a temporary directory");
+        let path = scratch.path().join("var/src");
+        std::fs::create_dir_all(&path).expect("the fake target's path");
+        FakeTarget { scratch: Some(scratch), ..FakeTarget::new(&path.display().to_string()) }
+    }
+
+    /// Poses as the remote host `host` (a populator sees `local: false`).
+    pub fn remote(mut self, host: &str) -> FakeTarget {
+        self.info.host = Some(host.to_owned());
+        self.info.local = false;
+        self
+    }
+
+    /// Poses as a target logged in to as a user who runs everything through sudo.
+    pub fn sudo(mut self) -> FakeTarget {
+        self.info.sudo = true;
+        self
+    }
+
+    /// Offers only `capabilities`, as an older host would: calls of any other fail as
+    /// unsupported (see [`crate::wire::UNSUPPORTED`]).
+    pub fn offering(mut self, capabilities: &[&str]) -> FakeTarget {
+        self.info.capabilities = capabilities.iter().map(|c| (*c).to_owned()).collect();
+        self
+    }
+
+    /// The target path (`TargetInfo::path`).
+    pub fn path(&self) -> String {
+        self.info.path.clone().unwrap_or_default()
+    }
+
+    /// The temporary directory of [`FakeTarget::in_temp_dir`].
+    pub fn root(&self) -> Option<&Path> {
+        self.scratch.as_ref().map(tempfile::TempDir::path)
     }
 
     /// Answers `capability` with `handler(request, input)`.
@@ -94,12 +153,68 @@ impl FakeTarget {
                 input: input.to_vec(),
             });
         }
-        match (self.handlers.get(capability), capability) {
-            (Some(handler), _) => handler(&request, input),
-            (None, capability::RSYNC) => Ok(br#"{"itemized": []}"#.to_vec()),
-            (None, _) => Ok(Vec::new()),
+        match (self.handlers.get(capability), capability, self.root()) {
+            (Some(handler), _, _) => handler(&request, input),
+            (None, capability::RUN_SCRIPT, Some(root)) => run_script(root, &request, input),
+            (None, capability::WRITE_FILE, Some(_)) => write_file(&request, input),
+            (None, capability::RSYNC, _) => Ok(br#"{"itemized": []}"#.to_vec()),
+            (None, _, _) => Ok(Vec::new()),
         }
     }
+}
+
+/// `run_script` for real, in `root`; fails as a host does, with the shell's exit status and
+/// stderr.
+// The fake stands in for the host, whose business starting processes is; a populator using
+// it in its tests still starts none itself.
+#[allow(clippy::disallowed_methods)]
+fn run_script(root: &Path, request: &serde_json::Value, input: &[u8]) -> Result<Vec<u8>, String> {
+    let request: RunScriptRequest = serde_json::from_value(request.clone()).map_err(|e| e.to_string())?;
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&request.script)
+        .arg("sh")
+        .args(&request.args)
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("/bin/sh failed to start: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let input = input.to_vec();
+    // Written beside the reading, so a script that answers before reading all never blocks.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let _ = writer.join();
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(format!(
+            "/bin/sh failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        ))
+    }
+}
+
+/// `write_file` for real: made with its mode before any byte is written, then moved into place.
+fn write_file(request: &serde_json::Value, input: &[u8]) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let request: WriteFileRequest = serde_json::from_value(request.clone()).map_err(|e| e.to_string())?;
+    let path = PathBuf::from(&request.path);
+    let parent = path.parent().ok_or("write_file: a path without a parent")?;
+    let staged =
+        parent.join(format!(".{}.krops-new", path.file_name().unwrap_or_default().to_string_lossy()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(request.mode)
+        .open(&staged)
+        .map_err(|e| format!("write_file {}: {e}", staged.display()))?;
+    file.write_all(input).map_err(|e| e.to_string())?;
+    std::fs::rename(&staged, &path).map_err(|e| format!("write_file {}: {e}", path.display()))?;
+    Ok(Vec::new())
 }
 
 impl TargetHandle for FakeTarget {
@@ -126,8 +241,9 @@ impl TargetHandle for FakeTarget {
     }
 }
 
-/// The files of a secret tree as [`Target::install_secrets`] sent it (a tar stream on stdin):
-/// `(path, mode, contents)` of every regular file, so a test can check names and modes.
+/// The files of a tree as [`Target::install_dir`](crate::plugin::Target::install_dir) or
+/// [`Target::install_secrets`](crate::plugin::Target::install_secrets) sent it (a tar stream on
+/// stdin): `(path, mode, contents)` of every regular file, so a test can check names and modes.
 pub fn unpack_secrets(input: &[u8]) -> Result<Vec<(String, u32, Vec<u8>)>, String> {
     let mut archive = tar::Archive::new(input);
     let mut files = Vec::new();

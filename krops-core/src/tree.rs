@@ -1,7 +1,8 @@
-//! How a secret tree travels to a target, below the plugin API that offers it
-//! ([`Target::install_secrets`](crate::plugin::Target::install_secrets)): its files, their tar
-//! stream with a closing manifest, and the target-side scripts that unpack it in a private
-//! staging directory and swap it in whole.
+//! How a directory tree travels to a target, below the plugin API that offers it
+//! ([`Target::install_dir`](crate::plugin::Target::install_dir), and
+//! [`Target::install_secrets`](crate::plugin::Target::install_secrets) on top of it): its files,
+//! their tar stream with a closing manifest, and the target-side scripts that unpack it in a
+//! private staging directory and swap it in whole.
 
 use std::path::Path;
 
@@ -12,6 +13,36 @@ pub struct SecretFile {
     pub contents: Vec<u8>,
     /// Seconds since the epoch.
     pub mtime: u64,
+}
+
+/// One file of a directory tree ([`Target::install_dir`](crate::plugin::Target::install_dir)).
+pub struct TreeFile {
+    /// Relative to the tree's root, `/`-separated, without `.`, `..` or empty parts.
+    pub path: String,
+    pub contents: Vec<u8>,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+    /// Permission bits (at most `0o777`: no setuid, setgid or sticky bit).
+    pub mode: u32,
+}
+
+/// A file of a tree as the archive takes it: borrowed, so secrets are not copied for it.
+pub(crate) struct Entry<'a> {
+    pub path: &'a str,
+    pub contents: &'a [u8],
+    pub mtime: u64,
+    pub mode: u32,
+}
+
+/// Why `path` cannot name a file of a tree (`None`: it can).
+pub(crate) fn bad_tree_path(path: &str) -> Option<&'static str> {
+    if path.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        Some("a path below the tree has no empty, `.` or `..` parts")
+    } else if path.contains('\0') {
+        Some("a path has no NUL")
+    } else {
+        None
+    }
 }
 
 /// Shell functions for scripts that write below a target path that another account may write
@@ -27,14 +58,14 @@ pub struct SecretFile {
 /// explains and fails; `leave_private_dir`: removes what it holds and the directory itself.
 pub const PRIVATE_DIR_FUNCTIONS: &str = include_str!("sh/private_dir_functions.sh");
 
-/// Installs a secret tree (`$1` its destination) from a tar stream on stdin, as
-/// [`secret_archive`] packs it: the tree below `tree/`, then a manifest (the count of its
+/// Installs a tree (`$1` its destination) from a tar stream on stdin, as [`tree_archive`]
+/// packs it: the tree below `tree/`, then a manifest (the count of its
 /// files and the SHA-256 of their contents in name order). Only a tree that matches its
 /// manifest replaces the old one: a stream cut short between two members (tar alone calls
 /// that success) or a full disk leave the old tree as it was, and every way out before the
 /// swap (a failure, a signal, the connection dropping, which ends the stream) removes the
 /// staging directory. Once the swap begins, nothing stops it halfway.
-pub(crate) const INSTALL_SECRETS_SCRIPT: &str = include_str!("sh/install_secrets_script.sh");
+pub(crate) const INSTALL_TREE_SCRIPT: &str = include_str!("sh/install_tree_script.sh");
 
 /// Runs the installer (`$1`, a script) on `$2` in a session of its own, and waits for it: a
 /// killed krops takes its local children along (and a signal, their process group), but never
@@ -42,20 +73,24 @@ pub(crate) const INSTALL_SECRETS_SCRIPT: &str = include_str!("sh/install_secrets
 /// (`-f`: this shell leads its process group, and only a new process can start a session.)
 pub(crate) const DETACHED_INSTALL_SCRIPT: &str = include_str!("sh/detached_install_script.sh");
 
-/// A tar stream of `files` below `tree/` (directories 0700, files 0600, owned by root), then
-/// `manifest` (see [`INSTALL_SECRETS_SCRIPT`]): last, so that its arrival means every member
-/// before it arrived whole.
-pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
+/// A tar stream of `files` below `tree/` (directories `directory_mode`, each file its mode,
+/// owned by root), then `manifest` (see [`INSTALL_TREE_SCRIPT`]): last, so that its arrival
+/// means every member before it arrived whole.
+pub(crate) fn tree_archive(directory_mode: u32, files: &[Entry<'_>]) -> std::io::Result<Vec<u8>> {
     use sha2::Digest;
     let mut builder = tar::Builder::new(Vec::new());
     let mut directories = std::collections::BTreeSet::new();
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Directory);
-    header.set_mode(0o700);
-    header.set_size(0);
-    builder.append_data(&mut header, "tree", std::io::empty())?;
+    let directory = |mtime: u64| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(directory_mode);
+        header.set_mtime(mtime);
+        header.set_size(0);
+        header
+    };
+    builder.append_data(&mut directory(0), "tree", std::io::empty())?;
     for file in files {
-        let mut parent = Path::new(&file.path).parent();
+        let mut parent = Path::new(file.path).parent();
         let mut missing = Vec::new();
         while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
             if directories.insert(dir.to_owned()) {
@@ -64,26 +99,25 @@ pub(crate) fn secret_archive(files: &[SecretFile]) -> std::io::Result<Vec<u8>> {
             parent = dir.parent();
         }
         for dir in missing.into_iter().rev() {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o700);
-            header.set_mtime(file.mtime);
-            header.set_size(0);
-            builder.append_data(&mut header, Path::new("tree").join(&dir), std::io::empty())?;
+            builder.append_data(
+                &mut directory(file.mtime),
+                Path::new("tree").join(&dir),
+                std::io::empty(),
+            )?;
         }
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(0o600);
+        header.set_mode(file.mode);
         header.set_mtime(file.mtime);
         header.set_size(file.contents.len() as u64);
-        builder.append_data(&mut header, format!("tree/{}", file.path), &file.contents[..])?;
+        builder.append_data(&mut header, format!("tree/{}", file.path), file.contents)?;
     }
     // The target sorts `tree/NAME` byte-wise (`LC_ALL=C sort -z`); so does this.
-    let mut sorted: Vec<&SecretFile> = files.iter().collect();
+    let mut sorted: Vec<&Entry<'_>> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let mut digest = sha2::Sha256::new();
     for file in sorted {
-        digest.update(&file.contents);
+        digest.update(file.contents);
     }
     let manifest = format!("krops-manifest 1\n{}\n{:x}\n", files.len(), digest.finalize());
     let mut header = tar::Header::new_gnu();

@@ -48,6 +48,54 @@ pub struct Description {
     /// The methods this plugin answers.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// What the host needs to know about the type's sources; absent (a plugin built before
+    /// these existed): the defaults.
+    #[serde(flatten)]
+    pub traits: Traits,
+}
+
+/// What a type tells the host about its sources, so that the host treats every type alike
+/// and knows none by name: the built-in types describe themselves exactly as a third party's
+/// do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traits {
+    /// The attribute a plain string stands for: with `path`, `file = "./x"` is
+    /// `file = { path = "./x"; }`. `None`: the type's value must be a table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shorthand: Option<String>,
+    /// How the host tells whether a source changed on the target since it populated it.
+    #[serde(default)]
+    pub state: StateKind,
+    /// The program a failure of this type is about, named in a failed deployment's summary
+    /// when the failure came out of a script the host ran for the plugin (`ssh`, `sudo`,
+    /// `/bin/sh`): `rsync`, `ln`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// The plugin does `program`'s work in-process as well (git's ref resolution): its errors
+    /// that name no program are `program`'s too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub program_in_process: bool,
+    /// An attribute whose value is the program instead: a user's command, named by its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_attribute: Option<String>,
+    /// An attribute of the prepared source that says which version was populated (git's
+    /// `commit`): recorded on the target and shown by `krops status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_attribute: Option<String>,
+}
+
+/// What the target-side state of a source is made of (see [`Traits::state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// The names, kinds, sizes, modification times and modes of everything below it.
+    #[default]
+    Tree,
+    /// A git work tree: the tree without its `.git` directories, and the commit of its HEAD.
+    Git,
+    /// The tree and every file's SHA-256: content that is small and easily replaced by other
+    /// content of the same size and mtime (secrets, a command's output).
+    Content,
 }
 
 /// What the host says about the target it lends, and what it can do there.

@@ -241,3 +241,43 @@ fn the_library_knows_no_terminal_and_only_the_loader_knows_abi_stable() {
     }
     assert!(offences.is_empty(), "{offences:?}");
 }
+
+/// The host treats every source type alike: what it needs to know about one (its short form,
+/// its state on the target, the program its errors name, its version attribute) the type's
+/// plugin says in its description, as a third party's plugin does. So no built-in type's name
+/// is a string in the host's code (its tests aside). A JSON key (`"file": …`) and a flag's
+/// name (`long = "file"`) are no type.
+#[test]
+fn the_host_knows_no_built_in_type_by_name() {
+    let types: Vec<String> = std::fs::read_dir(workspace().join("populators"))
+        .expect("populators")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(types.len() >= 7, "the built-in populators moved: {types:?}");
+    let host = workspace().join("krops-cli/src");
+    let mut offences = Vec::new();
+    for path in sources().into_iter().chain(scripts()).filter(|p| p.starts_with(&host)) {
+        let text = std::fs::read_to_string(&path).expect("source");
+        let comment = if path.extension().is_some_and(|e| e == "sh") { "#" } else { "//" };
+        // Code only, up to the module's tests.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (number, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with(comment) {
+                continue;
+            }
+            for source_type in &types {
+                let literal = format!("\"{source_type}\"");
+                let named = line.match_indices(&literal).any(|(at, _)| {
+                    let after = &line[at + literal.len()..];
+                    !after.starts_with(':') && !line[..at].ends_with("long = ")
+                });
+                let pattern = line.trim_start().starts_with(&format!("{source_type})"));
+                if named || pattern {
+                    offences.push(format!("{}:{}: {}", relative(&path), number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(offences.is_empty(), "the host names built-in types:\n{}", offences.join("\n"));
+}

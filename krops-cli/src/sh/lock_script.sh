@@ -7,7 +7,7 @@ if [ -n "$2" ]; then
   mkdir -p -- "$p"
   if [ -L "$p/.populate" ] && [ ! -e "$p/.populate" ]; then rm -f -- "$p/.populate"; fi
   case $2 in
-    file)
+    empty)
       if [ ! -e "$p/.populate" ]; then
         made=$(mktemp -- "$p/.krops-sentinel.XXXXXX")
         ln -T -- "$made" "$p/.populate" 2> /dev/null || true

@@ -17,7 +17,7 @@ trap 'exit 143' TERM
 enter_private_dir "$dest.krops-staging.XXXXXX" || exit 1
 entered=1
 incomplete() {
-  echo "error: the secrets for $dest arrived incomplete ($1); the old ones stay in place" >&2
+  echo "error: the files for $dest arrived incomplete ($1); the old ones stay in place" >&2
   exit 1
 }
 if ! failed=$(tar -x -p --no-same-owner -f - 2>&1 > /dev/null); then
@@ -27,7 +27,7 @@ if ! failed=$(tar -x -p --no-same-owner -f - 2>&1 > /dev/null); then
     free=$(df -Pk . 2> /dev/null | awk 'NR == 2 { print $4 }')
     if [ -n "$free" ] && [ "$free" -lt 64 ]; then why="No space left on device ($why)"; fi ;;
   esac
-  echo "error: cannot unpack the secrets for $dest: $why" >&2
+  echo "error: cannot unpack the files for $dest: $why" >&2
   exit 1
 fi
 # shellcheck disable=SC2015 # `incomplete` exits: it runs when either check fails

@@ -1,7 +1,7 @@
 //! The `derivation` source type: a Nix expression built *on the target*
 //! (`nix-build -E <text> -o <path>/<name>`), so `<path>/<name>` is a link to its output.
 
-use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
 use krops_core::wire::{Change, Diff, PopulateRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,8 @@ pub struct Attrs {
 impl PopulatorPlugin for Derivation {
     const TYPE: &'static str = "derivation";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TRAITS: TypeTraits =
+        TypeTraits { shorthand: Some("text"), program: Some("nix-build"), ..TypeTraits::NONE };
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
 use krops_core::sdk::{resolve_path, Fingerprint};
 use krops_core::wire::{
     Change, ChangeKind, Diff, PopulateRequest, PrepareRequest, RsyncRequest, ValidateRequest,
@@ -55,6 +55,8 @@ impl FilterKind {
 impl PopulatorPlugin for File {
     const TYPE: &'static str = "file";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TRAITS: TypeTraits =
+        TypeTraits { shorthand: Some("path"), program: Some("rsync"), ..TypeTraits::NONE };
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {

@@ -5,10 +5,10 @@
 //! ls-remote there), every target gets the same commit, and a ref that does not exist fails
 //! the deployment first.
 
-use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
 use krops_core::sdk::{resolve_path, Fingerprint};
 use krops_core::wire::capability::RUN_SCRIPT;
-use krops_core::wire::{Change, Diff, PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::wire::{Change, Diff, PopulateRequest, PrepareRequest, StateKind, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -57,6 +57,13 @@ const HEAD_SCRIPT: &str = include_str!("sh/head_script.sh");
 impl PopulatorPlugin for Git {
     const TYPE: &'static str = "git";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TRAITS: TypeTraits = TypeTraits {
+        state: StateKind::Git,
+        program: Some("git"),
+        program_in_process: true,
+        version_attribute: Some("commit"),
+        ..TypeTraits::NONE
+    };
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {

@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
 use krops_core::sdk::{files_with_extension, mtime, resolve_path, secrets_diff, Fingerprint, SecretFile};
-use krops_core::wire::{Diff, PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::wire::{Diff, PopulateRequest, PrepareRequest, StateKind, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -29,6 +29,8 @@ const GPG_AT_ONCE: usize = 8;
 impl PopulatorPlugin for Pass {
     const TYPE: &'static str = "pass";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TRAITS: TypeTraits =
+        TypeTraits { state: StateKind::Content, program: Some("gpg"), ..TypeTraits::NONE };
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {

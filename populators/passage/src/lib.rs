@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
 use krops_core::sdk::{files_with_extension, mtime, resolve_path, secrets_diff, Fingerprint, SecretFile};
-use krops_core::wire::{Diff, PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::wire::{Diff, PopulateRequest, PrepareRequest, StateKind, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -28,6 +28,12 @@ pub struct Attrs {
 impl PopulatorPlugin for Passage {
     const TYPE: &'static str = "passage";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TRAITS: TypeTraits = TypeTraits {
+        shorthand: Some("dir"),
+        state: StateKind::Content,
+        program: Some("age"),
+        ..TypeTraits::NONE
+    };
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {

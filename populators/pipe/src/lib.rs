@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
 use krops_core::sdk::{sha256_hex, Fingerprint};
-use krops_core::wire::{Change, ChangeKind, Diff, PopulateRequest, PrepareRequest, ValidateRequest};
+use krops_core::wire::{
+    Change, ChangeKind, Diff, PopulateRequest, PrepareRequest, StateKind, ValidateRequest,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
@@ -47,6 +49,12 @@ pub struct Attrs {
 impl PopulatorPlugin for Pipe {
     const TYPE: &'static str = "pipe";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TRAITS: TypeTraits = TypeTraits {
+        shorthand: Some("command"),
+        state: StateKind::Content,
+        program_attribute: Some("command"),
+        ..TypeTraits::NONE
+    };
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {

@@ -1,6 +1,6 @@
 //! The `symlink` source type: a symbolic link at `<path>/<name>`, usually to another source.
 
-use krops_core::plugin::{PopulatorPlugin, Target};
+use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
 use krops_core::sdk::Fingerprint;
 use krops_core::wire::{Change, Diff, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,8 @@ pub struct Attrs {
 impl PopulatorPlugin for Symlink {
     const TYPE: &'static str = "symlink";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TRAITS: TypeTraits =
+        TypeTraits { shorthand: Some("target"), program: Some("ln"), ..TypeTraits::NONE };
     type Attrs = Attrs;
 
     fn validate(&self, request: ValidateRequest<Attrs>) -> Result<Attrs, String> {

@@ -242,31 +242,8 @@ fn krops_plugin_path_is_searched() {
 /// with `--plugin-dir` and deployed. Compatibility is the ABI version's, not the crate's.
 #[test]
 fn the_template_builds_out_of_tree_against_a_bumped_krops_core_and_deploys() {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned();
     let sb = Sandbox::new();
-    let core = sb.mkdir("krops-core");
-    copy_tree(&workspace.join("krops-core"), &core);
-    let manifest = std::fs::read_to_string(workspace.join("krops-core/Cargo.toml")).unwrap();
-    std::fs::write(core.join("Cargo.toml"), standalone_manifest(&manifest, "0.99.0")).unwrap();
-    let template = sb.mkdir("template");
-    copy_tree(&workspace.join("examples/populator-template"), &template);
-    let cargo_toml = std::fs::read_to_string(template.join("Cargo.toml")).unwrap();
-    let pointed = cargo_toml
-        .replace("path = \"../../krops-core\"", &format!("path = {:?}", core.display().to_string()));
-    assert_ne!(pointed, cargo_toml, "the template's krops-core dependency moved; update this test");
-    std::fs::write(template.join("Cargo.toml"), pointed).unwrap();
-    // The workspace's lock file: the same dependency versions, already downloaded.
-    std::fs::copy(workspace.join("Cargo.lock"), template.join("Cargo.lock")).unwrap();
-    let target_dir = workspace.join("target/out-of-tree");
-    for step in ["test", "build"] {
-        let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo
-            .args([step, "--offline", "--quiet"])
-            .current_dir(&template)
-            .env("CARGO_TARGET_DIR", &target_dir);
-        crate::support::Outcome::of(cargo).success();
-    }
-    let plugins = target_dir.join("debug").display().to_string();
+    let plugins = build_out_of_tree(&sb, "populator-template");
     sb.krops(&["--plugin-dir", &plugins, "plugins"]).success().stdout_has("greeting\t0.1.0\t");
     sb.target_dir("site");
     sb.write(
@@ -279,8 +256,134 @@ fn the_template_builds_out_of_tree_against_a_bumped_krops_core_and_deploys() {
     sb.krops(&["--plugin-dir", &plugins, "populate"]).success();
     assert_eq!(sb.read("site/motd"), "hello, world\n");
     let template_lines =
-        std::fs::read_to_string(workspace.join("examples/populator-template/src/lib.rs")).unwrap();
+        std::fs::read_to_string(workspace().join("examples/populator-template/src/lib.rs")).unwrap();
     assert!(template_lines.lines().count() <= 60, "the template grew past 60 lines of Rust");
+}
+
+/// A third party's type as first-class as a built-in one: the `tarball` example, built out of
+/// tree (its unit tests run a fake remote sudo host offering run_script alone), has a short
+/// form, installs a directory whole with its own modes through `install_dir` (locally and on a
+/// real ssh host), names its program, and its type errors and its own checks name the
+/// attribute (exit 2, nothing touched).
+#[test]
+fn an_out_of_tree_tarball_plugin_installs_a_directory_whole() {
+    let sb = Sandbox::new();
+    let plugins = build_out_of_tree(&sb, "populator-tarball");
+    sb.krops(&["--plugin-dir", &plugins, "plugins"]).success().stdout_has("tarball\t0.1.0\t");
+    let www = sb.mkdir("www");
+    std::fs::create_dir_all(www.join("cgi")).unwrap();
+    std::fs::write(www.join("index.html"), "hello\n").unwrap();
+    std::fs::write(www.join("cgi/run"), "#!/bin/sh\n").unwrap();
+    chmod(&www.join("cgi/run"), 0o755);
+    chmod(&www.join("index.html"), 0o640);
+    let tar = std::process::Command::new("tar")
+        .args(["-C"])
+        .arg(&www)
+        .args(["-cf"])
+        .arg(sb.path("site.tar"))
+        .arg(".")
+        .status();
+    assert!(tar.unwrap().success());
+    let local = crate::support::Site::ready(&sb, crate::support::Kind::Local);
+    let remote = crate::support::Site::ready(&sb, crate::support::Kind::Root);
+    sb.write(
+        "krops.toml",
+        &format!(
+            "[deployments.local]\ntarget = {}\nsource.www.tarball = \"site.tar\"\n\
+             [deployments.remote]\ntarget = {}\nsource.www.tarball = {{ archive = \"site.tar\", modes = {{ directory = 0o750 }} }}\n",
+            local.target(),
+            remote.target()
+        ),
+    );
+    sb.krops(&["--plugin-dir", &plugins, "populate"]).success();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: std::path::PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    for (site, directory) in [(&local, 0o755), (&remote, 0o750)] {
+        assert_eq!(site.read("www/index.html"), "hello\n");
+        assert_eq!(
+            (
+                mode(site.path("www")),
+                mode(site.path("www/cgi")),
+                mode(site.path("www/cgi/run")),
+                mode(site.path("www/index.html"))
+            ),
+            (directory, directory, 0o755, 0o640)
+        );
+    }
+    // Type errors (serde's) and the plugin's own checks name the attribute's path.
+    for (value, error) in [
+        (
+            "{ archive = \"site.tar\", modes = { directory = \"755\" } }",
+            "at modes.directory: invalid type: string",
+        ),
+        (
+            "{ archive = \"site.tar\", modes = { directory = 0o644 } }",
+            "at modes.directory: 644 must be within 700..777",
+        ),
+        ("{ archive = \"missing.tar\" }", "at archive: "),
+        ("3", "tarball must be a string (shorthand for tarball.archive) or a table"),
+    ] {
+        sb.write(
+            "krops.toml",
+            &format!("[deployments.local]\ntarget = {}\nsource.other.tarball = {value}\n", local.target()),
+        );
+        sb.krops(&["--plugin-dir", &plugins, "populate"])
+            .code(2)
+            .stderr_has("krops.toml:3:")
+            .stderr_has(error);
+        assert!(!local.path("other").exists());
+    }
+    // A failure names the plugin's program: the installed tree cannot be swapped out, for
+    // it is a mount point.
+    sb.write(
+        "krops.toml",
+        &format!("[deployments.local]\ntarget = {}\nsource.www.tarball = \"site.tar\"\n", local.target()),
+    );
+    let installed = local.path("www");
+    let mounted =
+        std::process::Command::new("mount").arg("--bind").arg(sb.mkdir("empty")).arg(&installed).status();
+    assert!(mounted.unwrap().success(), "mount --bind");
+    let out = sb.krops(&["--plugin-dir", &plugins, "--json", "populate"]);
+    let _ = std::process::Command::new("umount").arg(&installed).status();
+    out.code(1);
+    let summary: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    let error = &summary["deployments"]["local"]["error"];
+    assert_eq!(error["program"], "tar", "{summary}");
+    assert!(error.to_string().contains("busy"), "{summary}");
+}
+
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned()
+}
+
+/// Builds `examples/EXAMPLE` as a third party would: copied out of this workspace, against a
+/// copy of krops-core whose crate version was bumped, with `cargo test` and `cargo build`;
+/// returns the directory holding the plugin library.
+fn build_out_of_tree(sb: &Sandbox, example: &str) -> String {
+    let workspace = workspace();
+    let core = sb.mkdir("krops-core");
+    copy_tree(&workspace.join("krops-core"), &core);
+    let manifest = std::fs::read_to_string(workspace.join("krops-core/Cargo.toml")).unwrap();
+    std::fs::write(core.join("Cargo.toml"), standalone_manifest(&manifest, "0.99.0")).unwrap();
+    let crate_dir = sb.mkdir(example);
+    copy_tree(&workspace.join("examples").join(example), &crate_dir);
+    let cargo_toml = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    let pointed = cargo_toml
+        .replace("path = \"../../krops-core\"", &format!("path = {:?}", core.display().to_string()));
+    assert_ne!(pointed, cargo_toml, "the example's krops-core dependency moved; update this test");
+    std::fs::write(crate_dir.join("Cargo.toml"), pointed).unwrap();
+    // The workspace's lock file: the same dependency versions, already downloaded.
+    std::fs::copy(workspace.join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let target_dir = workspace.join("target/out-of-tree").join(example);
+    for step in ["test", "build"] {
+        let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo
+            .args([step, "--offline", "--quiet"])
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", &target_dir);
+        crate::support::Outcome::of(cargo).success();
+    }
+    target_dir.join("debug").display().to_string()
 }
 
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
