@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::abi::{log_level, Populator, PopulatorBox, Populator_TO, TargetHandleRef};
 use crate::tree::{
-    bad_tree_path, tree_archive, Entry, SecretFile, TreeFile, DETACHED_INSTALL_SCRIPT, INSTALL_TREE_SCRIPT,
+    check_tree_path, tree_archive, Entry, SecretFile, TreeFile, DETACHED_INSTALL_SCRIPT, INSTALL_TREE_SCRIPT,
     PRIVATE_DIR_FUNCTIONS,
 };
 use crate::wire::{
@@ -200,9 +200,7 @@ impl<'a> Target<'a> {
         }
         let mut entries = Vec::with_capacity(files.len());
         for file in files {
-            if let Some(why) = bad_tree_path(&file.path) {
-                return Err(format!("install_dir: {:?}: {why}", file.path));
-            }
+            check_tree_path(&file.path).map_err(|why| format!("install_dir: {why}"))?;
             if file.mode & !0o777 != 0 {
                 return Err(format!(
                     "install_dir: {:?}: mode {:o} is more than permission bits",
@@ -225,9 +223,7 @@ impl<'a> Target<'a> {
     pub fn install_secrets(&self, destination: &str, files: &[SecretFile]) -> Result<(), String> {
         let mut entries = Vec::with_capacity(files.len());
         for file in files {
-            if let Some(why) = bad_tree_path(&file.path) {
-                return Err(format!("install_secrets: {:?}: {why}", file.path));
-            }
+            check_tree_path(&file.path).map_err(|why| format!("install_secrets: {why}"))?;
             entries.push(Entry {
                 path: &file.path,
                 contents: &file.contents,
@@ -254,6 +250,13 @@ impl<'a> Target<'a> {
     }
 }
 
+/// An error about one attribute, named by its path as serde names it (`modes.directory`,
+/// `files[2]`): `at modes.directory: MESSAGE`. Type errors in the attributes read this way
+/// already; a plugin's own checks say so with this (also as `sdk::at`).
+pub fn at(path: &str, message: impl std::fmt::Display) -> String {
+    format!("at {path}: {message}")
+}
+
 /// Turns a panic payload into a message.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     let detail = payload
@@ -277,7 +280,7 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
 fn typed_attrs<P: PopulatorPlugin>(attrs: serde_json::Value) -> Result<P::Attrs, String> {
     serde_path_to_error::deserialize(attrs).map_err(|e| match e.path().to_string().as_str() {
         "." => format!("{} source: {}", P::TYPE, e.inner()),
-        path => format!("{} source: {}", P::TYPE, crate::sdk::at(path, e.inner())),
+        path => format!("{} source: {}", P::TYPE, at(path, e.inner())),
     })
 }
 

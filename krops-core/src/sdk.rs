@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-pub use crate::tree::{SecretFile, TreeFile, PRIVATE_DIR_FUNCTIONS};
+pub use crate::plugin::at;
+pub use crate::tree::{check_tree_path, SecretFile, TreeFile, PRIVATE_DIR_FUNCTIONS};
 
 /// `$1` the secrets' directory, `$2` a salt: `HASH<TAB>NAME<NUL>` per file below it, HASH being
 /// SHA-256 of the salt followed by the file's content; `absent` when no directory is there
@@ -58,13 +59,6 @@ pub fn secrets_diff(
     );
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Diff { changes })
-}
-
-/// An error about one attribute, named by its path as serde names it (`modes.directory`,
-/// `files[2]`): `at modes.directory: MESSAGE`. Type errors in the attributes read this way
-/// already; a plugin's own checks say so with this.
-pub fn at(path: &str, message: impl std::fmt::Display) -> String {
-    format!("at {path}: {message}")
 }
 
 /// SHA-256 of `bytes` in hex, as `sha256sum` prints it: for comparing non-secret content with

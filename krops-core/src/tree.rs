@@ -34,14 +34,14 @@ pub(crate) struct Entry<'a> {
     pub mode: u32,
 }
 
-/// Why `path` cannot name a file of a tree (`None`: it can).
-pub(crate) fn bad_tree_path(path: &str) -> Option<&'static str> {
+/// Whether `path` can name a file of a tree (see [`TreeFile::path`]); the error says why not.
+pub fn check_tree_path(path: &str) -> Result<(), String> {
     if path.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
-        Some("a path below the tree has no empty, `.` or `..` parts")
+        Err(format!("{path:?}: a path below the tree has no empty, `.` or `..` parts"))
     } else if path.contains('\0') {
-        Some("a path has no NUL")
+        Err(format!("{path:?}: a path has no NUL"))
     } else {
-        None
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::Path;
 
 use krops_core::plugin::{PopulatorPlugin, Target, TypeTraits};
-use krops_core::sdk::{at, resolve_path, Fingerprint, TreeFile};
+use krops_core::sdk::{at, check_tree_path, resolve_path, Fingerprint, TreeFile};
 use krops_core::wire::{capability, PopulateRequest, PrepareRequest, ValidateRequest};
 use serde::{Deserialize, Serialize};
 
@@ -82,26 +82,55 @@ impl PopulatorPlugin for Tarball {
     }
 }
 
-/// The archive's regular files (directories are implied by them); links and devices are
-/// refused rather than silently dropped.
+/// The archive's regular files (directories are implied by them), with their permission bits
+/// (setuid, setgid and sticky bits are dropped); links, devices, names that are no plain
+/// relative path, names that are not UTF-8 and names given twice are refused rather than
+/// silently changed.
 pub fn files_of(archive: &Path) -> Result<Vec<TreeFile>, String> {
-    let file = std::fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", archive.display());
+    // A FIFO or a device would block or never end.
+    let metadata = std::fs::metadata(archive).map_err(|e| fail(&e))?;
+    if !metadata.is_file() {
+        return Err(fail(&"not a regular file"));
+    }
     let mut files = Vec::new();
-    let mut reader = tar::Archive::new(file);
-    for entry in reader.entries().map_err(|e| format!("{}: {e}", archive.display()))? {
-        let mut entry = entry.map_err(|e| format!("{}: {e}", archive.display()))?;
-        let path = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-        let path = path.trim_start_matches("./").trim_end_matches('/').to_owned();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut reader = tar::Archive::new(std::fs::File::open(archive).map_err(|e| fail(&e))?);
+    for entry in reader.entries().map_err(|e| fail(&e))? {
+        let mut entry = entry.map_err(|e| fail(&e))?;
         match entry.header().entry_type() {
-            tar::EntryType::Directory => continue,
+            // pax headers (`git archive` writes one) describe other members.
+            tar::EntryType::Directory | tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
             tar::EntryType::Regular => {}
-            other => return Err(format!("{}: {path} is a {other:?}; only files are installed", archive.display())),
+            other => {
+                let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                return Err(fail(&format!("{name:?} is a {other:?}; only files are installed")));
+            }
+        }
+        let name = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|e| fail(&format!("{:?} is not UTF-8", String::from_utf8_lossy(e.as_bytes()))))?;
+        let path = name.strip_prefix("./").unwrap_or(&name).to_owned();
+        check_tree_path(&path).map_err(|e| fail(&e))?;
+        if !seen.insert(path.clone()) {
+            return Err(fail(&format!("{path:?} is in the archive twice")));
         }
         let header = entry.header();
         let (mode, mtime) = (header.mode().map_err(|e| e.to_string())?, header.mtime().map_err(|e| e.to_string())?);
         let mut contents = Vec::new();
-        entry.read_to_end(&mut contents).map_err(|e| format!("{}: {path}: {e}", archive.display()))?;
+        entry.read_to_end(&mut contents).map_err(|e| fail(&format!("{path}: {e}")))?;
         files.push(TreeFile { path, contents, mtime, mode: mode & 0o777 });
+    }
+    // A file is no directory of another's: `a` and `a/b` cannot both be installed.
+    for path in &seen {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            let mut prefix = String::new();
+            for part in parent.split('/') {
+                prefix = if prefix.is_empty() { part.to_owned() } else { format!("{prefix}/{part}") };
+                if seen.contains(&prefix) {
+                    return Err(fail(&format!("{prefix:?} is a file and a directory in the archive")));
+                }
+            }
+        }
     }
     Ok(files)
 }
@@ -172,6 +201,23 @@ mod tests {
         let error = populate(&target, &tar, 0o755).unwrap_err();
         assert!(error.contains("offers run_script"), "{error}");
         assert!(target.calls().is_empty());
+    }
+
+    /// What the archive cannot mean as a tree is refused while the configuration loads, not
+    /// halfway through a deploy.
+    #[test]
+    fn archives_that_are_no_tree_are_refused() {
+        let dir = FakeTarget::in_temp_dir();
+        let root = dir.root().unwrap();
+        let twice = root.join("twice.tar");
+        archive(&twice, &[("a", 0o644, "1"), ("a", 0o644, "2")]);
+        assert!(files_of(&twice).err().unwrap().ends_with("\"a\" is in the archive twice"));
+        let both = root.join("both.tar");
+        archive(&both, &[("a", 0o644, "1"), ("a/b", 0o644, "2")]);
+        assert!(files_of(&both).err().unwrap().ends_with("\"a\" is a file and a directory in the archive"));
+        let fifo = root.join("fifo.tar");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(files_of(&fifo).err().unwrap().ends_with("not a regular file"));
     }
 
     /// The plugin's own checks name the attribute, as serde's type errors do.

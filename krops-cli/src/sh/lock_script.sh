@@ -59,6 +59,22 @@ while watchdog_lives; do
   fi
   sleep 1; waited=$((waited + 1))
 done
+# The installer of an interrupted run (detached, so that it never stops halfway: see
+# krops-core's tree.rs) may still be unpacking or swapping a source in, its working directory
+# a staging directory below the target path: until it is done, the sources' state is not what
+# this run would compare or replace.
+real=$(cd -- "$p" && pwd -P)
+installing() {
+  for cwd in /proc/[0-9]*/cwd; do
+    case $(readlink -- "$cwd" 2> /dev/null) in "$real"/*.krops-staging.*) return 0 ;; esac
+  done
+  return 1
+}
+tries=0
+while installing; do
+  if [ "$tries" -ge 600 ]; then echo "busy $(held_by), whose interrupted install is still going on"; exit 0; fi
+  sleep 0.2; tries=$((tries + 1))
+done
 # Who holds it, written beside and renamed into place: never half-written.
 tmp=$(mktemp holder.XXXXXX)
 printf '%s since %s\n' "$holder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp"

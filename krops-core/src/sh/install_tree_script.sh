@@ -6,7 +6,8 @@ trap '' PIPE
 # Staging directories of installers that could not finish (a machine that lost power) go.
 for stale in "$dest".krops-staging.*; do
   if [ -d "$stale" ] && [ ! -L "$stale" ] && [ "$(stat -c '%u %a' -- "$stale")" = "$(id -u) 700" ]; then
-    rm -rf -- "$stale"
+    # Best effort: what cannot be removed (an immutable file) must not stop this install.
+    rm -rf -- "$stale" 2> /dev/null || true
   fi
 done
 entered=

@@ -278,6 +278,30 @@ fn a_writer_racing_names_in_the_target_path_reaches_nothing_outside(kind: Kind) 
     assert_eq!(secrets, ["s0", "s1", "s2", "s3", "s4"], "krops's state was kept among the secrets");
 }
 
+/// The installer of an interrupted run goes on detached (so that it never stops halfway): the
+/// next run waits for it before it reads the sources' state, or it could call a source
+/// unchanged that the old installer then replaces. A process working in a staging directory
+/// below the target path stands for such an installer.
+#[test]
+fn the_next_run_waits_for_an_interrupted_runs_installer() {
+    let sb = Sandbox::new();
+    let site = Site::ready(&sb, Kind::Local);
+    let store = PassageStore::create(&sb.mkdir("passage"), false);
+    store.insert("s", b"one\n");
+    passage_config(&sb, &site, &store);
+    let staging = site.path("secrets.krops-staging.AbCdEf");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let mut installer = Command::new("sleep").arg("3").current_dir(&staging).spawn().unwrap();
+    sb.krops(&["populate"]).success();
+    let ended_first = installer.try_wait().unwrap().is_some();
+    let _ = installer.kill();
+    let _ = installer.wait();
+    assert!(ended_first, "krops populated while an installer was still at work");
+    assert_eq!(site.read("secrets/s"), "one\n");
+    assert_eq!(entries_named(&site.path(""), "krops-staging"), Vec::<String>::new());
+}
+
 /// A target whose disk fills while secrets arrive: the error says so (not only tar's "Exiting
 /// with failure status"), the old secrets stay, and no staging directory is left behind.
 #[test]
