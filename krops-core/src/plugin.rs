@@ -129,6 +129,7 @@ pub struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
+    /// Wraps the handle the host lent for one call.
     pub fn new(handle: TargetHandleRef<'a>) -> Self {
         Target { handle }
     }
@@ -170,11 +171,14 @@ impl<'a> Target<'a> {
         self.call(capability::RUN_LOCAL, &request, stdin)
     }
 
+    /// Copies a local path to the target ([`RsyncRequest`]); returns rsync's itemized changes.
     pub fn rsync(&self, request: &RsyncRequest) -> Result<RsyncReport, String> {
         let answer = self.call(capability::RSYNC, request, &[])?;
         serde_json::from_slice(&answer).map_err(|e| format!("host sent a bad rsync report: {e}"))
     }
 
+    /// Writes `contents` to `path` on the target, made with `mode` before any byte is written and
+    /// moved into place (never half-written, never wider than `mode`).
     pub fn write_file(&self, path: &str, mode: u32, contents: &[u8]) -> Result<(), String> {
         self.call(capability::WRITE_FILE, &WriteFileRequest { path: path.to_owned(), mode }, contents)
             .map(drop)
@@ -241,10 +245,12 @@ impl<'a> Target<'a> {
         self.run_script(DETACHED_INSTALL_SCRIPT, &[&installer, destination], &archive).map(drop)
     }
 
+    /// Logs `message` at info level through krops.
     pub fn log_info(&self, message: &str) {
         self.handle.log(log_level::INFO, RStr::from(message));
     }
 
+    /// Logs `message` at debug level through krops (shown with `-v`).
     pub fn log_debug(&self, message: &str) {
         self.handle.log(log_level::DEBUG, RStr::from(message));
     }

@@ -256,6 +256,7 @@ impl Fingerprint {
         Ok(self)
     }
 
+    /// The SHA-256 of every part added, as hex.
     pub fn finish(&self) -> String {
         use sha2::Digest;
         self.0.clone().finalize().iter().map(|b| format!("{b:02x}")).collect()

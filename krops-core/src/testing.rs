@@ -36,8 +36,11 @@ use crate::wire::{capability, RunScriptRequest, TargetInfo, WriteFileRequest, UN
 /// One capability call as the populator made it.
 #[derive(Debug, Clone)]
 pub struct Call {
+    /// The capability's name (see [`crate::wire::capability`]).
     pub capability: String,
+    /// The request, as the populator sent it.
     pub request: serde_json::Value,
+    /// The input bytes (stdin, a file's contents, a tar stream).
     pub input: Vec<u8>,
 }
 
@@ -133,10 +136,12 @@ impl FakeTarget {
         f(&Target::new(TargetHandle_TO::from_ptr(self, TD_Opaque)))
     }
 
+    /// Every capability call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
+    /// Every log message so far: `(level, message)`, levels as in [`crate::abi::log_level`].
     pub fn logs(&self) -> Vec<(u8, String)> {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }

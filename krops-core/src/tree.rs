@@ -10,6 +10,7 @@ use std::path::Path;
 pub struct SecretFile {
     /// Relative to the tree's root, `/`-separated, without `..`.
     pub path: String,
+    /// The plaintext; it never leaves memory but on its way to the target, on stdin.
     pub contents: Vec<u8>,
     /// Seconds since the epoch.
     pub mtime: u64,
@@ -19,6 +20,7 @@ pub struct SecretFile {
 pub struct TreeFile {
     /// Relative to the tree's root, `/`-separated, without `.`, `..` or empty parts.
     pub path: String,
+    /// The file's contents.
     pub contents: Vec<u8>,
     /// Seconds since the epoch.
     pub mtime: u64,

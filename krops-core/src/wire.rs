@@ -43,7 +43,9 @@ pub mod capability {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Description {
     #[serde(rename = "type")]
+    /// The type key the plugin serves.
     pub source_type: String,
+    /// The plugin's own version, shown by `krops plugins`.
     pub version: String,
     /// The methods this plugin answers.
     #[serde(default)]
@@ -105,10 +107,13 @@ pub struct TargetInfo {
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default)]
+    /// The deployment's target path; `None` outside `populate`.
     pub path: Option<String>,
     #[serde(default)]
+    /// Whether the target is this machine (no ssh).
     pub local: bool,
     #[serde(default)]
+    /// Whether scripts run through sudo on the target.
     pub sudo: bool,
     /// The capability names this host offers for this call.
     #[serde(default)]
@@ -119,7 +124,9 @@ pub struct TargetInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidateRequest<A = serde_json::Value> {
+    /// The source's name, where it lands below the target path.
     pub name: String,
+    /// The source's attributes as the user wrote them (short form expanded).
     pub attrs: A,
     /// The directory of the configuration file, for relative paths.
     pub config_dir: PathBuf,
@@ -128,7 +135,9 @@ pub struct ValidateRequest<A = serde_json::Value> {
 /// `prepare`'s request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrepareRequest<A = serde_json::Value> {
+    /// The source's name.
     pub name: String,
+    /// The attributes `validate` returned.
     pub attrs: A,
 }
 
@@ -136,7 +145,9 @@ pub struct PrepareRequest<A = serde_json::Value> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PopulateRequest<A = serde_json::Value> {
+    /// The source's name.
     pub name: String,
+    /// The attributes `prepare` returned.
     pub attrs: A,
     /// The deployment's path on the target; the source goes to `<targetPath>/<name>`.
     pub target_path: String,
@@ -152,12 +163,14 @@ impl<A> PopulateRequest<A> {
 /// `diff`'s answer: what populating the source would change. No change: unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diff {
+    /// Every change, by path.
     pub changes: Vec<Change>,
 }
 
 /// One change `populate` would make.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
+    /// Added, changed or deleted.
     pub change: ChangeKind,
     /// Below the source, `/`-separated; empty for the source as a whole.
     #[serde(default)]
@@ -168,19 +181,25 @@ pub struct Change {
     /// The old and new value of `what` (a commit, a link target), never secret content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// See `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// What a [`Change`] does to its path.
 pub enum ChangeKind {
+    /// Not there yet.
     Added,
+    /// There, and different.
     Changed,
+    /// There, and going.
     Deleted,
 }
 
 impl Change {
+    /// A change of the content at `path`.
     pub fn new(change: ChangeKind, path: impl Into<String>) -> Change {
         Change { change, path: path.into(), what: None, from: None, to: None }
     }
@@ -195,14 +214,17 @@ impl Change {
 /// `run_script`: `/bin/sh -c SCRIPT sh ARGS...` on the target, under sudo for sudo targets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunScriptRequest {
+    /// The script's text, run as `/bin/sh -c SCRIPT sh ARGS…`.
     pub script: String,
     #[serde(default)]
+    /// `$1`, `$2`…: values travel here, never formatted into the script.
     pub args: Vec<String>,
 }
 
 /// `run_local`: a program on the deploying machine, as argv (never a shell string).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunLocalRequest {
+    /// The program and its arguments.
     pub argv: Vec<String>,
 }
 
@@ -210,14 +232,18 @@ pub struct RunLocalRequest {
 /// `--rsync-path`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RsyncRequest {
+    /// The local path; a directory is copied by its contents.
     pub source: PathBuf,
+    /// The path on the target.
     pub destination: String,
+    /// rsync options (filters, `--delete`, `--checksum`…).
     pub options: Vec<String>,
 }
 
 /// `rsync`'s answer: rsync's list of changed items (`--itemize-changes`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RsyncReport {
+    /// rsync's `--itemize-changes` lines.
     pub itemized: Vec<String>,
 }
 
@@ -225,6 +251,8 @@ pub struct RsyncReport {
 /// place.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteFileRequest {
+    /// The file's path on the target.
     pub path: String,
+    /// Its mode, set before any byte is written.
     pub mode: u32,
 }
